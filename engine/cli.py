@@ -1,0 +1,151 @@
+"""The ``whichmodel`` command line. Bad input exits with code 2 and a one-line message."""
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import polars as pl
+
+from engine import tables
+from engine.analysis import Analysis, analyze
+from engine.catalog import load_catalogue
+from engine.errors import UserError
+from engine.outputs import atomic_directory, write_table
+from engine.plots import DELTA_PAIRS, write_plots
+
+log = logging.getLogger("whichmodel")
+
+
+def parse_budgets(text: str) -> list[int]:
+    """'1,2,5' or '1-5' or '1-3,10' → sorted distinct budgets."""
+    out: set[int] = set()
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            out.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError as exc:
+        raise UserError(f"--budgets {text!r}: expected numbers like 1,2,5 or 1-5") from exc
+    if not out:
+        raise UserError(f"--budgets {text!r}: no budget given")
+    return sorted(out)
+
+
+def parse_pairs(items: Sequence[str]) -> list[tuple[str, str]]:
+    """['a:b', ...] → [(a, b), ...]."""
+    pairs = []
+    for item in items:
+        a, sep, b = item.partition(":")
+        if not sep or not a or not b:
+            raise UserError(f"--compare {item!r}: expected STRATEGY_A:STRATEGY_B")
+        pairs.append((a, b))
+    return pairs
+
+
+def summary_text(result: Analysis) -> str:
+    """Per pool: mean relative regret at B=1, 2, 3 and the fraction of zero-regret tasks."""
+    lines = []
+    for pool in result.pools:
+        rows = result.curves.filter(pl.col("pool") == pool.name)
+        lines.append(f"pool {pool.name}: {pool.size} models, {len(pool.tasks)} tasks")
+        budgets = [b for b in (1, 2, 3) if b <= pool.size]
+        head = "  ".join(f"B={b} rel.regret / zero" for b in budgets)
+        lines.append(f"  {'strategy':<24}{head}")
+        for name in rows["strategy"].unique(maintain_order=True):
+            sub = rows.filter(pl.col("strategy") == name)
+            cells = []
+            for b in budgets:
+                r = sub.filter(pl.col("budget") == b).row(0, named=True)
+                cells.append(f"{r['mean_rel_regret']:>9.3f} / {r['frac_zero_regret']:>4.2f}     ")
+            lines.append(f"  {name:<24}{''.join(cells)}")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_analyze(args: argparse.Namespace) -> None:
+    """Strategies, regret and budget curves from a finetune table (and optional scores)."""
+    start = time.perf_counter()
+    catalogue = load_catalogue(args.catalog)
+    finetune = tables.load_finetune(args.finetune)
+    scores = tables.load_scores(args.scores) if args.scores else None
+    categories = tables.load_task_categories(args.tasks) if args.tasks else None
+    pools = [p.strip() for p in args.pools.split(",")] if args.pools else None
+    for name in pools or []:
+        catalogue.pool(name)  # unknown pool names fail before any work
+    budgets = parse_budgets(args.budgets) if args.budgets else None
+    pairs = parse_pairs(args.compare) if args.compare else DELTA_PAIRS
+    result = analyze(catalogue, finetune, scores, pools, budgets, categories, args.log_odds)
+    summary = summary_text(result)
+    with atomic_directory(args.out) as tmp:
+        write_table(result.selections, tmp, "selections")
+        write_table(result.regret, tmp, "regret")
+        write_table(result.curves, tmp, "curves")
+        write_table(result.zero_regret_budget, tmp, "zero_regret_budget")
+        plots = tmp / "plots"
+        plots.mkdir()
+        figures = write_plots(result.pools, result.regret, result.curves, plots, pairs)
+        (tmp / "summary.txt").write_text(summary)
+    print(summary, end="")
+    print(
+        f"wrote {args.out}: selections, regret, curves, zero_regret_budget (Parquet and CSV), "
+        f"{len(figures)} plots, in {time.perf_counter() - start:.1f} s"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="whichmodel",
+        description="Which pre-trained models to fine-tune: model search and regret analysis.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser(
+        "analyze",
+        help="strategies, regret and budget curves from a finetune table",
+        description=cmd_analyze.__doc__,
+    )
+    p.add_argument("--catalog", required=True, type=Path, help="catalogue TOML (pools/*.toml)")
+    p.add_argument("--finetune", required=True, type=Path, help="finetune table (.parquet or .csv)")
+    p.add_argument("--scores", type=Path, help="proxy scores table (.parquet or .csv)")
+    p.add_argument("--tasks", type=Path, help="task categories: tasks TOML or table")
+    p.add_argument("--out", required=True, type=Path, help="output directory (replaced whole)")
+    p.add_argument("--pools", help="comma-separated pool names (default: every pool)")
+    p.add_argument(
+        "--budgets",
+        help="budgets of the selections and regret tables, e.g. 1,2,5 or 1-5 "
+        "(default: 1 to the pool size, at most 50); curves cover every budget",
+    )
+    p.add_argument(
+        "--compare",
+        action="append",
+        metavar="A:B",
+        help="strategy pair for the relative-delta plot (repeatable; first that ran is used)",
+    )
+    p.add_argument(
+        "--log-odds",
+        action="store_true",
+        help="relative regret in log-odds (paper App. C) instead of the relative form",
+    )
+    p.set_defaults(func=cmd_analyze)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``whichmodel`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="whichmodel: %(levelname)s: %(message)s",
+    )
+    try:
+        args.func(args)
+    except UserError as exc:
+        print(f"whichmodel: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

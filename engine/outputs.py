@@ -1,0 +1,42 @@
+"""Writing results so that nothing half-written is ever left behind.
+
+A run's outputs go to a temporary sibling directory that is renamed into place only once every
+file is written; on any error the temporary directory is removed and the previous outputs (if
+any) stay as they were.
+"""
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | Path) -> Iterator[Path]:
+    """Yield a fresh temporary directory that replaces ``target`` when the block succeeds."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.replace(target, old / target.name)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_table(df: pl.DataFrame, directory: Path, name: str, csv: bool = True) -> None:
+    """Write ``name``.parquet (and ``name``.csv) into ``directory``."""
+    df.write_parquet(directory / f"{name}.parquet")
+    if csv:
+        df.write_csv(directory / f"{name}.csv")
