@@ -93,6 +93,26 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_embed(args: argparse.Namespace) -> None:
+    """Embed every task with every model of a pool into the store; reuse what is cached."""
+    from engine.embed import EmbedConfig, embed
+    from engine.tasks import load_tasks
+
+    start = time.perf_counter()
+    catalogue = load_catalogue(args.catalog)
+    catalogue.pool(args.pool)
+    tasks = load_tasks(args.tasks)
+    cfg = EmbedConfig(image_size=args.image_size, batch_size=args.batch_size)
+    summary = embed(catalogue, args.pool, tasks, args.store, cfg)
+    print(
+        f"embedded {len(summary.computed)} (model, task) pair(s), reused "
+        f"{len(summary.reused)}; {summary.images_decoded} images decoded"
+    )
+    for model, seconds in sorted(summary.device_seconds.items()):
+        print(f"  {model:<32} {seconds:8.1f} device-seconds")
+    print(f"store {args.store} in {time.perf_counter() - start:.1f} s")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="whichmodel",
@@ -129,6 +149,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="relative regret in log-odds (paper App. C) instead of the relative form",
     )
     p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser(
+        "embed",
+        help="embed tasks with a pool's models into the store",
+        description=cmd_embed.__doc__,
+    )
+    p.add_argument("--catalog", required=True, type=Path, help="catalogue TOML")
+    p.add_argument("--pool", required=True, help="pool name in the catalogue")
+    p.add_argument("--tasks", required=True, type=Path, help="tasks TOML")
+    p.add_argument("--store", required=True, type=Path, help="embedding store directory")
+    p.add_argument(
+        "--image-size", type=int, help="input size for every model (default: each model's own)"
+    )
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    p.set_defaults(func=cmd_embed)
     return parser
 
 

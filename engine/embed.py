@@ -1,0 +1,345 @@
+"""The embedding stage, driver side: plan what is missing from the store, stream each task's
+images through Ray Data — decoded once, then one actor-pool stage per model — and write the
+(model, task, split) partitions.
+
+Decoding happens once per image per run whatever the pool size: the decode stage crops every
+image to one geometry (the run's ``image_size`` if set, else the largest input size among the
+models that need work) and every model stage reads those pixels, resizing them itself when its
+own input size differs and normalising with its own mean/std.
+"""
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from actors.embedder import Embedder, emb_column, probs_column, seconds_column
+from actors.models import (
+    ModelSource,
+    check_source,
+    data_config,
+    has_source_head,
+    parse_source,
+    resize_for,
+    weights_fingerprint,
+)
+from actors.pipeline import DecodeCounter, decode_stage
+from engine.catalog import Catalogue
+from engine.errors import UserError
+from engine.raycluster import cluster_cpus_gpus, ensure_ray
+from engine.store import SPLITS, Partition, check_name, partition_key, record_run, write_partition
+from engine.tasks import TaskData, TaskSpec, load_task, task_fingerprint
+
+log = logging.getLogger("whichmodel")
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """Numbers of the embedding stage (a preset changes these, never the code path).
+
+    ``image_size`` set: every model sees that size, cropped with ``crop_pct`` and
+    ``interpolation``; unset: each model's own timm eval geometry.
+    """
+
+    image_size: int | None = None
+    crop_pct: float = 0.875
+    interpolation: str = "bicubic"
+    batch_size: int = 64
+    gpus_per_actor: float = 1.0  # used only where the cluster has GPUs; fractions allowed
+    cpus_per_actor: float = 0.25  # small, so actor pools never starve the decode tasks
+    decode_cpus: float = 0.5
+    rows_per_block: int = 256
+    keep_probs: bool = True
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """One model of the run with its preprocessing and the fingerprints of both."""
+
+    name: str
+    source: ModelSource
+    size: int
+    resize: int
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    with_probs: bool
+    weights_fp: str
+
+    @property
+    def preprocessing_fp(self) -> str:
+        keys = ("size", "resize", "interpolation", "mean", "std", "with_probs")
+        return json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True)
+
+
+@dataclass
+class EmbedSummary:
+    """What a run computed and reused, and the device-seconds it spent per model."""
+
+    computed: list[tuple[str, str]] = field(default_factory=list)  # (model, task)
+    reused: list[tuple[str, str]] = field(default_factory=list)
+    device_seconds: dict[str, float] = field(default_factory=dict)
+    images_decoded: int = 0
+    rows: int = 0
+
+
+def plan_model(name: str, source: str, base_dir: Path, cfg: EmbedConfig) -> ModelPlan:
+    """Resolve a catalogue entry to its preprocessing (from timm's config) and fingerprints."""
+    check_name(name, "model")
+    src = parse_source(source, base_dir)
+    check_source(src, name)
+    dc = data_config_for(src, cfg)
+    return ModelPlan(
+        name=name,
+        source=src,
+        size=int(dc["input_size"][-1]),
+        resize=resize_for(dc),
+        interpolation=str(dc["interpolation"]),
+        mean=tuple(float(v) for v in dc["mean"]),
+        std=tuple(float(v) for v in dc["std"]),
+        with_probs=cfg.keep_probs and has_source_head(src),
+        weights_fp=weights_fingerprint(src, name),
+    )
+
+
+def data_config_for(src: ModelSource, cfg: EmbedConfig) -> dict:
+    """The model's timm eval config, with the run's geometry when ``image_size`` is set."""
+    dc = dict(data_config(src))
+    if cfg.image_size:
+        dc.update(
+            input_size=(3, cfg.image_size, cfg.image_size),
+            crop_pct=cfg.crop_pct,
+            interpolation=cfg.interpolation,
+        )
+    return dc
+
+
+def _partitions(store: Path, plan: ModelPlan, task: str, task_fp: str) -> list[Partition]:
+    return [
+        Partition(
+            store,
+            plan.name,
+            task,
+            split,
+            partition_key(plan.weights_fp, plan.preprocessing_fp, task_fp, split),
+        )
+        for split in SPLITS
+    ]
+
+
+def _decode_geometry(plans: list[ModelPlan]) -> tuple[int, int, str]:
+    """The one geometry images are decoded to: the largest input size among ``plans``."""
+    top = max(plans, key=lambda p: p.size)
+    return top.size, top.resize, top.interpolation
+
+
+def _rows(data: TaskData) -> pa.Table:
+    """A task's rows in the run's common layout: task, index, label, split, image, path."""
+    t = data.table
+    n = t.num_rows
+    image = t["image"] if "image" in t.column_names else pa.nulls(n, pa.binary())
+    path = t["path"] if "path" in t.column_names else pa.nulls(n, pa.string())
+    return pa.table(
+        {
+            "task": pa.array([data.name] * n, pa.string()),
+            "index": t["index"],
+            "label": t["label"],
+            "split": t["split"],
+            "image": image.cast(pa.binary()),
+            "path": path.cast(pa.string()),
+        }
+    )
+
+
+def _dataset(tasks: list[TaskData], cfg: EmbedConfig) -> ray.data.Dataset:
+    """Every task's rows as one Ray dataset, in blocks small enough to decode in parallel."""
+    table = pa.concat_tables([_rows(d) for d in tasks])
+    step = max(1, min(cfg.rows_per_block, math.ceil(table.num_rows / 4)))
+    return ray.data.from_arrow([table.slice(i, step) for i in range(0, table.num_rows, step)])
+
+
+def _run_pipeline(
+    tasks: list[TaskData], plans: list[ModelPlan], needs: dict[str, list[str]], cfg, counter
+) -> dict[str, np.ndarray]:
+    """Decode every image once, embed it with every model that needs its task; gather columns."""
+    cpus, gpus = cluster_cpus_gpus()
+    # Errors in a stage (a corrupt image, bad weights) surface as the worker's own exception.
+    ray.data.DataContext.get_current().raise_original_map_exception = True
+    size, resize, interpolation = _decode_geometry(plans)
+    ds = _dataset(tasks, cfg).map_batches(
+        decode_stage,
+        fn_kwargs=dict(size=size, resize=resize, interpolation=interpolation, counter=counter),
+        batch_size=cfg.batch_size,
+        batch_format="numpy",
+        num_cpus=cfg.decode_cpus,
+    )
+    threads = max(1, int(cpus) // len(plans))
+    for i, plan in enumerate(plans):
+        if gpus > 0:
+            resources = dict(num_gpus=cfg.gpus_per_actor, num_cpus=cfg.cpus_per_actor)
+            max_actors = max(1, int(gpus / cfg.gpus_per_actor))
+        else:
+            resources = dict(num_cpus=cfg.cpus_per_actor)
+            max_actors = max(1, int(cpus) // len(plans))
+        ds = ds.map_batches(
+            Embedder,
+            fn_constructor_kwargs=dict(
+                position=i,
+                model=plan.name,
+                source=plan.source,
+                size=plan.size,
+                mean=plan.mean,
+                std=plan.std,
+                with_probs=plan.with_probs,
+                tasks=needs[plan.name],
+                threads=0 if gpus > 0 else threads,
+            ),
+            batch_size=cfg.batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max_actors),
+            **resources,
+        )
+    ds = ds.drop_columns(["pixels"])
+    chunks: dict[str, list[np.ndarray]] = {}
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for key, value in batch.items():
+            chunks.setdefault(key, []).append(np.asarray(value))
+    return {k: np.concatenate(v) for k, v in chunks.items()}
+
+
+def _write_pairs(
+    store: Path,
+    fingerprints: dict[str, str],
+    plans: list[ModelPlan],
+    needs: dict[str, list[str]],
+    cols: dict[str, np.ndarray],
+    summary: EmbedSummary,
+) -> None:
+    """Write the (model, task, split) partitions of every pair the run computed."""
+    for i, plan in enumerate(plans):
+        emb, probs = cols[emb_column(i)], cols.get(probs_column(i))
+        for task in needs[plan.name]:
+            for part in _partitions(store, plan, task, fingerprints[task]):
+                rows = (cols["task"] == task) & (cols["split"] == part.split)
+                write_partition(
+                    part,
+                    cols["index"][rows],
+                    cols["label"][rows],
+                    emb[rows],
+                    None if probs is None else probs[rows],
+                )
+            summary.computed.append((plan.name, task))
+        seconds = float(cols[seconds_column(i)].sum())
+        summary.device_seconds[plan.name] = summary.device_seconds.get(plan.name, 0.0) + seconds
+
+
+def worker_error(exc: BaseException) -> BaseException:
+    """The user-facing error inside a Ray exception chain (bad image, bad weights), or ``exc``."""
+    from ray.exceptions import RayError
+
+    from actors.decode import ImageDecodeError
+
+    seen = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        # Ray re-raises worker errors as subclasses of both RayError and the original type,
+        # with the traceback as their text; the original instance is their ``cause``.
+        if isinstance(cause, UserError | ImageDecodeError) and not isinstance(cause, RayError):
+            return UserError(str(cause))
+        cause = getattr(cause, "cause", None) or cause.__cause__ or cause.__context__
+    # Last resort: the worker's traceback text names the original error on a line of its own.
+    for line in reversed(str(exc).splitlines()):
+        for prefix in ("actors.decode.ImageDecodeError: ", "engine.errors.UserError: "):
+            if line.strip().startswith(prefix):
+                return UserError(line.strip()[len(prefix) :])
+    return exc
+
+
+def embed(
+    catalogue: Catalogue,
+    pool: str,
+    tasks: list[TaskSpec],
+    store: str | Path,
+    cfg: EmbedConfig | None = None,
+) -> EmbedSummary:
+    """Embed every (model of ``pool``, task, split) missing from ``store``; reuse the rest."""
+    cfg = cfg or EmbedConfig()
+    store = Path(store)
+    members = catalogue.pool(pool)
+    plans = [
+        plan_model(name, source, catalogue.path.parent, cfg)
+        for name, source in members.select("model", "source").iter_rows()
+    ]
+    summary = EmbedSummary()
+    task_meta, fingerprints, loaded = {}, {}, []
+    needs: dict[str, list[str]] = {p.name: [] for p in plans}
+    for spec in tasks:
+        check_name(spec.name, "task")
+        data = load_task(spec)
+        fingerprints[spec.name] = fp = task_fingerprint(data)
+        task_meta[spec.name] = {
+            "category": spec.category,
+            "classes": data.classes,
+            "fingerprint": fp,
+            "rows": data.table.num_rows,
+        }
+        todo = [
+            p for p in plans if not all(x.exists() for x in _partitions(store, p, spec.name, fp))
+        ]
+        summary.reused += [(p.name, spec.name) for p in plans if p not in todo]
+        for p in todo:
+            needs[p.name].append(spec.name)
+        if todo:
+            loaded.append(data)
+    work = [p for p in plans if needs[p.name]]
+    if work:
+        ensure_ray()
+        counter = DecodeCounter.remote()
+        start = time.perf_counter()
+        log.info(
+            "embedding %d (model, task) pairs: %d rows of %d task(s), %d model(s); reusing %d",
+            sum(len(v) for v in needs.values()),
+            sum(d.table.num_rows for d in loaded),
+            len(loaded),
+            len(work),
+            len(summary.reused),
+        )
+        try:
+            cols = _run_pipeline(loaded, work, needs, cfg, counter)
+        except Exception as exc:  # errors raised in workers arrive wrapped by Ray
+            raise worker_error(exc) from exc
+        summary.rows = len(cols["index"])
+        _write_pairs(store, fingerprints, work, needs, cols, summary)
+        summary.images_decoded = ray.get(counter.total.remote())
+        log.info("embedding done in %.1f s", time.perf_counter() - start)
+    else:
+        log.info("every (model, task) pair reused from the store")
+    models_meta = {
+        p.name: {
+            "source": str(asdict(p.source)),
+            "weights_fingerprint": p.weights_fp,
+            "preprocessing": json.loads(p.preprocessing_fp),
+            "device_seconds": summary.device_seconds.get(p.name, 0.0),
+        }
+        for p in plans
+    }
+    record_run(
+        store,
+        models_meta,
+        task_meta,
+        {
+            "pool": pool,
+            "computed": [list(x) for x in summary.computed],
+            "reused": len(summary.reused),
+            "images_decoded": summary.images_decoded,
+            "device_seconds": summary.device_seconds,
+        },
+    )
+    return summary

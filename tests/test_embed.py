@@ -1,0 +1,299 @@
+"""The embedding stage on a real local Ray: real image files of many kinds, a Parquet task,
+real timm models (a random-init one and the converted ImageNet EfficientNet-Lite0)."""
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import timm
+import torch
+from PIL import Image
+
+from actors.decode import to_rgb
+from actors.models import build_model, embed_forward, parse_source
+from engine.catalog import load_catalogue
+from engine.convert import convert_efficientnet_lite
+from engine.embed import EmbedConfig, embed
+from engine.errors import UserError
+from engine.store import SPLITS, Partition, read_metadata, read_partition
+from engine.tasks import load_tasks
+
+SIZE = 64
+CFG = EmbedConfig(image_size=SIZE, batch_size=16)
+CLASSES = ("circle", "square", "stripes")
+MODES = ("RGB", "L", "RGBA", "P", "I;16")
+
+
+def _picture(cls: int, k: int, rng) -> Image.Image:
+    """A small picture whose content depends on its class, in one of several PIL modes."""
+    w, h = 48 + 8 * (k % 3), 36 + 6 * (k % 4)
+    arr = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
+    if cls == 0:
+        yy, xx = np.mgrid[:h, :w]
+        arr[(yy - h / 2) ** 2 + (xx - w / 2) ** 2 < (h / 3) ** 2] = (230, 40, 40)
+    elif cls == 1:
+        arr[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = (40, 200, 60)
+    else:
+        arr[:, ::6] = (40, 60, 220)
+    img = Image.fromarray(arr)
+    mode = MODES[k % len(MODES)]
+    if mode == "I;16":
+        grey = np.asarray(img.convert("L"), dtype=np.uint16) * 257
+        return Image.fromarray(grey)  # uint16 → mode I;16
+    if mode == "P":
+        return img.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    return img.convert(mode)
+
+
+def write_folder(root: Path, per_split=(6, 3, 3), seed=0) -> int:
+    """ROOT/<split>/<class>/<file>: PNG and JPEG, several modes. Returns the image count."""
+    rng = np.random.default_rng(seed)
+    n = 0
+    for split, count in zip(SPLITS, per_split, strict=True):
+        for c, name in enumerate(CLASSES):
+            d = root / split / name
+            d.mkdir(parents=True, exist_ok=True)
+            for k in range(count):
+                img = _picture(c, k + n, rng)
+                jpeg = k % 2 == 1 and img.mode in ("RGB", "L")
+                img.save(d / f"{k}.{'jpg' if jpeg else 'png'}")
+                n += 1
+    return n
+
+
+def write_parquet_task(path: Path, seed=1) -> int:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for split, count in zip(SPLITS, (5, 3, 3), strict=True):
+        for c in range(len(CLASSES)):
+            for k in range(count):
+                buf = io.BytesIO()
+                _picture(c, k, rng).convert("RGB").save(buf, format="PNG")
+                rows.append({"image": buf.getvalue(), "label": CLASSES[c], "split": split})
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return len(rows)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, ray_session):
+    root = tmp_path_factory.mktemp("embed")
+    weights = convert_efficientnet_lite(0, root / "weights")
+    n_folder = write_folder(root / "shapes")
+    n_parquet = write_parquet_task(root / "shapes.parquet")
+    (root / "tasks.toml").write_text(
+        '[[tasks]]\nname = "shapes"\ncategory = "natural"\nsource = "folder"\nroot = "shapes"\n\n'
+        '[[tasks]]\nname = "shapes_pq"\ncategory = "structured"\nsource = "parquet"\n'
+        'path = "shapes.parquet"\n'
+    )
+    entry = (
+        '[[models]]\nmodel = "{m}"\nfamily = "f"\nsource = "{s}"\nupstream_dataset = "d"\n'
+        "params = 1\ndim = 1\n"
+    )
+    models = [
+        ("lite0", f"timm:tf_efficientnet_lite0@{weights.relative_to(root)}"),
+        ("rand_resnet", "timm:resnet10t@random"),
+        ("rand_mnv3", "timm:mobilenetv3_small_050@random"),
+    ]
+    (root / "catalog.toml").write_text(
+        "".join(entry.format(m=m, s=s) for m, s in models)
+        + '[pools]\nTwo = ["lite0", "rand_resnet"]\nThree = "true"\n'
+    )
+    return {"root": root, "n_images": n_folder + n_parquet, "n_folder": n_folder}
+
+
+def _embed(world, pool="Two", store="store"):
+    cat = load_catalogue(world["root"] / "catalog.toml")
+    tasks = load_tasks(world["root"] / "tasks.toml")
+    return embed(cat, pool, tasks, world["root"] / store, CFG)
+
+
+@pytest.fixture(scope="module")
+def first_run(world):
+    return _embed(world)
+
+
+def _reference(world, model: str, source: str, files: list[Path]) -> np.ndarray:
+    """A plain single-process timm forward: timm's eval transform on each file, one batch."""
+    net = build_model(parse_source(source, world["root"]), model)
+    cfg = timm.data.resolve_model_data_config(net)
+    cfg.update(input_size=(3, SIZE, SIZE), crop_pct=CFG.crop_pct, interpolation="bicubic")
+    transform = timm.data.create_transform(**cfg)
+    x = torch.stack([transform(to_rgb(Image.open(f))) for f in files])
+    with torch.inference_mode():
+        emb, _ = embed_forward(net, x)
+    return emb.numpy()
+
+
+def test_first_run_embeds_everything_decoding_each_image_once(world, first_run):
+    assert sorted(first_run.computed) == sorted(
+        (m, t) for m in ("lite0", "rand_resnet") for t in ("shapes", "shapes_pq")
+    )
+    assert first_run.reused == []
+    assert first_run.images_decoded == world["n_images"]  # once, though two models read them
+    meta = read_metadata(world["root"] / "store")
+    assert meta["models"]["lite0"]["device_seconds"] > 0
+    assert set(meta["tasks"]) == {"shapes", "shapes_pq"}
+
+
+def test_partitions_hold_every_row_with_its_label(world, first_run):
+    store = world["root"] / "store"
+    for model, dim in (("lite0", 1280), ("rand_resnet", 512)):
+        for task, per_class in (("shapes", (6, 3, 3)), ("shapes_pq", (5, 3, 3))):
+            for split, count in zip(SPLITS, per_class, strict=True):
+                files = list(
+                    (store / "embeddings" / f"model={model}" / f"task={task}").glob(
+                        f"split={split}/*.parquet"
+                    )
+                )
+                assert len(files) == 1
+                part = read_partition(Partition(store, model, task, split, files[0].stem))
+                assert part["embedding"].shape == (count * len(CLASSES), dim)
+                assert np.bincount(part["label"]).tolist() == [count] * len(CLASSES)
+                assert np.isfinite(part["embedding"]).all()
+                assert ("probs" in part) == (model == "lite0")  # source head: ImageNet classes
+                if model == "lite0":
+                    np.testing.assert_allclose(part["probs"].sum(axis=1), 1.0, rtol=1e-4)
+
+
+def test_embeddings_match_a_plain_timm_forward(world, first_run):
+    store = world["root"] / "store"
+    cat = load_catalogue(world["root"] / "catalog.toml")
+    sources = dict(cat.models.select("model", "source").iter_rows())
+    # Folder rows are indexed in sorted (split, class, file) order; check the training split.
+    files = sorted(
+        (world["root"] / "shapes" / "train").glob("*/*"), key=lambda p: (p.parent.name, p.name)
+    )
+    for model in ("lite0", "rand_resnet"):
+        (path,) = (store / "embeddings" / f"model={model}" / "task=shapes").glob(
+            "split=train/*.parquet"
+        )
+        part = read_partition(Partition(store, model, "shapes", "train", path.stem))
+        ref = _reference(world, model, sources[model], files)
+        order = np.argsort(part["index"])
+        np.testing.assert_allclose(part["embedding"][order], ref, rtol=1e-3, atol=1e-4)
+
+
+def test_rerun_computes_nothing_and_a_new_model_computes_only_itself(world, first_run):
+    again = _embed(world)
+    assert again.computed == [] and again.images_decoded == 0
+    assert len(again.reused) == 4
+    third = _embed(world, pool="Three")
+    assert sorted(third.computed) == [("rand_mnv3", "shapes"), ("rand_mnv3", "shapes_pq")]
+    assert third.images_decoded == world["n_images"]
+
+
+def test_changed_task_data_reembeds_only_that_task(world, first_run, tmp_path):
+    shutil.copytree(world["root"], tmp_path / "w", ignore=shutil.ignore_patterns("store*"))
+    shutil.copytree(world["root"] / "store", tmp_path / "w" / "store")
+    w = dict(world, root=tmp_path / "w")
+    img = next((w["root"] / "shapes" / "test" / "square").glob("*.png"))
+    Image.new("RGB", (50, 40), (1, 2, 3)).save(img)
+    out = _embed(w)
+    assert sorted(out.computed) == [("lite0", "shapes"), ("rand_resnet", "shapes")]
+    assert out.images_decoded == world["n_folder"]
+
+
+def _bad_world(tmp_path, break_it):
+    root = tmp_path
+    write_folder(root / "shapes", per_split=(2, 1, 1))
+    (root / "tasks.toml").write_text(
+        '[[tasks]]\nname = "shapes"\nsource = "folder"\nroot = "shapes"\n'
+    )
+    break_it(root)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("break_it", "needle"),
+    [
+        (lambda r: (r / "shapes/val/circle/0.png").write_bytes(b"not an image"), "0.png"),
+        (lambda r: (r / "shapes/train/square/0.png").write_bytes(b""), "0.png"),
+    ],
+)
+def test_bad_images_fail_clearly_and_write_nothing(tmp_path, ray_session, break_it, needle):
+    root = _bad_world(tmp_path, break_it)
+    (root / "catalog.toml").write_text(
+        '[[models]]\nmodel = "r"\nfamily = "f"\nsource = "timm:resnet10t@random"\n'
+        'upstream_dataset = "d"\nparams = 1\ndim = 1\n[pools]\nAll = "true"\n'
+    )
+    with pytest.raises(UserError, match=needle):
+        embed(
+            load_catalogue(root / "catalog.toml"),
+            "All",
+            load_tasks(root / "tasks.toml"),
+            root / "store",
+            CFG,
+        )
+    assert not list((root / "store").glob("embeddings/**/*.parquet"))
+
+
+@pytest.mark.parametrize(
+    ("source", "needle"),
+    [
+        ("timm:no_such_net_v9@random", "no_such_net_v9"),
+        ("timm:resnet10t@missing.safetensors", "missing.safetensors"),
+    ],
+)
+def test_bad_models_fail_clearly_and_write_nothing(tmp_path, ray_session, source, needle):
+    root = _bad_world(tmp_path, lambda r: None)
+    (root / "catalog.toml").write_text(
+        f'[[models]]\nmodel = "badmodel"\nfamily = "f"\nsource = "{source}"\n'
+        'upstream_dataset = "d"\nparams = 1\ndim = 1\n[pools]\nAll = "true"\n'
+    )
+    with pytest.raises(UserError, match="badmodel") as err:
+        embed(
+            load_catalogue(root / "catalog.toml"),
+            "All",
+            load_tasks(root / "tasks.toml"),
+            root / "store",
+            CFG,
+        )
+    assert needle in str(err.value)
+    assert not (root / "store" / "embeddings").exists()
+
+
+def test_shape_mismatched_weights_fail_in_the_worker_with_a_clear_error(
+    world, tmp_path, ray_session
+):
+    root = _bad_world(tmp_path, lambda r: None)
+    lite0 = world["root"] / "weights" / "tf_efficientnet_lite0.safetensors"
+    (root / "catalog.toml").write_text(
+        f'[[models]]\nmodel = "wrongshape"\nfamily = "f"\nsource = "timm:resnet10t@{lite0}"\n'
+        'upstream_dataset = "d"\nparams = 1\ndim = 1\n[pools]\nAll = "true"\n'
+    )
+    with pytest.raises(UserError, match="wrongshape"):
+        embed(
+            load_catalogue(root / "catalog.toml"),
+            "All",
+            load_tasks(root / "tasks.toml"),
+            root / "store",
+            CFG,
+        )
+    assert not list((root / "store").glob("embeddings/**/*.parquet"))
+
+
+def test_nan_embeddings_are_refused(world, tmp_path, ray_session):
+    from safetensors.torch import save_file
+
+    root = _bad_world(tmp_path, lambda r: None)
+    net = timm.create_model("resnet10t", pretrained=False)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    state["conv1.0.weight"][:] = float("nan")
+    save_file(state, root / "nan.safetensors")
+    (root / "catalog.toml").write_text(
+        '[[models]]\nmodel = "nanny"\nfamily = "f"\nsource = "timm:resnet10t@nan.safetensors"\n'
+        'upstream_dataset = "d"\nparams = 1\ndim = 1\n[pools]\nAll = "true"\n'
+    )
+    with pytest.raises(UserError, match="nanny.*not finite"):
+        embed(
+            load_catalogue(root / "catalog.toml"),
+            "All",
+            load_tasks(root / "tasks.toml"),
+            root / "store",
+            CFG,
+        )
+    assert not list((root / "store").glob("embeddings/**/*.parquet"))
