@@ -297,3 +297,16 @@ def test_nan_embeddings_are_refused(world, tmp_path, ray_session):
             CFG,
         )
     assert not list((root / "store").glob("embeddings/**/*.parquet"))
+
+
+def test_cli_reports_reuse_and_rejects_an_unknown_pool(world, first_run, capsys):
+    from engine import cli
+
+    root = world["root"]
+    argv = ["embed", "--catalog", str(root / "catalog.toml"), "--tasks", str(root / "tasks.toml")]
+    argv += ["--store", str(root / "store"), "--image-size", str(SIZE), "--batch-size", "16"]
+    assert cli.main([*argv, "--pool", "Two"]) == 0
+    out = capsys.readouterr().out
+    assert "embedded 0 (model, task) pair(s), reused 4; 0 images decoded" in out
+    assert cli.main([*argv, "--pool", "Nope"]) == 2
+    assert "unknown pool 'Nope'" in capsys.readouterr().err
