@@ -113,6 +113,27 @@ def cmd_embed(args: argparse.Namespace) -> None:
     print(f"store {args.store} in {time.perf_counter() - start:.1f} s")
 
 
+def cmd_probe(args: argparse.Namespace) -> None:
+    """Run task-aware proxies on every (model, task) of the store into a scores table."""
+    from engine.presets import load_preset
+    from engine.probe import probe, write_scores
+
+    preset = load_preset(args.preset)
+    proxies = [p.strip() for p in args.proxies.split(",") if p.strip()]
+    summary = probe(args.store, proxies, preset)
+    write_scores(summary.scores, args.out)
+    na = summary.scores.filter(pl.col("score").is_null())
+    overhead = 1 - summary.compute_seconds / summary.wall_seconds if summary.trials_run else 0.0
+    print(
+        f"probed {summary.trials_run} (model, task) pair(s), {summary.trials_reused} reused from "
+        f"an earlier run; {summary.scores.height} scores ({na.height} not applicable)"
+    )
+    print(
+        f"proxies compute {summary.compute_seconds:.1f} s, stage wall {summary.wall_seconds:.1f} s"
+        f" (orchestration {100 * max(overhead, 0):.0f}%); wrote {args.out}"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="whichmodel",
@@ -164,6 +185,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
     p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser(
+        "probe", help="task-aware proxy scores from the store", description=cmd_probe.__doc__
+    )
+    p.add_argument("--store", required=True, type=Path, help="embedding store directory")
+    p.add_argument(
+        "--proxies",
+        default="linear,knn",
+        help="comma-separated proxies: knn, linear, logme, hscore_reg, gbc, leep, nce",
+    )
+    p.add_argument("--out", required=True, type=Path, help="scores table (.parquet or .csv)")
+    p.add_argument("--preset", default="quick", help="numbers of the probes (engine/presets.toml)")
+    p.set_defaults(func=cmd_probe)
     return parser
 
 

@@ -155,3 +155,18 @@ def record_run(store: Path, models: dict, tasks: dict, run: dict) -> None:
     meta["tasks"].update(tasks)
     meta["runs"].append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **run})
     write_metadata(store, meta)
+
+
+def stored_pairs(store: Path) -> dict[tuple[str, str], dict[str, Partition]]:
+    """Every (model, task) in the store with its split partitions (the current file of each)."""
+    pairs: dict[tuple[str, str], dict[str, Partition]] = {}
+    for path in sorted((store / "embeddings").glob("model=*/task=*/split=*/*.parquet")):
+        split_dir, task_dir, model_dir = path.parent, path.parent.parent, path.parent.parent.parent
+        model = model_dir.name.removeprefix("model=")
+        task = task_dir.name.removeprefix("task=")
+        split = split_dir.name.removeprefix("split=")
+        parts = pairs.setdefault((model, task), {})
+        if split in parts:
+            raise UserError(f"{split_dir}: more than one partition file; rerun `whichmodel embed`")
+        parts[split] = Partition(store, model, task, split, path.stem)
+    return pairs

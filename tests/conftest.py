@@ -1,6 +1,8 @@
-"""Shared fixtures: one local Ray cluster per test session, shut down at the end."""
+"""Shared fixtures: one local Ray cluster per test session (shut down at the end) and one real
+embedding store built from test-written images (imageworld)."""
 
 import pytest
+from imageworld import first_run, world  # noqa: F401  (session fixtures)
 
 
 @pytest.fixture(scope="session")

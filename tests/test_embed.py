@@ -1,119 +1,23 @@
 """The embedding stage on a real local Ray: real image files of many kinds, a Parquet task,
 real timm models (a random-init one and the converted ImageNet EfficientNet-Lite0)."""
 
-import io
 import shutil
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import timm
 import torch
+from imageworld import CFG, CLASSES, SIZE, embed_world, write_folder
 from PIL import Image
 
 from actors.decode import to_rgb
 from actors.models import build_model, embed_forward, parse_source
 from engine.catalog import load_catalogue
-from engine.convert import convert_efficientnet_lite
-from engine.embed import EmbedConfig, embed
+from engine.embed import embed
 from engine.errors import UserError
 from engine.store import SPLITS, Partition, read_metadata, read_partition
 from engine.tasks import load_tasks
-
-SIZE = 64
-CFG = EmbedConfig(image_size=SIZE, batch_size=16)
-CLASSES = ("circle", "square", "stripes")
-MODES = ("RGB", "L", "RGBA", "P", "I;16")
-
-
-def _picture(cls: int, k: int, rng) -> Image.Image:
-    """A small picture whose content depends on its class, in one of several PIL modes."""
-    w, h = 48 + 8 * (k % 3), 36 + 6 * (k % 4)
-    arr = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
-    if cls == 0:
-        yy, xx = np.mgrid[:h, :w]
-        arr[(yy - h / 2) ** 2 + (xx - w / 2) ** 2 < (h / 3) ** 2] = (230, 40, 40)
-    elif cls == 1:
-        arr[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = (40, 200, 60)
-    else:
-        arr[:, ::6] = (40, 60, 220)
-    img = Image.fromarray(arr)
-    mode = MODES[k % len(MODES)]
-    if mode == "I;16":
-        grey = np.asarray(img.convert("L"), dtype=np.uint16) * 257
-        return Image.fromarray(grey)  # uint16 → mode I;16
-    if mode == "P":
-        return img.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
-    return img.convert(mode)
-
-
-def write_folder(root: Path, per_split=(6, 3, 3), seed=0) -> int:
-    """ROOT/<split>/<class>/<file>: PNG and JPEG, several modes. Returns the image count."""
-    rng = np.random.default_rng(seed)
-    n = 0
-    for split, count in zip(SPLITS, per_split, strict=True):
-        for c, name in enumerate(CLASSES):
-            d = root / split / name
-            d.mkdir(parents=True, exist_ok=True)
-            for k in range(count):
-                img = _picture(c, k + n, rng)
-                jpeg = k % 2 == 1 and img.mode in ("RGB", "L")
-                img.save(d / f"{k}.{'jpg' if jpeg else 'png'}")
-                n += 1
-    return n
-
-
-def write_parquet_task(path: Path, seed=1) -> int:
-    rng = np.random.default_rng(seed)
-    rows = []
-    for split, count in zip(SPLITS, (5, 3, 3), strict=True):
-        for c in range(len(CLASSES)):
-            for k in range(count):
-                buf = io.BytesIO()
-                _picture(c, k, rng).convert("RGB").save(buf, format="PNG")
-                rows.append({"image": buf.getvalue(), "label": CLASSES[c], "split": split})
-    pq.write_table(pa.Table.from_pylist(rows), path)
-    return len(rows)
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory, ray_session):
-    root = tmp_path_factory.mktemp("embed")
-    weights = convert_efficientnet_lite(0, root / "weights")
-    n_folder = write_folder(root / "shapes")
-    n_parquet = write_parquet_task(root / "shapes.parquet")
-    (root / "tasks.toml").write_text(
-        '[[tasks]]\nname = "shapes"\ncategory = "natural"\nsource = "folder"\nroot = "shapes"\n\n'
-        '[[tasks]]\nname = "shapes_pq"\ncategory = "structured"\nsource = "parquet"\n'
-        'path = "shapes.parquet"\n'
-    )
-    entry = (
-        '[[models]]\nmodel = "{m}"\nfamily = "f"\nsource = "{s}"\nupstream_dataset = "d"\n'
-        "params = 1\ndim = 1\n"
-    )
-    models = [
-        ("lite0", f"timm:tf_efficientnet_lite0@{weights.relative_to(root)}"),
-        ("rand_resnet", "timm:resnet10t@random"),
-        ("rand_mnv3", "timm:mobilenetv3_small_050@random"),
-    ]
-    (root / "catalog.toml").write_text(
-        "".join(entry.format(m=m, s=s) for m, s in models)
-        + '[pools]\nTwo = ["lite0", "rand_resnet"]\nThree = "true"\n'
-    )
-    return {"root": root, "n_images": n_folder + n_parquet, "n_folder": n_folder}
-
-
-def _embed(world, pool="Two", store="store"):
-    cat = load_catalogue(world["root"] / "catalog.toml")
-    tasks = load_tasks(world["root"] / "tasks.toml")
-    return embed(cat, pool, tasks, world["root"] / store, CFG)
-
-
-@pytest.fixture(scope="module")
-def first_run(world):
-    return _embed(world)
 
 
 def _reference(world, model: str, source: str, files: list[Path]) -> np.ndarray:
@@ -178,10 +82,10 @@ def test_embeddings_match_a_plain_timm_forward(world, first_run):
 
 
 def test_rerun_computes_nothing_and_a_new_model_computes_only_itself(world, first_run):
-    again = _embed(world)
+    again = embed_world(world)
     assert again.computed == [] and again.images_decoded == 0
     assert len(again.reused) == 4
-    third = _embed(world, pool="Three")
+    third = embed_world(world, pool="Three")
     assert sorted(third.computed) == [("rand_mnv3", "shapes"), ("rand_mnv3", "shapes_pq")]
     assert third.images_decoded == world["n_images"]
 
@@ -192,7 +96,7 @@ def test_changed_task_data_reembeds_only_that_task(world, first_run, tmp_path):
     w = dict(world, root=tmp_path / "w")
     img = next((w["root"] / "shapes" / "test" / "square").glob("*.png"))
     Image.new("RGB", (50, 40), (1, 2, 3)).save(img)
-    out = _embed(w)
+    out = embed_world(w)
     assert sorted(out.computed) == [("lite0", "shapes"), ("rand_resnet", "shapes")]
     assert out.images_decoded == world["n_folder"]
 

@@ -1,0 +1,41 @@
+"""Presets as data (engine/presets.toml): the numbers of each stage, validated on load."""
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from engine.errors import UserError
+
+PRESETS_FILE = Path(__file__).with_name("presets.toml")
+
+# Every preset must give every field of every section here (types are checked).
+FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "embed": {"image_size": int, "batch_size": int},
+    "linear": {"lrs": list, "steps": int, "batch_size": int, "reps": int},
+    "knn": {"k": int, "metric": str},
+}
+
+
+def load_preset(name: str, path: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """The named preset's sections, checked against ``FIELDS``."""
+    path = Path(path) if path else PRESETS_FILE
+    try:
+        presets = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UserError(f"{path}: cannot read presets: {exc}") from exc
+    if name not in presets:
+        raise UserError(f"{path}: unknown preset {name!r} (available: {', '.join(presets)})")
+    preset = presets[name]
+    for section, fields in FIELDS.items():
+        values = preset.get(section)
+        if not isinstance(values, dict):
+            raise UserError(f"{path}: preset {name!r} lacks section [{name}.{section}]")
+        for field, kind in fields.items():
+            if field not in values:
+                raise UserError(f"{path}: preset {name!r} lacks field {section}.{field}")
+            if not isinstance(values[field], kind) or isinstance(values[field], bool):
+                raise UserError(
+                    f"{path}: preset {name!r} field {section}.{field} must be {kind.__name__}, "
+                    f"got {values[field]!r}"
+                )
+    return preset
