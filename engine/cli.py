@@ -134,6 +134,41 @@ def cmd_probe(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_finetune(args: argparse.Namespace) -> None:
+    """Fine-tune by the preset's protocol on Ray Tune: every pool model, or a strategy's picks."""
+    from engine.finetune import run_finetune, select_pairs
+    from engine.presets import load_preset
+    from engine.tasks import load_tasks
+
+    catalogue = load_catalogue(args.catalog)
+    catalogue.pool(args.pool)
+    specs = load_tasks(args.tasks)
+    preset = load_preset(args.preset)
+    pairs = None
+    if args.select:
+        if args.budget is None:
+            raise UserError("--select needs --budget")
+        scores = tables.load_scores(args.scores) if args.scores else None
+        names = [s.name for s in specs]
+        pairs = select_pairs(catalogue, args.pool, names, args.select, args.budget, scores)
+    summary = run_finetune(
+        catalogue, args.pool, specs, preset, args.out, pairs, export_winners=bool(args.select)
+    )
+    with atomic_directory(Path(args.out) / "table") as tmp:
+        write_table(summary.runs, tmp, "finetune")
+    print(
+        f"fine-tuned {summary.trials_run} run(s), {summary.trials_reused} reused from an earlier"
+        f" run; finetune table {Path(args.out) / 'table' / 'finetune.parquet'}"
+    )
+    for task, folder in sorted(summary.winners.items()):
+        row = (
+            summary.runs.filter(pl.col("task") == task)
+            .sort("val_acc", descending=True)
+            .row(0, named=True)
+        )
+        print(f"  {task}: best {row['model']} (val {row['val_acc']:.3f}) → {folder}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="whichmodel",
@@ -198,6 +233,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="scores table (.parquet or .csv)")
     p.add_argument("--preset", default="quick", help="numbers of the probes (engine/presets.toml)")
     p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser(
+        "finetune", help="fine-tune on Ray Tune (oracle or picks)", description=cmd_finetune.__doc__
+    )
+    p.add_argument("--catalog", required=True, type=Path, help="catalogue TOML")
+    p.add_argument("--pool", required=True, help="pool name in the catalogue")
+    p.add_argument("--tasks", required=True, type=Path, help="tasks TOML")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--all", action="store_true", help="every model of the pool (the oracle)")
+    mode.add_argument("--select", metavar="STRATEGY", help="only the models a strategy picks")
+    p.add_argument("--budget", type=int, help="models per task with --select")
+    p.add_argument("--scores", type=Path, help="scores table for task-aware/hybrid strategies")
+    p.add_argument("--preset", default="quick", help="numbers of the protocol (presets.toml)")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.set_defaults(func=cmd_finetune)
     return parser
 
 

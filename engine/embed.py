@@ -171,14 +171,7 @@ def _run_pipeline(
     cpus, gpus = cluster_cpus_gpus()
     # Errors in a stage (a corrupt image, bad weights) surface as the worker's own exception.
     ray.data.DataContext.get_current().raise_original_map_exception = True
-    size, resize, interpolation = _decode_geometry(plans)
-    ds = _dataset(tasks, cfg).map_batches(
-        decode_stage,
-        fn_kwargs=dict(size=size, resize=resize, interpolation=interpolation, counter=counter),
-        batch_size=cfg.batch_size,
-        batch_format="numpy",
-        num_cpus=cfg.decode_cpus,
-    )
+    ds = decoded_dataset(tasks, _decode_geometry(plans), cfg, counter)
     threads = max(1, int(cpus) // len(plans))
     for i, plan in enumerate(plans):
         if gpus > 0:
@@ -205,7 +198,25 @@ def _run_pipeline(
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max_actors),
             **resources,
         )
-    ds = ds.drop_columns(["pixels"])
+    return gather(ds.drop_columns(["pixels"]))
+
+
+def decoded_dataset(
+    tasks: list[TaskData], geometry: tuple[int, int, str], cfg: EmbedConfig, counter=None
+) -> ray.data.Dataset:
+    """The tasks' rows decoded once to ``geometry`` (size, short-side resize, interpolation)."""
+    size, resize, interpolation = geometry
+    return _dataset(tasks, cfg).map_batches(
+        decode_stage,
+        fn_kwargs=dict(size=size, resize=resize, interpolation=interpolation, counter=counter),
+        batch_size=cfg.batch_size,
+        batch_format="numpy",
+        num_cpus=cfg.decode_cpus,
+    )
+
+
+def gather(ds: ray.data.Dataset) -> dict[str, np.ndarray]:
+    """A dataset's columns, concatenated in the driver."""
     chunks: dict[str, list[np.ndarray]] = {}
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for key, value in batch.items():

@@ -13,6 +13,18 @@ FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "embed": {"image_size": int, "batch_size": int},
     "linear": {"lrs": list, "steps": int, "batch_size": int, "reps": int},
     "knn": {"k": int, "metric": str},
+    "finetune": {
+        "image_size": int,
+        "lrs": list,
+        "steps": int,
+        "batch_size": int,
+        "reps": int,
+        "head_steps": int,
+        "head_lr": (int, float),
+        "checkpoint_every": int,
+        "augment": bool,
+        "precision": str,
+    },
 }
 
 
@@ -33,9 +45,11 @@ def load_preset(name: str, path: str | Path | None = None) -> dict[str, dict[str
         for field, kind in fields.items():
             if field not in values:
                 raise UserError(f"{path}: preset {name!r} lacks field {section}.{field}")
-            if not isinstance(values[field], kind) or isinstance(values[field], bool):
+            value = values[field]
+            if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+                names = kind.__name__ if isinstance(kind, type) else "number"
                 raise UserError(
-                    f"{path}: preset {name!r} field {section}.{field} must be {kind.__name__}, "
-                    f"got {values[field]!r}"
+                    f"{path}: preset {name!r} field {section}.{field} must be {names}, "
+                    f"got {value!r}"
                 )
     return preset
