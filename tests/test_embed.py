@@ -111,6 +111,20 @@ def _bad_world(tmp_path, break_it):
     return root
 
 
+def _embed_one_model(root, model: str, source: str):
+    """Embed the bad world with a one-model catalogue; return the store's partition files."""
+    (root / "catalog.toml").write_text(
+        f'[[models]]\nmodel = "{model}"\nfamily = "f"\nsource = "{source}"\n'
+        'upstream_dataset = "d"\nparams = 1\ndim = 1\n[pools]\nAll = "true"\n'
+    )
+    cat, tasks = load_catalogue(root / "catalog.toml"), load_tasks(root / "tasks.toml")
+    try:
+        embed(cat, "All", tasks, root / "store", CFG)
+    finally:
+        written = list((root / "store").glob("embeddings/**/*.parquet"))
+        assert written == []  # nothing written for a failed run
+
+
 @pytest.mark.parametrize(
     ("break_it", "needle"),
     [
@@ -120,19 +134,8 @@ def _bad_world(tmp_path, break_it):
 )
 def test_bad_images_fail_clearly_and_write_nothing(tmp_path, ray_session, break_it, needle):
     root = _bad_world(tmp_path, break_it)
-    (root / "catalog.toml").write_text(
-        '[[models]]\nmodel = "r"\nfamily = "f"\nsource = "timm:resnet10t@random"\n'
-        'upstream_dataset = "d"\nparams = 1\ndim = 1\n[pools]\nAll = "true"\n'
-    )
     with pytest.raises(UserError, match=needle):
-        embed(
-            load_catalogue(root / "catalog.toml"),
-            "All",
-            load_tasks(root / "tasks.toml"),
-            root / "store",
-            CFG,
-        )
-    assert not list((root / "store").glob("embeddings/**/*.parquet"))
+        _embed_one_model(root, "r", "timm:resnet10t@random")
 
 
 @pytest.mark.parametrize(
@@ -144,20 +147,9 @@ def test_bad_images_fail_clearly_and_write_nothing(tmp_path, ray_session, break_
 )
 def test_bad_models_fail_clearly_and_write_nothing(tmp_path, ray_session, source, needle):
     root = _bad_world(tmp_path, lambda r: None)
-    (root / "catalog.toml").write_text(
-        f'[[models]]\nmodel = "badmodel"\nfamily = "f"\nsource = "{source}"\n'
-        'upstream_dataset = "d"\nparams = 1\ndim = 1\n[pools]\nAll = "true"\n'
-    )
     with pytest.raises(UserError, match="badmodel") as err:
-        embed(
-            load_catalogue(root / "catalog.toml"),
-            "All",
-            load_tasks(root / "tasks.toml"),
-            root / "store",
-            CFG,
-        )
+        _embed_one_model(root, "badmodel", source)
     assert needle in str(err.value)
-    assert not (root / "store" / "embeddings").exists()
 
 
 def test_shape_mismatched_weights_fail_in_the_worker_with_a_clear_error(
@@ -165,19 +157,8 @@ def test_shape_mismatched_weights_fail_in_the_worker_with_a_clear_error(
 ):
     root = _bad_world(tmp_path, lambda r: None)
     lite0 = world["root"] / "weights" / "tf_efficientnet_lite0.safetensors"
-    (root / "catalog.toml").write_text(
-        f'[[models]]\nmodel = "wrongshape"\nfamily = "f"\nsource = "timm:resnet10t@{lite0}"\n'
-        'upstream_dataset = "d"\nparams = 1\ndim = 1\n[pools]\nAll = "true"\n'
-    )
     with pytest.raises(UserError, match="wrongshape"):
-        embed(
-            load_catalogue(root / "catalog.toml"),
-            "All",
-            load_tasks(root / "tasks.toml"),
-            root / "store",
-            CFG,
-        )
-    assert not list((root / "store").glob("embeddings/**/*.parquet"))
+        _embed_one_model(root, "wrongshape", f"timm:resnet10t@{lite0}")
 
 
 def test_nan_embeddings_are_refused(world, tmp_path, ray_session):
@@ -188,19 +169,8 @@ def test_nan_embeddings_are_refused(world, tmp_path, ray_session):
     state = {k: v.clone() for k, v in net.state_dict().items()}
     state["conv1.0.weight"][:] = float("nan")
     save_file(state, root / "nan.safetensors")
-    (root / "catalog.toml").write_text(
-        '[[models]]\nmodel = "nanny"\nfamily = "f"\nsource = "timm:resnet10t@nan.safetensors"\n'
-        'upstream_dataset = "d"\nparams = 1\ndim = 1\n[pools]\nAll = "true"\n'
-    )
     with pytest.raises(UserError, match="nanny.*not finite"):
-        embed(
-            load_catalogue(root / "catalog.toml"),
-            "All",
-            load_tasks(root / "tasks.toml"),
-            root / "store",
-            CFG,
-        )
-    assert not list((root / "store").glob("embeddings/**/*.parquet"))
+        _embed_one_model(root, "nanny", "timm:resnet10t@nan.safetensors")
 
 
 def test_cli_reports_reuse_and_rejects_an_unknown_pool(world, first_run, capsys):
