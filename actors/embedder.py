@@ -51,6 +51,8 @@ class Embedder:
         self.tasks = None if tasks is None else np.asarray(tasks)
         self.cuda = torch.cuda.is_available()
         self.device = torch.device("cuda" if self.cuda else "cpu")
+        if self.cuda:
+            torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels
         net = build_model(source, model).to(self.device)
         self.model = net.to(memory_format=torch.channels_last).eval()
         self.dim = embed_dim(net)

@@ -173,13 +173,8 @@ def _run_pipeline(
     ray.data.DataContext.get_current().raise_original_map_exception = True
     ds = decoded_dataset(tasks, _decode_geometry(plans), cfg, counter)
     threads = max(1, int(cpus) // len(plans))
+    resources, max_actors = actor_resources(cpus, gpus, len(plans), cfg)
     for i, plan in enumerate(plans):
-        if gpus > 0:
-            resources = dict(num_gpus=cfg.gpus_per_actor, num_cpus=cfg.cpus_per_actor)
-            max_actors = max(1, int(gpus / cfg.gpus_per_actor))
-        else:
-            resources = dict(num_cpus=cfg.cpus_per_actor)
-            max_actors = max(1, int(cpus) // len(plans))
         ds = ds.map_batches(
             Embedder,
             fn_constructor_kwargs=dict(
@@ -199,6 +194,21 @@ def _run_pipeline(
             **resources,
         )
     return gather(ds.drop_columns(["pixels"]))
+
+
+def actor_resources(
+    cpus: float, gpus: float, n_models: int, cfg: EmbedConfig
+) -> tuple[dict[str, float], int]:
+    """Ray resources of one Embedder actor and the most actors per model.
+
+    Every model stage needs at least one actor alive at once (the stages stream into each
+    other), so on GPUs each actor asks for at most ``gpus / n_models`` of a GPU: with more
+    models than GPUs, whole-GPU actors would wait for each other forever.
+    """
+    if gpus > 0:
+        share = min(cfg.gpus_per_actor, gpus / n_models)
+        return dict(num_gpus=share, num_cpus=cfg.cpus_per_actor), max(1, int(gpus / share))
+    return dict(num_cpus=cfg.cpus_per_actor), max(1, int(cpus) // n_models)
 
 
 def decoded_dataset(
