@@ -22,6 +22,7 @@ from ray import tune
 
 from actors.finetune import split_pixels
 from actors.finetune_trial import finetune_trial
+from engine import schema
 from engine.catalog import Catalogue
 from engine.embed import EmbedConfig, decoded_dataset, gather, plan_model
 from engine.errors import UserError
@@ -31,19 +32,6 @@ from engine.tasks import TaskSpec, load_task
 
 log = logging.getLogger("whichmodel")
 
-FINETUNE_RUNS = {
-    "model": pl.String,
-    "task": pl.String,
-    "lr": pl.Float64,
-    "rep": pl.Int64,
-    "val_acc": pl.Float64,
-    "test_acc": pl.Float64,
-    "head_val_acc": pl.Float64,
-    "steps": pl.Int64,
-    "steps_run": pl.Int64,  # steps the final attempt ran (the rest came from a checkpoint)
-    "resumed_from": pl.Int64,
-    "seconds": pl.Float64,
-}
 NEEDS_FINETUNE = ("oracle", "random", "task_agnostic_oracle", "task_agnostic_loo")
 
 
@@ -243,5 +231,5 @@ def run_finetune(
             shutil.rmtree(target)
         shutil.copytree(folder, target)
         winners[task] = target
-    runs = pl.DataFrame(rows, schema=FINETUNE_RUNS).sort("model", "task", "lr", "rep")
+    runs = pl.DataFrame(rows, schema=schema.FINETUNE_RUNS).sort("model", "task", "lr", "rep")
     return FinetuneSummary(runs, ran, len(rows) - ran, winners)

@@ -22,21 +22,12 @@ from ray import tune
 
 from actors.probe_trial import probe_trial
 from actors.proxies import PROXIES
+from engine import schema
 from engine.errors import UserError
 from engine.raycluster import cluster_cpus_gpus, ensure_ray
 from engine.store import read_metadata, read_partition, stored_pairs
 
 log = logging.getLogger("whichmodel")
-
-SCORES_DETAIL = {
-    "model": pl.String,
-    "task": pl.String,
-    "proxy": pl.String,
-    "score": pl.Float64,
-    "reason": pl.String,
-    "seconds": pl.Float64,
-    "runs": pl.String,  # JSON list of per-run rows (e.g. lr, rep, val_acc for linear)
-}
 
 
 @dataclass(frozen=True)
@@ -141,7 +132,7 @@ def probe(
         if result.metrics.get("token") == token:
             ran += 1
             compute += float(result.metrics["compute_seconds"])
-    scores = pl.DataFrame(rows, schema=SCORES_DETAIL).sort("model", "task", "proxy")
+    scores = pl.DataFrame(rows, schema=schema.SCORES_DETAIL).sort("model", "task", "proxy")
     wall = time.perf_counter() - start
     return ProbeSummary(scores, ran, len(results) - ran, compute, wall)
 

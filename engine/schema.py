@@ -32,9 +32,32 @@ TASKS = {
 # (e.g. LEEP for a model without a source head). Detail columns may follow.
 SCORES = {"model": pl.String, "task": pl.String, "proxy": pl.String, "score": pl.Float64}
 
+# What the probe stage writes: SCORES plus the detail of each (model, task, proxy).
+SCORES_DETAIL = {
+    **SCORES,
+    "reason": pl.String,  # why a score is empty (e.g. no source head for LEEP)
+    "seconds": pl.Float64,
+    "runs": pl.String,  # JSON list of per-run rows (e.g. lr, rep, val_acc for linear)
+}
+
 # One row per (model, task), or one per run with the run columns below; see engine.tables.
 FINETUNE = {"model": pl.String, "task": pl.String, "test_acc": pl.Float64}
 FINETUNE_RUN = {"lr": pl.Float64, "rep": pl.Int64, "val_acc": pl.Float64}
+
+# What the fine-tune stage writes: one row per (model, task, lr, rep).
+FINETUNE_RUNS = {
+    "model": pl.String,
+    "task": pl.String,
+    "lr": pl.Float64,
+    "rep": pl.Int64,
+    "val_acc": pl.Float64,
+    "test_acc": pl.Float64,
+    "head_val_acc": pl.Float64,
+    "steps": pl.Int64,
+    "steps_run": pl.Int64,  # steps the final attempt ran (the rest came from a checkpoint)
+    "resumed_from": pl.Int64,
+    "seconds": pl.Float64,
+}
 
 SELECTIONS = {
     "pool": pl.String,
