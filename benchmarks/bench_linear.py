@@ -1,0 +1,319 @@
+"""Benchmark: the paper's linear-probe grid, engine vs the faithful loop vs scikit-learn.
+
+For each (dim, classes) config, synthetic but learnable embeddings (Gaussian class means +
+Gaussian noise with a power-law spectrum, 800 train / 200 validation rows, seeded) and the
+paper's grid: lr in {0.1, 0.01} x 5 repetitions x ``--steps`` SGD steps of batch 512. Times
+
+- (a) the engine: ``actors.proxies.linear_grid`` (production path: ``dual="auto"``, float32, CPU),
+  the whole grid in one call (best of ``--repeats``);
+- (b) the faithful loop: ``actors.proxies.linear_sequential`` (``nn.Linear`` + ``optim.SGD`` +
+  autograd, one (lr, rep) at a time, the same batches), one run;
+- (c) scikit-learn ``SGDClassifier(loss="log_loss")`` as a user would call it, one fit per
+  (lr, rep) with ``random_state=rep`` (a different algorithm: per-example updates, one-vs-rest;
+  its accuracy and time are for orientation only),
+
+checks that (a) and (b) give identical validation accuracies for every (lr, rep), measures the
+machine's fp32 matmul peak and prints each implementation's FLOPs / time as a fraction of it.
+
+    .venv/bin/python benchmarks/bench_linear.py [--steps 2500] [--configs 512x10,2048x50,4096x100]
+
+FLOP count (multiply-adds count 2; softmax, one-hot and other element-wise work not counted):
+
+- primal (the loop, and the engine when d <= n): per step and (lr, rep) run, forward logits
+  2*B*d*C + weight gradient 2*B*d*C; validation 2*n_val*d*C per run.
+- dual (the engine when d > n): Gram matrix X Xᵀ 2*n²*d once; per step and run the logits of the
+  batch rows of the Gram matrix against the dual coefficients 2*B*n*C (the update is an
+  ``index_add_`` of B*C numbers, no matmul); validation X_val Xᵀ 2*n_val*n*d once, then
+  2*n_val*n*C per run.
+
+Before each timed measurement the script waits (up to ``--load-wait`` seconds) for the 1-minute
+load average to fall below ``--load-max`` and prints the load it measured at.
+"""
+
+import argparse
+import os
+import platform
+import sys
+import time
+import warnings
+
+import numpy as np
+import torch
+
+from actors.proxies import linear_grid, linear_sequential
+
+N_TRAIN, N_VAL = 800, 200
+LRS = (0.1, 0.01)
+REPS = 5
+BATCH = 512
+
+
+def load1() -> float:
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
+def wait_for_load(limit: float, max_wait: float) -> float:
+    """Poll the 1-minute load until it is below ``limit`` (at most ``max_wait`` s); return it."""
+    start = time.monotonic()
+    load = load1()
+    while load >= limit and time.monotonic() - start < max_wait:
+        time.sleep(5)
+        load = load1()
+    waited = time.monotonic() - start
+    note = "" if load < limit else f"  (still >= {limit} after {waited:.0f} s; measuring anyway)"
+    print(f"    load1 at measurement: {load:.2f}{note}", flush=True)
+    return load
+
+
+class Timer:
+    """Wall and process CPU seconds of a block; cpu/wall near the thread count (2) means the
+    block had the cores to itself, well under it means other jobs took them."""
+
+    def __enter__(self):
+        self.t, self.c = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self.t
+        self.cpu = time.process_time() - self.c
+
+    @property
+    def note(self) -> str:
+        return f"cpu/wall {self.cpu / self.wall:.2f}"
+
+
+def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
+    """fp32 GFLOP/s of torch.matmul (n x n) @ (n x n), best of ``repeats``, default threads."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=gen)
+    b = torch.randn(n, n, generator=gen)
+    for _ in range(2):
+        torch.matmul(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2.0 * n**3 / best / 1e9
+
+
+def default_sep(dim: int) -> float:
+    """Class-mean separation giving mid-range accuracies (not 100%) on the paper's grid."""
+    return 12.5 * (dim / 512) ** 0.6
+
+
+def make_data(dim: int, classes: int, seed: int, sep: float):
+    """Gaussian class means + Gaussian noise, both with a power-law spectrum.
+
+    Coordinate k (1-based) is scaled by k^-0.75 (normalised so E‖x‖² ≈ dim), like the decaying
+    spectrum of real embeddings; SGD then does not converge within the grid and the runs differ
+    (on isotropic data with dim > n every run reaches the same accuracy). Class means are
+    N(0, sep²/(2 dim)) per scaled coordinate, noise N(0, 1).
+    """
+    rng = np.random.default_rng([seed, dim, classes])
+    scale = np.arange(1, dim + 1) ** -0.75
+    scale *= np.sqrt(dim / (scale**2).sum())
+    means = rng.normal(0.0, sep / np.sqrt(2 * dim), (classes, dim)) * scale
+    ytr = np.arange(N_TRAIN) % classes
+    yva = np.arange(N_VAL) % classes
+    rng.shuffle(ytr)
+    rng.shuffle(yva)
+    xtr = (means[ytr] + rng.normal(0.0, 1.0, (N_TRAIN, dim)) * scale).astype(np.float32)
+    xva = (means[yva] + rng.normal(0.0, 1.0, (N_VAL, dim)) * scale).astype(np.float32)
+    return xtr, ytr.astype(np.int64), xva, yva.astype(np.int64)
+
+
+def flops_primal(d: int, c: int, steps: int, runs: int) -> float:
+    return runs * (steps * 4.0 * BATCH * d * c + 2.0 * N_VAL * d * c)
+
+
+def flops_dual(d: int, c: int, steps: int, runs: int) -> float:
+    n = N_TRAIN
+    once = 2.0 * n * n * d + 2.0 * N_VAL * n * d
+    return once + runs * (steps * 2.0 * BATCH * n * c + 2.0 * N_VAL * n * c)
+
+
+def sklearn_grid(xtr, ytr, xva, yva, steps: int, max_iter: int | None) -> tuple[list[dict], float]:
+    """One SGDClassifier fit per (lr, rep), as a user would write it; returns rows and seconds."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import SGDClassifier
+
+    epochs = max_iter or max(1, round(steps * BATCH / N_TRAIN))
+    rows = []
+    start = time.perf_counter()
+    for lr in LRS:
+        for rep in range(REPS):
+            clf = SGDClassifier(
+                loss="log_loss",
+                penalty=None,
+                learning_rate="constant",
+                eta0=lr,
+                max_iter=epochs,
+                random_state=rep,
+                n_jobs=-1,
+            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                clf.fit(xtr, ytr)
+            acc = float((clf.predict(xva) == yva).mean())
+            rows.append({"lr": lr, "rep": rep, "val_acc": acc, "epochs": int(clf.n_iter_)})
+    return rows, time.perf_counter() - start
+
+
+def fmt_acc(rows: list[dict]) -> str:
+    return " ".join(f"{r['val_acc']:.3f}" for r in rows)
+
+
+def run_config(dim: int, classes: int, args, peak: float) -> dict:
+    sep = args.sep if args.sep is not None else default_sep(dim)
+    xtr, ytr, xva, yva = make_data(dim, classes, args.seed, sep)
+    steps, runs = args.steps, len(LRS) * REPS
+    common = dict(lrs=LRS, steps=steps, batch_size=BATCH, reps=REPS, seed=args.seed)
+    common.update(device="cpu", dtype="float32")
+    print(f"\n== dim {dim}, {classes} classes (sep {sep:.2f}), {steps} steps ==", flush=True)
+
+    # (a) the engine, production path
+    eng_times, notes = [], []
+    for _ in range(args.repeats):
+        wait_for_load(args.load_max, args.load_wait)
+        with Timer() as tm:
+            eng_rows, form = linear_grid(xtr, ytr, xva, yva, classes, dual="auto", **common)
+        eng_times.append(tm.wall)
+        notes.append(tm.note)
+    eng_s = min(eng_times)
+    eng_flops = (flops_dual if form == "dual" else flops_primal)(dim, classes, steps, runs)
+    primal_flops = flops_primal(dim, classes, steps, runs)
+    print(
+        f"  (a) engine linear_grid ({form}): {eng_s:.2f} s ({notes[eng_times.index(eng_s)]})"
+        + (f" (best of {', '.join(f'{x:.2f}' for x in eng_times)})" if args.repeats > 1 else "")
+    )
+    print(
+        f"      FLOPs done {eng_flops / 1e9:.0f} G -> {eng_flops / eng_s / 1e9:.1f} GFLOP/s = "
+        f"{eng_flops / eng_s / 1e9 / peak:.0%} of peak; primal-equivalent "
+        f"{primal_flops / eng_s / 1e9:.1f} GFLOP/s ({primal_flops / eng_s / 1e9 / peak:.2f}x peak)"
+    )
+    print(f"      val acc (lr-major): {fmt_acc(eng_rows)}", flush=True)
+
+    out = {"dim": dim, "classes": classes, "steps": steps, "form": form, "engine_s": eng_s}
+    out.update(engine_flops=eng_flops, primal_flops=primal_flops)
+
+    # (a') the engine forced to the primal form (batching only, same work as the loop)
+    if args.engine_primal:
+        wait_for_load(args.load_max, args.load_wait)
+        with Timer() as tm:
+            prim_rows, _ = linear_grid(xtr, ytr, xva, yva, classes, dual="never", **common)
+        prim_s = tm.wall
+        same = [r["val_acc"] for r in prim_rows] == [r["val_acc"] for r in eng_rows]
+        print(
+            f"  (a') engine dual='never' (primal, batched): {prim_s:.2f} s ({tm.note}), "
+            f"{primal_flops / prim_s / 1e9:.1f} GFLOP/s = {primal_flops / prim_s / 1e9 / peak:.0%}"
+            f" of peak; accuracies equal to (a): {same}",
+            flush=True,
+        )
+        out["engine_primal_s"] = prim_s
+
+    # (b) the faithful sequential loop
+    if not args.skip_loop:
+        wait_for_load(args.load_max, args.load_wait)
+        with Timer() as tm:
+            seq_rows = linear_sequential(xtr, ytr, xva, yva, classes, **common)
+        seq_s = tm.wall
+        print(
+            f"  (b) faithful loop linear_sequential: {seq_s:.2f} s ({tm.note}), "
+            f"FLOPs {primal_flops / 1e9:.0f} G -> {primal_flops / seq_s / 1e9:.1f} GFLOP/s = "
+            f"{primal_flops / seq_s / 1e9 / peak:.0%} of peak "
+            f"(floor at peak {primal_flops / peak / 1e9:.1f} s)"
+        )
+        print(f"      val acc (lr-major): {fmt_acc(seq_rows)}")
+        keys = [(r["lr"], r["rep"]) for r in seq_rows]
+        assert keys == [(r["lr"], r["rep"]) for r in eng_rows]
+        diffs = [abs(a["val_acc"] - b["val_acc"]) for a, b in zip(eng_rows, seq_rows, strict=True)]
+        mism = sum(d > 0 for d in diffs)
+        print(
+            f"      (a) vs (b): {'identical' if mism == 0 else 'DIFFERENT'} val accuracies "
+            f"({runs - mism}/{runs} (lr, rep) equal; max |diff| {max(diffs):.4f})"
+        )
+        print(f"      ratio loop / engine: {seq_s / eng_s:.2f}x", flush=True)
+        out.update(loop_s=seq_s, identical=mism == 0, max_diff=max(diffs))
+
+    # (c) scikit-learn, as a user would call it
+    if not args.skip_sklearn:
+        wait_for_load(args.load_max, args.load_wait)
+        sk_rows, sk_s = sklearn_grid(xtr, ytr, xva, yva, steps, args.sklearn_max_iter)
+        epochs = sorted({r["epochs"] for r in sk_rows})
+        print(
+            f"  (c) scikit-learn SGDClassifier x{runs}: {sk_s:.2f} s "
+            f"(epochs run: {epochs[0]}-{epochs[-1]}, max_iter {args.sklearn_max_iter or 'auto'})"
+        )
+        print(f"      val acc (lr-major): {fmt_acc(sk_rows)}", flush=True)
+        out.update(sklearn_s=sk_s, sklearn_best=max(r["val_acc"] for r in sk_rows))
+    out["engine_best"] = max(r["val_acc"] for r in eng_rows)
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=2500)
+    p.add_argument("--configs", default="512x10,2048x50,4096x100", help="DIMxCLASSES,...")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sep", type=float, default=None, help="class-mean separation (default by dim)")
+    p.add_argument("--repeats", type=int, default=1, help="engine timings (best of)")
+    p.add_argument("--engine-primal", action="store_true", help="also time dual='never'")
+    p.add_argument("--skip-loop", action="store_true")
+    p.add_argument("--skip-sklearn", action="store_true")
+    p.add_argument("--sklearn-max-iter", type=int, default=None, help="default: steps*512/800")
+    p.add_argument("--load-max", type=float, default=0.7)
+    p.add_argument("--load-wait", type=float, default=180.0)
+    args = p.parse_args()
+    configs = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")]
+
+    print(
+        f"machine: {platform.machine()}, nproc={os.cpu_count()}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads); Python {sys.version.split()[0]}"
+    )
+    print(
+        f"grid: lrs {LRS} x {REPS} reps x {args.steps} steps, batch {BATCH}; "
+        f"n_train {N_TRAIN}, n_val {N_VAL}; seed {args.seed}"
+    )
+    # warm-up (one-time torch initialisation) outside every timing
+    xtr, ytr, xva, yva = make_data(64, 4, 0, 3.0)
+    linear_grid(xtr, ytr, xva, yva, 4, steps=2, reps=1, device="cpu")
+    linear_sequential(xtr, ytr, xva, yva, 4, steps=2, reps=1, device="cpu")
+    wait_for_load(args.load_max, args.load_wait)
+    with Timer() as tm:
+        peak = matmul_peak()
+    print(f"fp32 matmul peak (2048^3, best of 10): {peak:.1f} GFLOP/s ({tm.note})", flush=True)
+
+    results = [run_config(d, c, args, peak) for d, c in configs]
+
+    print("\nsummary (times in s; fraction of the matmul peak in brackets):")
+    head = f"{'config':>10} {'form':>6} {'engine':>16} {'loop':>16} {'loop/eng':>9} {'same acc':>8}"
+    print(head + f" {'sklearn':>9}")
+    for r in results:
+        eng = f"{r['engine_s']:.2f} [{r['engine_flops'] / r['engine_s'] / 1e9 / peak:.0%}]"
+        loop = ratio = same = sk = "-"
+        if "loop_s" in r:
+            loop = f"{r['loop_s']:.2f} [{r['primal_flops'] / r['loop_s'] / 1e9 / peak:.0%}]"
+            ratio = f"{r['loop_s'] / r['engine_s']:.2f}x"
+            same = "yes" if r["identical"] else "NO"
+        if "sklearn_s" in r:
+            sk = f"{r['sklearn_s']:.2f}"
+        cfg = f"{r['dim']}x{r['classes']}"
+        print(f"{cfg:>10} {r['form']:>6} {eng:>16} {loop:>16} {ratio:>9} {same:>8} {sk:>9}")
+    big = [r for r in results if r["dim"] >= 2048 and "loop_s" in r]
+    if big:
+        met = all(r["loop_s"] / r["engine_s"] >= 2.0 and r["identical"] for r in big)
+        ratios = ", ".join(
+            "{}x{}: {:.2f}x".format(r["dim"], r["classes"], r["loop_s"] / r["engine_s"])
+            for r in big
+        )
+        print(
+            "goal >= 2x vs the faithful loop at dim >= 2048 with identical accuracies: "
+            f"{'met' if met else 'NOT met'} ({ratios})"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
