@@ -19,6 +19,7 @@ and a second measurement at the end, since other jobs on a shared VM can depress
 prints the GEMM throughput at the exact shapes each implementation multiplies.
 
     .venv/bin/python benchmarks/bench_linear.py [--steps 2500] [--configs 512x10,2048x50,4096x100]
+        [--device cuda --skip-sklearn --load-max 99]   # the same grid on a GPU (fp32, TF32 off)
 
 FLOP count (multiply-adds count 2; softmax, one-hot and other element-wise work not counted):
 
@@ -86,31 +87,45 @@ class Timer:
         return f"cpu/wall {self.cpu / self.wall:.2f}"
 
 
+DEVICE = "cpu"  # set from --device in main()
+
+
+def sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
 def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
-    """fp32 GFLOP/s of torch.matmul (n x n) @ (n x n), best of ``repeats``, default threads."""
-    gen = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=gen)
-    b = torch.randn(n, n, generator=gen)
+    """fp32 GFLOP/s of torch.matmul (n x n) @ (n x n), best of ``repeats``, default threads
+    (on a GPU: n = 8192, TF32 off, as the probes run)."""
+    if DEVICE == "cuda":
+        n = 8192
+    a = torch.randn(n, n, device=DEVICE)
+    b = torch.randn(n, n, device=DEVICE)
     for _ in range(2):
         torch.matmul(a, b)
     best = float("inf")
     for _ in range(repeats):
+        sync()
         t = time.perf_counter()
         torch.matmul(a, b)
+        sync()
         best = min(best, time.perf_counter() - t)
     return 2.0 * n**3 / best / 1e9
 
 
 def gemm_rate(*shapes: tuple[int, ...], repeats: int = 30) -> float:
     """fp32 GFLOP/s of ``a @ b`` (batched when a shape has 3 dims) at these (a, b) shapes."""
-    a = torch.randn(*shapes[0])
-    b = torch.randn(*shapes[1])
+    a = torch.randn(*shapes[0], device=DEVICE)
+    b = torch.randn(*shapes[1], device=DEVICE)
     for _ in range(3):
         a @ b
     best = float("inf")
     for _ in range(repeats):
+        sync()
         t = time.perf_counter()
         a @ b
+        sync()
         best = min(best, time.perf_counter() - t)
     batch = shapes[0][0] if len(shapes[0]) == 3 else 1
     m, k, n = shapes[0][-2], shapes[0][-1], shapes[1][-1]
@@ -189,7 +204,7 @@ def run_config(dim: int, classes: int, args, peak: float) -> dict:
     xtr, ytr, xva, yva = make_data(dim, classes, args.seed, sep)
     steps, runs = args.steps, len(LRS) * REPS
     common = dict(lrs=LRS, steps=steps, batch_size=BATCH, reps=REPS, seed=args.seed)
-    common.update(device="cpu", dtype="float32")
+    common.update(device=DEVICE, dtype="float32")
     print(f"\n== dim {dim}, {classes} classes (sep {sep:.2f}), {steps} steps ==", flush=True)
 
     # (a) the engine, production path
@@ -297,12 +312,19 @@ def main() -> int:
     p.add_argument("--sklearn-max-iter", type=int, default=None, help="default: steps*512/800")
     p.add_argument("--load-max", type=float, default=0.7)
     p.add_argument("--load-wait", type=float, default=180.0)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = p.parse_args()
+    global DEVICE
+    DEVICE = args.device
+    if DEVICE == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False  # the probes' fp32 numbers, not TF32's
     configs = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")]
 
+    gpu = f", {torch.cuda.get_device_name(0)}" if DEVICE == "cuda" else ""
     print(
         f"machine: {platform.machine()}, nproc={os.cpu_count()}, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads); Python {sys.version.split()[0]}"
+        f"({torch.get_num_threads()} threads); Python {sys.version.split()[0]}; device {DEVICE}"
+        + gpu
     )
     print(
         f"grid: lrs {LRS} x {REPS} reps x {args.steps} steps, batch {BATCH}; "
@@ -310,12 +332,12 @@ def main() -> int:
     )
     # warm-up (one-time torch initialisation) outside every timing
     xtr, ytr, xva, yva = make_data(64, 4, 0, 3.0)
-    linear_grid(xtr, ytr, xva, yva, 4, steps=2, reps=1, device="cpu")
-    linear_sequential(xtr, ytr, xva, yva, 4, steps=2, reps=1, device="cpu")
+    linear_grid(xtr, ytr, xva, yva, 4, steps=2, reps=1, device=DEVICE)
+    linear_sequential(xtr, ytr, xva, yva, 4, steps=2, reps=1, device=DEVICE)
     wait_for_load(args.load_max, args.load_wait)
     with Timer() as tm:
         peak = matmul_peak()
-    print(f"fp32 matmul peak (2048^3, best of 10): {peak:.1f} GFLOP/s ({tm.note})", flush=True)
+    print(f"fp32 matmul peak (square GEMM, best of 10): {peak:.1f} GFLOP/s ({tm.note})", flush=True)
 
     results = [run_config(d, c, args, peak) for d, c in configs]
 
