@@ -6,6 +6,11 @@ the short side, then ``CenterCrop(size)``, both on the PIL image, where the call
 ``resize = floor(size / crop_pct)``. Only ToTensor and Normalize are left to the model side, so
 ``decode_image(...) / 255`` normalised equals timm's tensor.
 
+Resize and crop call PIL exactly as torchvision's functional API does on PIL images (the same
+output-size and offset arithmetic), so the decode workers never import torch (seconds of start-up
+per worker on a small machine); a crop larger than the resized image (``crop_pct`` > 1), which
+torchvision pads, is delegated to torchvision itself.
+
 Colour follows timm's loader (``Image.open(f).convert("RGB")``) with one fix: 16- and 32-bit
 integer greyscale (modes ``I;16*``, ``I``), which PIL's convert saturates at 255, is scaled to
 8 bits as ``round(v / 257)`` (65535 -> 255; values outside 0..65535 clipped first), and float
@@ -19,8 +24,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as F
 
 _WIDE_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
@@ -75,10 +78,43 @@ def decode_image(
 ) -> np.ndarray:
     """Decode one image to uint8 (size, size, 3): RGB, short side resized to ``resize``
     (torchvision, antialiased), centre-cropped to ``size``."""
-    img = to_rgb(open_image(data, path, where))
-    img = F.resize(img, resize, interpolation=InterpolationMode(interpolation))
-    img = F.center_crop(img, size)
-    return np.array(img, dtype=np.uint8)
+    img = resize_short_side(to_rgb(open_image(data, path, where)), resize, interpolation)
+    return np.array(center_crop(img, size), dtype=np.uint8)
+
+
+_PIL_FILTERS = {
+    "nearest": Image.NEAREST,
+    "bilinear": Image.BILINEAR,
+    "bicubic": Image.BICUBIC,
+    "box": Image.BOX,
+    "hamming": Image.HAMMING,
+    "lanczos": Image.LANCZOS,
+}
+
+
+def resize_short_side(img: Image.Image, resize: int, interpolation: str) -> Image.Image:
+    """torchvision ``F.resize(img, resize, interpolation)`` on a PIL image: the short side becomes
+    ``resize``, the long side ``int(resize * long / short)``."""
+    if interpolation not in _PIL_FILTERS:
+        raise ValueError(f"unknown interpolation {interpolation!r}; one of {sorted(_PIL_FILTERS)}")
+    w, h = img.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = resize, int(resize * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    if (new_w, new_h) == (w, h):
+        return img
+    return img.resize((new_w, new_h), _PIL_FILTERS[interpolation])
+
+
+def center_crop(img: Image.Image, size: int) -> Image.Image:
+    """torchvision ``F.center_crop(img, size)`` on a PIL image."""
+    w, h = img.size
+    if size > w or size > h:  # torchvision pads with zeros first: let it do that rare case
+        from torchvision.transforms import functional as F
+
+        return F.center_crop(img, size)
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return img.crop((left, top, left + size, top + size))
 
 
 def decode_batch(

@@ -5,8 +5,16 @@ centre-cropped uint8 pixels (decoded once per run for every model), resizes them
 input differs from the decoded size, normalises them with the model's own mean/std, and adds the
 model's pre-logits embeddings (and source-class probabilities, if the model has a source head)
 plus the device-seconds the batch took, as columns named by the model's position in the run.
+Rows of tasks the model does not need (already in the store) are not computed: their columns
+hold zeros that the driver never writes.
+
+On clusters without GPUs, ``PoolEmbedder`` holds every model of the run in one actor: one
+process imports torch and timm once instead of once per model (seconds each on a small machine),
+and the models share the actor's threads batch by batch.
 """
 
+import contextlib
+import threading
 import time
 
 import numpy as np
@@ -50,6 +58,7 @@ class Embedder:
         self.with_probs = with_probs
         self.tasks = None if tasks is None else np.asarray(tasks)
         self.cuda = torch.cuda.is_available()
+        self._local = threading.local()  # one CUDA stream per calling thread
         self.device = torch.device("cuda" if self.cuda else "cpu")
         if self.cuda:
             torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels
@@ -60,8 +69,21 @@ class Embedder:
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
 
+    def _to_device(self, pixels: np.ndarray) -> torch.Tensor:
+        """The uint8 batch on the model's device; on CUDA through this thread's pinned staging
+        buffer, so the copy runs asynchronously on the thread's stream."""
+        src = torch.from_numpy(np.ascontiguousarray(pixels))
+        if not self.cuda:
+            return src
+        buf = getattr(self._local, "pinned", None)
+        if buf is None or buf.numel() < src.numel():
+            buf = self._local.pinned = torch.empty(src.numel(), dtype=torch.uint8).pin_memory()
+        host = buf[: src.numel()].view(src.shape)
+        host.copy_(src)  # the previous call of this thread synchronised its stream: buf is free
+        return host.to(self.device, non_blocking=True)
+
     def _prepare(self, pixels: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(pixels).to(self.device, non_blocking=True)
+        x = self._to_device(pixels)
         x = x.permute(0, 3, 1, 2).float().div_(255.0)
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
             x = F.interpolate(
@@ -70,21 +92,60 @@ class Embedder:
         x = (x - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last)
 
+    @contextlib.contextmanager
+    def _stream_scope(self):
+        """On CUDA, this thread's own stream: with concurrent calls (Ray Data's
+        ``max_concurrent_calls_per_actor``) one batch's host-to-device copy overlaps another's
+        forward pass."""
+        if not self.cuda:
+            yield None
+            return
+        stream = getattr(self._local, "stream", None)
+        if stream is None:
+            stream = self._local.stream = torch.cuda.Stream(device=self.device)
+        with torch.cuda.stream(stream):
+            yield stream
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         start = time.perf_counter()
         n = len(batch["pixels"])
-        with (
-            torch.inference_mode(),
-            torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda),
-        ):
-            emb, logits = embed_forward(self.model, self._prepare(batch["pixels"]))
-            probs = (
-                logits.float().softmax(dim=-1) if self.with_probs and logits is not None else None
-            )
-        batch[emb_column(self.position)] = emb.float().cpu().numpy()
+        rows = np.ones(n, bool)
+        if self.tasks is not None and "task" in batch:
+            rows = np.isin(batch["task"], self.tasks)
+        emb = np.zeros((n, self.dim), np.float32)
+        probs = np.zeros((n, self.n_classes), np.float32) if self.n_classes else None
+        if rows.any():
+            pixels = batch["pixels"] if rows.all() else batch["pixels"][rows]
+            with (
+                torch.inference_mode(),
+                torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda),
+                self._stream_scope() as stream,
+            ):
+                out, logits = embed_forward(self.model, self._prepare(pixels))
+                emb[rows] = out.float().cpu().numpy()
+                if probs is not None and logits is not None:
+                    probs[rows] = logits.float().softmax(dim=-1).cpu().numpy()
+            if stream is not None:
+                stream.synchronize()
+        batch[emb_column(self.position)] = emb
         if probs is not None:
-            batch[probs_column(self.position)] = probs.cpu().numpy()
-        if self.cuda:
-            torch.cuda.synchronize()
-        batch[seconds_column(self.position)] = np.full(n, (time.perf_counter() - start) / n)
+            batch[probs_column(self.position)] = probs
+        spent = (time.perf_counter() - start) / max(1, int(rows.sum()))
+        batch[seconds_column(self.position)] = np.where(rows, spent, 0.0)
+        return batch
+
+
+class PoolEmbedder:
+    """Ray Data callable class for CPU-only clusters: every model of the run in one actor,
+    applied one after the other to each batch (``models``: one Embedder's keyword arguments
+    each)."""
+
+    def __init__(self, models: list[dict], threads: int = 0) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        self.embedders = [Embedder(**kwargs) for kwargs in models]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for embedder in self.embedders:
+            batch = embedder(batch)
         return batch

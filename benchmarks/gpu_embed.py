@@ -19,6 +19,12 @@ random init, so nothing is downloaded; 224 px; pre-logits embeddings) it measure
 
 Ratio = engine stage / bare (goal >= 0.8). Needs only the repository and its venv (no network).
 
+- **actor, no Ray** (always measured; the only engine number where Ray is not installed, e.g. a
+  GPU machine whose image lacks it, or with ``--no-ray``): the embedding stage's actor class
+  (``actors.embedder.Embedder``) called in a plain loop on the same JPEGs, decoded beforehand by
+  the stage's own ``decode_image`` in a process pool: the work of one Ray Data batch (host-to-device
+  copy of the uint8 pixels, normalise, forward, copy back), first two batches left out.
+
 Notes: the per-model runs pass ``gpus_per_actor=1.0`` (one stage, one actor, the whole GPU); the
 all-models run must pass a fraction, since with ``1.0`` and fewer GPUs than models the later
 model stages never get an actor and ``embed`` hangs (seen with a logical 1-GPU Ray on CPU). The
@@ -57,6 +63,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -70,8 +77,15 @@ GOAL = 0.8
 TASK = "photos"
 
 
+def ray_version() -> str | None:
+    try:
+        import ray
+    except ImportError:
+        return None
+    return ray.__version__
+
+
 def machine(device: str) -> str:
-    import ray
     import timm
 
     if device == "cuda":
@@ -82,7 +96,7 @@ def machine(device: str) -> str:
     return (
         f"{gpu}, {os.cpu_count()} CPUs, {platform.machine()}; Python {platform.python_version()}, "
         f"torch {torch.__version__} (CUDA {torch.version.cuda}), timm {timm.__version__}, "
-        f"ray {ray.__version__}"
+        f"ray {ray_version() or 'not installed'}"
     )
 
 
@@ -116,6 +130,53 @@ def bare_loop(name: str, device: str, size: int, batch: int, warmup: int, iters:
     if cuda:
         torch.cuda.empty_cache()
     return iters * batch / elapsed
+
+
+# --------------------------------------------------------------------------------------------
+# the embedding actor without Ray
+
+
+def _decode(path: str, size: int) -> np.ndarray:
+    from actors.decode import decode_image
+
+    return decode_image(None, path, size, round(size / 0.875), "bicubic", path)
+
+
+def decoded_batches(photos: Path, size: int, batch: int) -> list[np.ndarray]:
+    """Every JPEG under ``photos`` decoded as the engine's decode stage does, in batches."""
+    from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
+
+    paths = sorted(str(p) for p in photos.rglob("*.jpg"))
+    with ProcessPoolExecutor(os.cpu_count()) as pool:
+        pixels = np.stack(list(pool.map(partial(_decode, size=size), paths, chunksize=32)))
+    return [pixels[i : i + batch] for i in range(0, len(pixels), batch)]
+
+
+def actor_loop(
+    name: str, batches: list[np.ndarray], device: str, size: int, calls: int = 1
+) -> float:
+    """images/s of the embedding actor's callable over decoded batches (first two untimed),
+    with ``calls`` concurrent calls from as many threads (Ray Data's
+    ``max_concurrent_calls_per_actor`` with ``enable_true_multi_threading``)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from actors.embedder import Embedder
+
+    source = parse_source(f"timm:{name}@random")
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    actor = Embedder(0, name, source, size, mean, std, with_probs=False)
+    with ThreadPoolExecutor(calls) as pool:
+        list(pool.map(lambda b: actor({"pixels": b}), batches[: 2 * calls]))
+        sync(device)
+        start = time.perf_counter()
+        list(pool.map(lambda b: actor({"pixels": b}), batches[2:]))
+    sync(device)
+    elapsed = time.perf_counter() - start
+    actor = None  # free the model before the next one
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return sum(len(b) for b in batches[2:]) / elapsed
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,6 +243,8 @@ def main() -> int:
     ap.add_argument("--iters", type=int, default=40)
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/whichmodel-gpu-bench"))
+    ap.add_argument("--no-ray", action="store_true", help="measure the actor class only")
+    ap.add_argument("--calls", type=int, default=2, help="concurrent calls per actor")
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: no CUDA device (use --device cpu for a dry run)", file=sys.stderr)
@@ -207,6 +270,33 @@ def main() -> int:
     for name in models:
         bare[name] = bare_loop(name, args.device, args.size, args.batch, args.warmup, args.iters)
         print(f"  bare {name}: {bare[name]:.1f} img/s", flush=True)
+
+    batches = decoded_batches(photos, args.size, args.batch)
+    actor, actor1 = {}, {}
+    for name in models:
+        actor1[name] = actor_loop(name, batches, args.device, args.size, 1)
+        actor[name] = actor_loop(name, batches, args.device, args.size, args.calls)
+        print(
+            f"  actor {name}: {actor1[name]:.1f} img/s with 1 call at a time "
+            f"({actor1[name] / bare[name]:.2f} of bare), {actor[name]:.1f} with {args.calls} "
+            f"({actor[name] / bare[name]:.2f})",
+            flush=True,
+        )
+    if args.no_ray or ray_version() is None:
+        why = "--no-ray" if args.no_ray else "Ray is not installed here"
+        print(f"{'model':<24}{'bare img/s':>11}{'actor img/s':>13}{'ratio':>7}{'goal':>6}")
+        for name in models:
+            ratio = actor[name] / bare[name]
+            print(
+                f"{name:<24}{bare[name]:>11.1f}{actor[name]:>13.1f}{ratio:>7.2f}"
+                f"{'met' if ratio >= GOAL else 'NOT':>6}"
+            )
+        met = sum(actor[m] / bare[m] >= GOAL for m in models)
+        print(
+            f"goal actor / bare >= {GOAL}: met for {met} of {len(models)} models ({why}: "
+            "the Ray Data pipeline was not run)"
+        )
+        return 0
 
     import ray
 

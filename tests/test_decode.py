@@ -10,7 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
-from actors.decode import ImageDecodeError, decode_batch, decode_image, open_image, to_rgb
+from actors.decode import (
+    ImageDecodeError,
+    center_crop,
+    decode_batch,
+    decode_image,
+    open_image,
+    resize_short_side,
+    to_rgb,
+)
 
 timm_data = pytest.importorskip("timm.data")
 
@@ -178,3 +186,41 @@ def test_empty_batch() -> None:
         "index": np.array([], np.int64),
     }
     assert decode_batch(batch, 8, 9, "bilinear", task="t")["pixels"].shape == (0, 8, 8, 3)
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear", "nearest", "lanczos"])
+def test_pil_geometry_equals_torchvision_functional(interpolation: str) -> None:
+    """The decode workers' PIL-only resize/crop against torchvision's own functional API."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    rng = np.random.default_rng(3)
+    shapes = [(37, 53), (53, 37), (64, 64), (300, 400), (401, 299), (73, 73)]
+    for h, w in shapes:
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        for size, resize in [(24, 27), (32, 36), (64, 73), (37, 37), (80, 70)]:
+            ref = TF.center_crop(TF.resize(img, resize, InterpolationMode(interpolation)), size)
+            ours = center_crop(resize_short_side(img, resize, interpolation), size)
+            assert ours.size == ref.size == (size, size)
+            assert np.array_equal(np.asarray(ours), np.asarray(ref)), (h, w, size, resize)
+
+
+def test_unknown_interpolation_is_a_clear_error() -> None:
+    img = Image.new("RGB", (10, 10))
+    with pytest.raises(ValueError, match="unknown interpolation 'cubic'"):
+        resize_short_side(img, 8, "cubic")
+
+
+def test_decode_worker_code_does_not_import_torch() -> None:
+    """Decode workers stay light: importing and running the decode stage loads no torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from actors.decode import decode_image; import numpy as np, io; "
+        "from PIL import Image; b = io.BytesIO(); "
+        "Image.fromarray(np.zeros((40, 30, 3), np.uint8)).save(b, 'PNG'); "
+        "decode_image(b.getvalue(), None, 24, 27); print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

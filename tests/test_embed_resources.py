@@ -2,7 +2,7 @@
 
 import pytest
 
-from engine.embed import EmbedConfig, actor_resources
+from engine.embed import EmbedConfig, actor_resources, cpu_actor_threads
 
 
 @pytest.mark.parametrize(
@@ -16,6 +16,10 @@ def test_gpu_actors_of_all_stages_fit_at_once(gpus, models, share, max_actors):
     assert res["num_gpus"] * models <= gpus
 
 
-def test_cpu_actors_leave_room_for_decoding():
-    res, most = actor_resources(2, 0, 4, EmbedConfig())
-    assert "num_gpus" not in res and res["num_cpus"] * 4 < 2 and most == 1
+@pytest.mark.parametrize(
+    ("cpus", "threads", "actors"), [(1, 1, 1), (2, 2, 1), (3, 3, 1), (16, 4, 4), (6, 4, 1)]
+)
+def test_cpu_only_all_model_actors_split_the_cpus(cpus, threads, actors):
+    # One actor holds every model; each gets at most cpu_threads_per_actor torch threads.
+    assert cpu_actor_threads(cpus, EmbedConfig()) == (threads, actors)
+    assert threads * actors <= cpus
