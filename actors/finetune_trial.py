@@ -4,6 +4,14 @@ The task's decoded pixels arrive by object reference (``tune.with_parameters``).
 ``checkpoint_every`` steps the trial reports a Tune checkpoint holding its whole training state,
 so a retried trial (``FailureConfig(max_failures=...)``) or a restored experiment continues from
 the last checkpoint instead of starting over.
+
+With ``report_val`` (successive halving, ``engine.halving``) every checkpoint report also carries
+the validation accuracy of the model at that step (``val_acc``, the checkpointed weights evaluated
+in eval mode on a second copy of the model, under a forked RNG so training is unchanged) and the
+device-seconds the trial has spent so far (``seconds_total``, earlier attempts included); the
+checkpoint at the last step is not reported (the final report, with the same step, follows), so
+a scheduler that stops a trial at ``max_t`` never cuts off its test accuracy. Without it the
+reports are exactly those of the plain fine-tune stage.
 """
 
 import tempfile
@@ -11,9 +19,19 @@ import time
 from pathlib import Path
 
 import ray
+import torch
 from ray import tune
 
-from actors.finetune import FinetuneConfig, finetune, load_state, save_finetuned, save_state
+from actors.finetune import (
+    FinetuneConfig,
+    TaskPixels,
+    evaluate,
+    finetune,
+    load_state,
+    prepare_model,
+    save_finetuned,
+    save_state,
+)
 from actors.models import data_config
 
 
@@ -28,6 +46,33 @@ def _maybe_fault(fault: dict | None, step: int, key: str) -> None:
         raise RuntimeError(f"injected fault at step {step}")
 
 
+class _ValEvaluator:
+    """Validation accuracy of checkpointed weights, on a second copy of the model (built on first
+    use) on the training device; the global RNG is forked, so the training run is unchanged."""
+
+    def __init__(self, info: dict, name: str, data: TaskPixels, cfg: FinetuneConfig) -> None:
+        self.info, self.name, self.data, self.cfg = info, name, data, cfg
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model: torch.nn.Module | None = None
+
+    def __call__(self, weights: dict) -> float:
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            if self.model is None:
+                src = self.info["source"]
+                self.model = prepare_model(src, self.name, self.data.num_classes, self.device)
+            self.model.load_state_dict(weights)
+            return evaluate(
+                self.model,
+                self.data.val_x,
+                self.data.val_y,
+                self.info["mean"],
+                self.info["std"],
+                self.cfg.eval_batch_size,
+                self.cfg.precision,
+            )
+
+
 def finetune_trial(
     config: dict,
     pixels: dict[str, "ray.ObjectRef"],
@@ -35,9 +80,12 @@ def finetune_trial(
     settings: dict,
     token: str = "",
     save_model: bool = False,
+    report_val: bool = False,
 ) -> None:
     """Tune function trainable: fine-tune ``config['pair']`` at ``config['lr']``, repetition
-    ``config['rep']``; report val/test accuracy and the steps this attempt ran."""
+    ``config['rep']``; report val/test accuracy and the steps this attempt ran. With
+    ``report_val``, checkpoint reports carry ``val_acc`` and ``seconds_total`` (module docstring).
+    """
     model, task = config["pair"]
     info = models[model]
     data = ray.get(pixels[f"{info['geometry']}\x1f{task}"])
@@ -47,14 +95,19 @@ def finetune_trial(
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             state = load_state(Path(d) / "state.pt")
+    prior = float(state["seconds"]) if state is not None else 0.0
+    val_of = _ValEvaluator(info, model, data, cfg) if report_val else None
 
     def on_checkpoint(state: dict, step: int) -> None:
+        metrics = {"step": step, "done": False, "token": token}
+        if val_of is not None:
+            if step >= cfg.steps:
+                return  # the final report (same step, val and test accuracy) follows
+            metrics["val_acc"] = val_of(state["model"])
+            metrics["seconds_total"] = prior + time.perf_counter() - start
         with tempfile.TemporaryDirectory() as d:
             save_state(state, Path(d) / "state.pt")
-            tune.report(
-                {"step": step, "done": False, "token": token},
-                checkpoint=tune.Checkpoint.from_directory(d),
-            )
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
         _maybe_fault(config.get("fault"), step, f"{model}-{task}-{cfg.lr}-{cfg.seed}")
 
     start = time.perf_counter()
@@ -72,6 +125,8 @@ def finetune_trial(
         "resumed_from": res.resumed_from,
         "seconds": time.perf_counter() - start,
     }
+    if report_val:
+        metrics["seconds_total"] = prior + time.perf_counter() - start
     if not save_model:
         tune.report(metrics)
         return

@@ -100,3 +100,26 @@ ZERO_REGRET_BUDGET = {
 def empty(schema: dict) -> pl.DataFrame:
     """An empty frame with the given schema."""
     return pl.DataFrame(schema=schema)
+
+
+# What successive halving writes (engine.halving): one row per (task, arm); an arm is one
+# (model, lr, rep) fine-tune of the ranking's top K. `steps` is the last step the arm reached,
+# `status` full | asha | budget (what stopped it), `test_acc` only for fully trained arms,
+# `seconds` its device-seconds over every attempt; `chosen` marks each task's pick.
+HALVING = {
+    "task": pl.String,
+    "strategy": pl.String,
+    "rank": pl.Int64,
+    "model": pl.String,
+    "lr": pl.Float64,
+    "rep": pl.Int64,
+    "steps": pl.Int64,
+    "status": pl.String,
+    "val_acc": pl.Float64,
+    "test_acc": pl.Float64,
+    "seconds": pl.Float64,
+    "chosen": pl.Boolean,
+    "budget": pl.Int64,  # the task's budget in fine-tune steps
+    "eta": pl.Int64,
+    "grace": pl.Int64,
+}
