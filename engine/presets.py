@@ -1,4 +1,8 @@
-"""Presets as data (engine/presets.toml): the numbers of each stage, validated on load."""
+"""Presets as data (engine/presets.toml): the numbers of each stage, validated on load.
+
+A user's own presets live in a TOML file of the same layout (``[NAME.section]`` tables), passed
+as ``FILE.toml`` (the file must hold exactly one preset) or ``FILE.toml:NAME``.
+"""
 
 import tomllib
 from pathlib import Path
@@ -29,15 +33,30 @@ FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
 
 
 def load_preset(name: str, path: str | Path | None = None) -> dict[str, dict[str, Any]]:
-    """The named preset's sections, checked against ``FIELDS``."""
+    """The named preset's sections, checked against ``FIELDS``.
+
+    ``name`` is a preset of ``path`` (default: the shipped presets), or names a user's presets
+    file: ``FILE.toml`` (holding one preset) or ``FILE.toml:NAME``.
+    """
+    if path is None:
+        path, name = _split_preset_file(name)
     path = Path(path) if path else PRESETS_FILE
     try:
         presets = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise UserError(f"{path}: cannot read presets: {exc}") from exc
+    if name is None:
+        if len(presets) != 1:
+            raise UserError(
+                f"{path}: holds {len(presets)} presets ({', '.join(presets) or 'none'}); "
+                f"name one as {path}:NAME"
+            )
+        name = next(iter(presets))
     if name not in presets:
         raise UserError(f"{path}: unknown preset {name!r} (available: {', '.join(presets)})")
     preset = presets[name]
+    if not isinstance(preset, dict):
+        raise UserError(f"{path}: preset {name!r} is not a table")
     for section, fields in FIELDS.items():
         values = preset.get(section)
         if not isinstance(values, dict):
@@ -53,3 +72,13 @@ def load_preset(name: str, path: str | Path | None = None) -> dict[str, dict[str
                     f"got {value!r}"
                 )
     return preset
+
+
+def _split_preset_file(spec: str) -> tuple[Path | None, str | None]:
+    """``NAME`` -> (None, NAME); ``FILE.toml`` -> (FILE.toml, None); ``FILE.toml:NAME``."""
+    head, sep, tail = spec.rpartition(".toml:")
+    if sep and tail:
+        return Path(head + ".toml"), tail
+    if spec.endswith(".toml"):
+        return Path(spec), None
+    return None, spec

@@ -137,6 +137,30 @@ def hybrid(proxy: str) -> Callable[[PoolData], np.ndarray]:
     return rank
 
 
+AGNOSTIC_SLOT, AWARE_SLOT = "task-agnostic", "task-aware"
+
+
+def pick_slots(strategy: str, budget: int) -> list[str]:
+    """The rule that fills each of a strategy's first ``budget`` picks, as ``hybrid_order``
+    builds them: a hybrid's first slot is task-agnostic and the rest task-aware; ``task_agnostic``
+    fills every slot task-agnostically, a proxy every slot task-aware."""
+    if strategy == "task_agnostic":
+        return [AGNOSTIC_SLOT] * budget
+    if strategy.startswith(HYBRID_PREFIX):
+        return [AGNOSTIC_SLOT] + [AWARE_SLOT] * (budget - 1)
+    return [AWARE_SLOT] * budget
+
+
+def agnostic_key(meta: pl.DataFrame, first: int, second: int) -> str:
+    """The key of ``task_agnostic_order`` that ranks catalogue row ``first`` before ``second``:
+    ``"imagenet_top1"``, ``"upstream_size"``, ``"params"`` or ``"catalogue order"``."""
+    for column in ("imagenet_top1", "upstream_size", "params"):
+        a, b = meta[column][first], meta[column][second]
+        if a != b:
+            return column
+    return "catalogue order"
+
+
 # The registry of strategies that need no proxy. Proxy strategies are generated per proxy by
 # `strategies_for`, so every proxy in a scores table becomes `<proxy>` and `hybrid_<proxy>`.
 STRATEGIES: dict[str, Callable[[PoolData], np.ndarray] | None] = {
