@@ -1,0 +1,344 @@
+"""`whichmodel benchmark` end to end on a reduced study (three random-init timm models, two
+test-written tasks, a tiny preset): the run directory's tables, plots and report agree with each
+other and with computations written here; a rerun computes nothing; bad configs exit 2."""
+
+import contextlib
+import csv
+import html
+import io
+import json
+import shutil
+import statistics
+from collections import defaultdict
+from html.parser import HTMLParser
+from pathlib import Path
+
+import polars as pl
+import pytest
+from imageworld import write_folder, write_parquet_task
+
+from engine import cli
+
+MODELS = [
+    ("rand_resnet", "timm:resnet10t@random", 5_000_000),
+    ("rand_mnv3", "timm:mobilenetv3_small_050@random", 1_000_000),
+    ("rand_lcnet", "timm:lcnet_050@random", 200_000),
+]
+TABLES = (
+    "tasks",
+    "models",
+    "scores",
+    "finetune",
+    "selections",
+    "regret",
+    "curves",
+    "zero_regret_budget",
+)
+PROXIES = ("linear", "knn")
+PRESET = """
+[tiny]
+description = "test scale: 32 px, one lr, one repetition, a few steps"
+[tiny.embed]
+image_size = 32
+batch_size = 32
+[tiny.linear]
+lrs = [0.1]
+steps = 30
+batch_size = 64
+reps = 1
+[tiny.knn]
+k = 1
+metric = "euclidean"
+[tiny.finetune]
+image_size = 32
+lrs = [0.01]
+steps = 10
+batch_size = 16
+reps = 1
+head_steps = 10
+head_lr = 0.1
+checkpoint_every = 10
+augment = false
+precision = "bf16"
+"""
+
+
+def write_world(root: Path) -> Path:
+    """Tasks, catalogue, presets and RUN.toml of the reduced study; returns the RUN.toml."""
+    write_folder(root / "shapes", per_split=(6, 3, 3), seed=0)
+    write_parquet_task(root / "shapes.parquet")
+    (root / "tasks.toml").write_text(
+        '[[tasks]]\nname = "shapes"\ncategory = "natural"\nsource = "folder"\nroot = "shapes"\n'
+        '\n[[tasks]]\nname = "shapes_pq"\ncategory = "structured"\nsource = "parquet"\n'
+        'path = "shapes.parquet"\n'
+    )
+    entry = (
+        '[[models]]\nmodel = "{m}"\nfamily = "random"\nsource = "{s}"\nupstream_dataset = "none"\n'
+        "upstream_size = 0\nparams = {p}\ndim = 1\n"
+    )
+    (root / "catalog.toml").write_text(
+        "".join(entry.format(m=m, s=s, p=p) for m, s, p in MODELS)
+        + '[pools]\nAll = "true"\nTwo = ["rand_resnet", "rand_mnv3"]\n'
+    )
+    (root / "presets.toml").write_text(PRESET)
+    run_toml = root / "RUN.toml"
+    run_toml.write_text(
+        "# command: whichmodel benchmark --config RUN.toml\n"
+        '[run]\nname = "reduced"\nout = "runs/reduced"\ncatalog = "catalog.toml"\n'
+        'pools = ["All", "Two"]\ntasks = "tasks.toml"\npreset = "presets.toml:tiny"\n'
+        f'proxies = {json.dumps(list(PROXIES))}\nbudgets = "1-3"\n'
+    )
+    return run_toml
+
+
+def run_cli(args: list[str]) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = cli.main(args)
+    return rc, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, ray_session):
+    root = tmp_path_factory.mktemp("benchmark")
+    run_toml = write_world(root)
+    rc, first_log = run_cli(["benchmark", "--config", str(run_toml)])
+    assert rc == 0, first_log
+    run = root / "runs" / "reduced"
+    first = {
+        "regret": pl.read_parquet(run / "tables" / "regret.parquet"),
+        "compute": json.loads((run / "compute.json").read_text()),
+        "report": (run / "report.html").read_text(),
+    }
+    rc, second_log = run_cli(["benchmark", "--config", str(run_toml)])
+    assert rc == 0, second_log
+    return {"root": root, "run": run, "first": first, "first_log": first_log, "log": second_log}
+
+
+class ReportParser(HTMLParser):
+    """The report's regret cells (per pool) and findings items, as attribute dicts and text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cells: list[dict] = []
+        self.findings: list[dict] = []
+        self.pool: str | None = None
+        self.current: dict | None = None
+        self.table_ids: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "table":
+            self.table_ids.append(a.get("id") or a.get("class", ""))
+            if a.get("class") == "regret":
+                self.pool = a["data-pool"]
+        if tag == "td" and "data-rel" in a:
+            self.current = {**a, "pool": self.pool, "text": ""}
+            self.cells.append(self.current)
+        if tag == "li" and "data-verdict" in a:
+            self.findings.append(a)
+
+    def handle_endtag(self, tag):
+        if tag == "td":
+            self.current = None
+
+    def handle_data(self, data):
+        if self.current is not None:
+            self.current["text"] += data
+
+
+def parse_report(text: str) -> ReportParser:
+    parser = ReportParser()
+    parser.feed(text)
+    return parser
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def mean_regret_by_hand(run: Path) -> dict[tuple[str, str, int], tuple[float, float]]:
+    """(pool, strategy, budget) → mean abs and rel regret over tasks, from regret.csv."""
+    sums: dict = defaultdict(lambda: [0.0, 0.0, 0])
+    for r in read_csv(run / "tables" / "regret.csv"):
+        s = sums[(r["pool"], r["strategy"], int(r["budget"]))]
+        s[0] += float(r["abs_regret"])
+        s[1] += float(r["rel_regret"])
+        s[2] += 1
+    return {k: (a / n, r / n) for k, (a, r, n) in sums.items()}
+
+
+def test_run_directory_holds_every_table_plot_and_the_report(study):
+    run = study["run"]
+    for name in TABLES:
+        df = pl.read_parquet(run / "tables" / f"{name}.parquet")
+        assert df.height > 0, name
+        assert pl.read_csv(run / "tables" / f"{name}.csv").height == df.height, name
+    plots = {p.name for p in (run / "plots").glob("*.png")}
+    for pool in ("All", "Two"):
+        assert {f"budget_curves_{pool}.png", f"regret_per_task_{pool}.png"} <= plots
+    assert (run / "config.toml").read_text() == (study["root"] / "RUN.toml").read_text()
+    report = (run / "report.html").read_text()
+    assert report.count('<img alt="') == len(plots)
+    assert "<script" not in report and "<link" not in report
+    assert 'src="http' not in report and 'href="http' not in report
+    assert html.escape('preset = "presets.toml:tiny"') in report  # the configuration's text
+    tables = parse_report(report).table_ids
+    assert {"tasks-table", "models-table", "compute-table"} <= set(tables)
+    assert tables.count("regret") == 2
+
+
+def test_report_numbers_equal_the_regret_table(study):
+    run = study["run"]
+    cells = parse_report((run / "report.html").read_text()).cells
+    expected = mean_regret_by_hand(run)
+    got = {(c["pool"], c["data-strategy"], int(c["data-budget"])): c for c in cells}
+    assert set(got) == set(expected)
+    # Budgets above a pool's size are left out for it: the two-model pool stops at B=2.
+    assert {b for p, _, b in got if p == "Two"} == {1, 2}
+    assert {b for p, _, b in got if p == "All"} == {1, 2, 3}
+    for key, (abs_mean, rel_mean) in expected.items():
+        cell = got[key]
+        assert float(cell["data-abs"]) == pytest.approx(abs_mean, abs=1e-12), key
+        assert float(cell["data-rel"]) == pytest.approx(rel_mean, abs=1e-12), key
+        assert cell["text"] == f"{float(cell['data-abs']):.4f} / {float(cell['data-rel']):.4f}"
+
+
+def test_regret_agrees_with_the_finetune_and_selections_tables(study):
+    """Oracle and picked accuracies recomputed from the per-run fine-tune table (best lr per
+    repetition by validation accuracy, median over repetitions) and the selections."""
+    run = study["run"]
+    per_rep: dict = {}
+    for r in read_csv(run / "tables" / "finetune.csv"):
+        key = (r["model"], r["task"], r["rep"])
+        cand = (float(r["val_acc"]), -float(r["lr"]), float(r["test_acc"]))
+        per_rep[key] = max(per_rep.get(key, cand), cand)
+    runs: dict = defaultdict(list)
+    for (model, task, _), (_, _, test) in per_rep.items():
+        runs[(model, task)].append(test)
+    acc = {k: statistics.median(v) for k, v in runs.items()}
+    assert len(acc) == len(MODELS) * 2
+    pool_models = {"All": [m for m, _, _ in MODELS], "Two": ["rand_resnet", "rand_mnv3"]}
+    picks: dict = defaultdict(list)
+    for r in read_csv(run / "tables" / "selections.csv"):
+        picks[(r["pool"], r["strategy"], int(r["budget"]), r["task"])].append(r["model"])
+    regret = read_csv(run / "tables" / "regret.csv")
+    checked = 0
+    for r in regret:
+        pool, task = r["pool"], r["task"]
+        oracle = max(acc[(m, task)] for m in pool_models[pool])
+        assert float(r["oracle_acc"]) == pytest.approx(oracle)
+        key = (pool, r["strategy"], int(r["budget"]), task)
+        if key in picks:
+            assert len(picks[key]) == int(r["budget"])
+            assert float(r["picked_acc"]) == pytest.approx(max(acc[(m, task)] for m in picks[key]))
+            checked += 1
+    assert checked == sum(1 for r in regret if r["strategy"] != "random")
+    strategies = {r["strategy"] for r in regret}
+    assert {"task_agnostic", "oracle", "random", "task_agnostic_loo"} <= strategies
+    assert {*PROXIES, *(f"hybrid_{p}" for p in PROXIES)} <= strategies
+
+
+def test_findings_follow_the_regret_table(study):
+    run = study["run"]
+    report = (run / "report.html").read_text()
+    means = mean_regret_by_hand(run)
+    items = parse_report(report).findings
+    # Only the three-model pool has a budget where hybrid differs from its parts (B=2 < 3).
+    assert {(f["data-pool"], f["data-proxy"], f["data-budget"]) for f in items} == {
+        ("All", p, "2") for p in PROXIES
+    }
+    for f in items:
+        h = means[("All", f"hybrid_{f['data-proxy']}", 2)][1]
+        a = means[("All", "task_agnostic", 2)][1]
+        w = means[("All", f["data-proxy"], 2)][1]
+        verdict = (
+            "beats" if h < min(a, w) - 1e-12 else "ties" if h <= min(a, w) + 1e-12 else "loses"
+        )
+        assert f["data-verdict"] == verdict
+    beats = sum(f["data-verdict"] == "beats" for f in items)
+    if beats == len(items):
+        assert "holds in every comparison" in report
+    elif beats == 0:
+        assert "does not hold in any comparison" in report
+    else:
+        assert f"holds in {beats} of {len(items)} comparisons" in report
+    assert "pool Two (2 models): no budget" in report
+
+
+def test_rerun_reuses_everything(study):
+    run, first = study["run"], study["first"]
+    compute = json.loads((run / "compute.json").read_text())
+    assert len(compute["history"]) == 1
+    before = {s["stage"]: s for s in compute["history"][0]["stages"]}
+    now = {s["stage"]: s for s in compute["invocation"]["stages"]}
+    n_pairs = len(MODELS) * 2
+    assert (before["embed"]["computed"], before["embed"]["reused"]) == (n_pairs, 0)
+    assert (before["probe"]["computed"], before["finetune"]["computed"]) == (n_pairs, n_pairs)
+    for stage in ("embed", "probe", "finetune"):
+        assert (now[stage]["computed"], now[stage]["reused"]) == (0, n_pairs), stage
+        assert now[stage]["device_s"] == 0.0, stage
+        assert before[stage]["device_s"] > 0, stage
+    # The store's own record of the second run: no forward pass.
+    store_runs = json.loads((run / "store" / "metadata.json").read_text())["runs"]
+    assert store_runs[-1]["computed"] == [] and store_runs[-1]["images_decoded"] == 0
+    assert f"embed: 0 computed, {n_pairs} reused" in study["log"]
+    assert f"finetune: 0 computed, {n_pairs} reused" in study["log"]
+    assert f"finetune: {n_pairs} computed, 0 reused" in study["first_log"]
+    assert "compute per stage" in study["log"]
+    # Same results, and the device-seconds behind them are the tables' own.
+    assert pl.read_parquet(run / "tables" / "regret.parquet").equals(first["regret"])
+    assert compute["study_device_s"]["embed"] == pytest.approx(before["embed"]["device_s"])
+    ft = pl.read_parquet(run / "tables" / "finetune.parquet")
+    assert compute["study_device_s"]["finetune"] == pytest.approx(ft["seconds"].sum())
+    assert first["compute"]["study_device_s"] == pytest.approx(compute["study_device_s"])
+
+
+def test_tasks_table_counts_the_written_images(study):
+    tasks = pl.read_parquet(study["run"] / "tables" / "tasks.parquet")
+    rows = {r["task"]: r for r in tasks.iter_rows(named=True)}
+    # write_folder: 6/3/3 images per class and split, write_parquet_task: 5/3/3; 3 classes.
+    assert rows["shapes"] == {
+        "task": "shapes",
+        "category": "natural",
+        "num_classes": 3,
+        "n_train": 18,
+        "n_val": 9,
+        "n_test": 9,
+    }
+    assert (rows["shapes_pq"]["n_train"], rows["shapes_pq"]["n_val"]) == (15, 9)
+    models = pl.read_parquet(study["run"] / "tables" / "models.parquet")
+    assert models["model"].to_list() == [m for m, _, _ in MODELS]
+    assert models.filter(pl.col("model") == "rand_lcnet")["pools"][0] == "All"
+
+
+@pytest.fixture(scope="module")
+def config_world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("badconfig")
+    (root / "tasks.toml").write_text(
+        '[[tasks]]\nname = "d"\nsource = "builtin"\nbuiltin = "digits"\n'
+    )
+    shutil.copy(Path(__file__).resolve().parents[1] / "pools" / "vtab.toml", root / "catalog.toml")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ('catalog = "catalog.toml"\ntasks = "tasks.toml"\nspeed = 3\n', "unknown key 'speed'"),
+        ('catalog = "nope.toml"\ntasks = "tasks.toml"\n', "nope.toml"),
+        ('catalog = "catalog.toml"\n', "required key 'tasks'"),
+        ('catalog = "catalog.toml"\ntasks = "tasks.toml"\npools = ["Nope"]\n', "'Nope'"),
+        ('catalog = "catalog.toml"\ntasks = "tasks.toml"\nproxies = ["magic"]\n', "'magic'"),
+        ('catalog = "catalog.toml"\ntasks = "tasks.toml"\nbudgets = "0-2"\n', "budgets"),
+        ('catalog = "catalog.toml"\ntasks = "tasks.toml"\npreset = "huge"\n', "'huge'"),
+    ],
+)
+def test_bad_config_exits_2_naming_the_key_or_file(config_world, body, needle, capsys):
+    path = config_world / "RUN.toml"
+    path.write_text("[run]\n" + body)
+    assert cli.main(["benchmark", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1
+    assert not (config_world / "runs").exists()  # nothing was started
