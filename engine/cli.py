@@ -135,7 +135,8 @@ def cmd_probe(args: argparse.Namespace) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
-    """Fine-tune by the preset's protocol on Ray Tune: every pool model, or a strategy's picks."""
+    """Fine-tune by the preset's protocol on Ray Tune: every pool model, a strategy's picks, or
+    successive halving over a ranking's top K."""
     from engine.finetune import run_finetune, select_pairs
     from engine.presets import load_preset
     from engine.tasks import load_tasks
@@ -144,6 +145,13 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     catalogue.pool(args.pool)
     specs = load_tasks(args.tasks)
     preset = load_preset(args.preset)
+    halving_only = ("top_k", "total_steps", "rank", "eta", "grace", "oracle")
+    given = [f"--{k.replace('_', '-')}" for k in halving_only if getattr(args, k) is not None]
+    if args.halving:
+        _finetune_halving(args, catalogue, specs, preset)
+        return
+    if given:
+        raise UserError(f"{given[0]} applies to --halving only")
     pairs = None
     if args.select:
         if args.budget is None:
@@ -167,6 +175,80 @@ def cmd_finetune(args: argparse.Namespace) -> None:
             .row(0, named=True)
         )
         print(f"  {task}: best {row['model']} (val {row['val_acc']:.3f}) → {folder}")
+
+
+def _finetune_halving(args: argparse.Namespace, catalogue, specs: list, preset: dict) -> None:
+    """``finetune --halving``: successive halving over a ranking's top K per task (ASHA, a budget
+    of fine-tune steps); with --oracle, its regret and compute next to the fixed-B strategy."""
+    from engine.halving import (
+        HalvingConfig,
+        check_oracle,
+        compare_at_equal_compute,
+        format_halving,
+        load_oracle,
+        run_halving,
+        write_halving,
+    )
+
+    if args.top_k is None or args.total_steps is None:
+        raise UserError("--halving needs --top-k K and --total-steps S")
+    scores = tables.load_scores(args.scores) if args.scores else None
+    oracle = None
+    if args.oracle:
+        oracle = load_oracle(args.oracle)
+        models = catalogue.pool(args.pool)["model"].to_list()
+        check_oracle(oracle, models, [s.name for s in specs], str(args.oracle))
+    rank = args.rank or "hybrid_linear"
+    eta = 2 if args.eta is None else args.eta
+    cfg = HalvingConfig(args.top_k, args.total_steps, rank, eta, args.grace)
+    summary = run_halving(catalogue, args.pool, specs, preset, args.out, cfg, scores)
+    comparison = None
+    if oracle is not None:
+        comparison = compare_at_equal_compute(summary, oracle, str(args.oracle))
+    folder = write_halving(args.out, summary.arms, comparison)
+    print(format_halving(summary.arms, comparison), end="")
+    extra = ", comparison" if comparison is not None else ""
+    print(f"wrote {folder}: halving{extra} (Parquet and CSV), summary.txt")
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    """Which B models of a pool to fine-tune for DATA (an image folder or a Parquet table):
+    embed, probe, rank with a strategy (default hybrid_linear) and explain each pick; with
+    --finetune, fine-tune the picks and export the winner. Without --catalog the embedded demo
+    pool is used (works offline; the first such run pre-trains the demo's experts, a few minutes).
+    """
+    from engine.search import format_result, search
+
+    result = search(
+        args.data,
+        catalogue=args.catalog,
+        pool=args.pool,
+        budget=args.budget,
+        strategy=args.strategy,
+        preset=args.preset,
+        finetune=args.finetune,
+        work_dir=args.out,
+    )
+    print(format_result(result), end="")
+    print(f"wrote {result.work_dir / 'report'}: picks.parquet, picks.csv, summary.txt")
+
+
+def cmd_benchmark(args: argparse.Namespace) -> None:
+    """The whole study from a RUN.toml: embed, probe, fine-tune all (oracle), analyze, report;
+    a rerun reuses everything already computed."""
+    from engine.benchmark import load_config, run_benchmark
+
+    config = load_config(args.config)
+    run_benchmark(config, args.out)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    """The embedded default: a whole benchmark offline (3 ImageNet EfficientNet-Lite
+    generalists, experts the demo pre-trains once into its cache, random-init controls; 6 small
+    tasks from bundled data), into one run directory with an HTML report."""
+    from engine.demo import run_demo
+
+    run_demo(args.out, args.cache)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,11 +325,87 @@ def build_parser() -> argparse.ArgumentParser:
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--all", action="store_true", help="every model of the pool (the oracle)")
     mode.add_argument("--select", metavar="STRATEGY", help="only the models a strategy picks")
+    mode.add_argument(
+        "--halving",
+        action="store_true",
+        help="successive halving (ASHA) over a ranking's top K under a budget of steps",
+    )
     p.add_argument("--budget", type=int, help="models per task with --select")
     p.add_argument("--scores", type=Path, help="scores table for task-aware/hybrid strategies")
+    p.add_argument("--top-k", type=int, help="--halving: candidates per task (ranking's top K)")
+    p.add_argument(
+        "--total-steps", type=int, help="--halving: budget per task in fine-tune steps (all arms)"
+    )
+    p.add_argument("--rank", help="--halving: ranking strategy (default hybrid_linear)")
+    p.add_argument("--eta", type=int, help="--halving: reduction factor (default 2)")
+    p.add_argument(
+        "--grace",
+        type=int,
+        help="--halving: first rung in steps (default: the preset's checkpoint_every)",
+    )
+    p.add_argument(
+        "--oracle",
+        type=Path,
+        help="--halving: finetune table of `finetune --all` (regret vs fixed-B at equal compute)",
+    )
     p.add_argument("--preset", default="quick", help="numbers of the protocol (presets.toml)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser(
+        "search",
+        help="which B models to fine-tune for an image folder or Parquet table",
+        description=cmd_search.__doc__,
+    )
+    p.add_argument("data", type=Path, help="image folder (DATA/<class>/<image>) or .parquet")
+    p.add_argument(
+        "--catalog",
+        type=Path,
+        help="catalogue TOML (default: the embedded demo pool; first use pre-trains it)",
+    )
+    p.add_argument("--pool", help="pool name (default: the catalogue's only pool, or All)")
+    p.add_argument("--budget", required=True, type=int, help="how many models to pick (B)")
+    p.add_argument(
+        "--strategy",
+        default="hybrid_linear",
+        help="task_agnostic, a proxy (linear, knn, logme, ...) or hybrid_<proxy> "
+        "(default hybrid_linear, the paper's recommendation)",
+    )
+    p.add_argument(
+        "--preset",
+        default="quick",
+        help="numbers of every stage: quick (laptop, default), paper (the paper's protocol) "
+        "or a presets file FILE.toml[:NAME]",
+    )
+    p.add_argument("--finetune", action="store_true", help="fine-tune the picks, export the winner")
+    p.add_argument(
+        "--out", type=Path, help="work directory (default ./whichmodel-search/<task name>)"
+    )
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser(
+        "benchmark",
+        help="the whole study from a RUN.toml, into one run directory with an HTML report",
+        description=cmd_benchmark.__doc__,
+    )
+    p.add_argument("--config", required=True, type=Path, help="RUN.toml (see engine/benchmark.py)")
+    p.add_argument("--out", type=Path, help="run directory (default: [run] out of the config)")
+    p.set_defaults(func=cmd_benchmark)
+
+    p = sub.add_parser(
+        "demo",
+        help="the embedded offline benchmark (pre-trains its experts once), with a report",
+        description=cmd_demo.__doc__,
+    )
+    p.add_argument(
+        "--out", type=Path, default=Path("runs/demo"), help="run directory (default runs/demo)"
+    )
+    p.add_argument(
+        "--cache",
+        type=Path,
+        help="cache of the demo pool (default $WHICHMODEL_CACHE/demo or ~/.cache/whichmodel/demo)",
+    )
+    p.set_defaults(func=cmd_demo)
     return parser
 
 
