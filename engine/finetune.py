@@ -11,8 +11,9 @@ import hashlib
 import json
 import logging
 import shutil
+import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,9 @@ class FinetuneSummary:
     trials_run: int
     trials_reused: int
     winners: dict[str, Path]  # task → exported model folder (``select`` mode)
+    # wall seconds of the stage's phases: prepare (plans, decode, ray.put), tune (the
+    # experiment), collect (table and winners)
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 def select_pairs(
@@ -113,6 +117,7 @@ def run_finetune(
     the best validation accuracy is exported to ``OUT/winners/<task>/`` (safetensors + timm
     config). ``fault`` injects one failure per trial at a step (tests and soak checks).
     """
+    start = time.perf_counter()
     ft = preset["finetune"]
     out = Path(out).resolve()
     members = catalogue.pool(pool)
@@ -193,7 +198,9 @@ def run_finetune(
                 verbose=1,
             ),
         )
+    fitted = time.perf_counter()
     results = tuner.fit()
+    collected = time.perf_counter()
     rows, ran = [], 0
     best: dict[str, tuple[float, Path]] = {}
     for result in results:
@@ -232,4 +239,9 @@ def run_finetune(
         shutil.copytree(folder, target)
         winners[task] = target
     runs = pl.DataFrame(rows, schema=schema.FINETUNE_RUNS).sort("model", "task", "lr", "rep")
-    return FinetuneSummary(runs, ran, len(rows) - ran, winners)
+    phases = {
+        "prepare": fitted - start,
+        "tune": collected - fitted,
+        "collect": time.perf_counter() - collected,
+    }
+    return FinetuneSummary(runs, ran, len(rows) - ran, winners, phases)

@@ -115,3 +115,90 @@ def test_hybrid_selection_uses_the_scores(setup):
     agnostic = select_pairs(cat, "Two", ["shapes"], "task_agnostic", 1, None)[0]
     assert picks[0] == agnostic and len(set(picks)) == 2
     assert np.all([t == "shapes" for _, t in picks])
+
+
+# ------------------------------------------------------------------- bad input through the CLI
+
+PRESET_LACKING_STEPS = """
+[short]
+[short.embed]
+image_size = 64
+batch_size = 16
+[short.linear]
+lrs = [0.1]
+steps = 10
+batch_size = 16
+reps = 1
+[short.knn]
+k = 1
+metric = "euclidean"
+[short.finetune]
+image_size = 64
+lrs = [0.01]
+batch_size = 16
+reps = 1
+head_steps = 10
+head_lr = 0.1
+checkpoint_every = 0
+augment = false
+precision = "bf16"
+"""
+
+
+def _finetune_cli(world, tmp_path, capsys, *extra: str, tasks=None) -> tuple[int, str]:
+    from engine import cli
+
+    root = world["root"]
+    rc = cli.main(
+        [
+            *("finetune", "--catalog", str(root / "catalog.toml"), "--pool", "Two"),
+            *("--tasks", str(tasks or root / "tasks.toml"), "--out", str(tmp_path / "out")),
+            *extra,
+        ]
+    )
+    out, err = capsys.readouterr()
+    assert not (tmp_path / "out" / "table").exists()
+    return rc, err
+
+
+@pytest.mark.parametrize(
+    ("extra", "needles"),
+    [
+        (("--select", "task_agnostic", "--budget", "3"), ["budget 3 is not in 1..2", "pool Two"]),
+        (("--select", "magic", "--budget", "1"), ["unknown strategy 'magic'"]),
+        (("--select", "task_agnostic"), ["--select needs --budget"]),
+    ],
+)
+def test_cli_bad_selection_exits_2(world, tmp_path, capsys, extra, needles):
+    rc, err = _finetune_cli(world, tmp_path, capsys, *extra)
+    assert rc == 2 and err.startswith("whichmodel: error:") and err.count("\n") == 1
+    for needle in needles:
+        assert needle in err
+
+
+def test_cli_preset_file_lacking_a_field_exits_2(world, tmp_path, capsys):
+    preset = tmp_path / "mine.toml"
+    preset.write_text(PRESET_LACKING_STEPS)
+    rc, err = _finetune_cli(world, tmp_path, capsys, "--all", "--preset", str(preset))
+    assert rc == 2
+    assert str(preset) in err and "preset 'short' lacks field finetune.steps" in err
+    rc, err = _finetune_cli(world, tmp_path, capsys, "--all", "--preset", f"{preset}:long")
+    assert rc == 2 and "unknown preset 'long'" in err
+    rc, err = _finetune_cli(world, tmp_path, capsys, "--all", "--preset", "nonesuch")
+    assert rc == 2 and "unknown preset 'nonesuch'" in err
+
+
+def test_cli_task_with_a_class_missing_from_train_exits_2(world, tmp_path, capsys):
+    from PIL import Image
+
+    root = tmp_path / "odd"
+    layout = {"train": ("cat", "dog"), "val": ("cat", "dog"), "test": ("cat", "dog", "emu")}
+    for split, classes in layout.items():
+        for c, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True)
+            Image.new("RGB", (16, 16), (40 * c, 90, 200)).save(root / split / name / "0.png")
+    tasks = tmp_path / "tasks.toml"
+    tasks.write_text(f'[[tasks]]\nname = "odd"\nsource = "folder"\nroot = "{root}"\n')
+    rc, err = _finetune_cli(world, tmp_path, capsys, "--all", tasks=tasks)
+    assert rc == 2
+    assert "task 'odd'" in err and "'emu'" in err and "not in train" in err
