@@ -38,10 +38,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 import tomllib
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +51,7 @@ from engine import schema, tables
 from engine.analysis import Analysis, analyze
 from engine.catalog import Catalogue, load_catalogue
 from engine.errors import UserError
-from engine.outputs import atomic_directory, write_table
+from engine.outputs import atomic_directory, atomic_text, write_table
 from engine.plots import write_plots
 from engine.presets import load_preset
 from engine.tasks import TaskSpec, load_tasks
@@ -177,14 +175,6 @@ def _preset_spec(path: Path, value: str) -> str:
     return f"{target}:{tail}" if sep else str(target)
 
 
-def load_preset_spec(spec: str) -> dict:
-    """The preset named by a config's ``preset`` (a shipped name or ``FILE.toml[:NAME]``)."""
-    head, sep, tail = spec.rpartition(".toml:")
-    if sep and tail:
-        return load_preset(tail, Path(head + ".toml"))
-    return load_preset(spec)
-
-
 def load_config(path: Path) -> BenchmarkConfig:
     """Read and check a RUN.toml; every file it names must exist, every name must resolve."""
     path = Path(path).resolve()
@@ -242,7 +232,7 @@ def _check_names(config: BenchmarkConfig) -> None:
         if catalogue.pool(pool).height == 0:
             raise UserError(f"{config.catalog}: pool {pool!r} has no models")
     load_tasks(config.tasks)
-    load_preset_spec(config.preset)
+    load_preset(config.preset)
     for proxy in config.proxies:
         if proxy not in PROXIES:
             raise UserError(
@@ -286,11 +276,11 @@ def run_benchmark(config: BenchmarkConfig, out: Path | None = None) -> Path:
     store = config.store or run / "store"
     driver = _Driver(run)
     driver.say(f"run {config.name} → {run} (config {config.path})")
-    _write_text(run / "config.toml", config.text)
+    atomic_text(run / "config.toml", config.text)
     catalogue = load_catalogue(config.catalog)
     pools = config.pools or catalogue.pool_names()
     specs = load_tasks(config.tasks)
-    preset = load_preset_spec(config.preset)
+    preset = load_preset(config.preset)
     study, union, models = study_pool(catalogue, pools)
     task_names = [s.name for s in specs]
     driver.say(
@@ -307,7 +297,7 @@ def run_benchmark(config: BenchmarkConfig, out: Path | None = None) -> Path:
     scores_path = run / "scores.parquet" if config.proxies else None
     analysis, plots = _analyze(catalogue, pools, config, finetune_path, scores_path, run)
     summary = summary_text(analysis)
-    _write_text(run / "summary.txt", summary)
+    atomic_text(run / "summary.txt", summary)
     n_plots = sum(len(v) for v in plots.values())
     records.append(
         StageRecord(
@@ -338,7 +328,7 @@ def run_benchmark(config: BenchmarkConfig, out: Path | None = None) -> Path:
         ),
         run / "report.html",
     )
-    _write_text(run / "compute.json", json.dumps(compute, indent=1))
+    atomic_text(run / "compute.json", json.dumps(compute, indent=1))
     print(summary, end="")
     driver.say("compute per stage (this invocation):")
     for line in compute_lines(compute):
@@ -565,13 +555,3 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write a small file under a temporary name, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -32,7 +32,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 import tomllib
 from collections.abc import Callable
@@ -51,6 +50,7 @@ from engine.experts import (
     sample_hash,
     upstream_samples,
 )
+from engine.outputs import atomic_file, atomic_text
 
 DEMO_PRESET = "demo"
 POOL = "All"
@@ -150,24 +150,6 @@ def demo_fingerprint(
 
 def _say(text: str) -> None:
     print(f"[demo] {text}", file=sys.stderr, flush=True)
-
-
-# ------------------------------------------------------------------------------ atomic files
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def _write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def toml_value(value: Any) -> str:
@@ -276,7 +258,7 @@ def _write_parquet_task(path: Path, images: list[np.ndarray], labels: list[str])
             "split": pa.array([SPLITS[c] for c in codes], pa.string()),
         }
     )
-    _atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+    atomic_file(path, lambda tmp: pq.write_table(table, tmp))
 
 
 TASKS_HEADER = """\
@@ -315,7 +297,7 @@ def write_demo_tasks(folder: Path) -> Path:
             _write_parquet_task(folder / f"{task['name']}.parquet", images, names)
             entry.update(source="parquet", path=f"{task['name']}.parquet", max_test=1000)
     path = folder / "tasks.toml"
-    _write_text(path, toml_tables(TASKS_HEADER, "tasks", entries))
+    atomic_text(path, toml_tables(TASKS_HEADER, "tasks", entries))
     return path
 
 
@@ -438,7 +420,7 @@ def ensure_demo_pool(
             "steps": recipe.steps,
             "seconds": round(done.seconds, 1),
         }
-        _write_text(info_path, json.dumps(info, indent=1))
+        atomic_text(info_path, json.dumps(info, indent=1))
         say(f"  upstream val acc {done.val_acc:.3f} in {done.seconds:.0f} s ({threads} threads)")
     entries = generalists + [_expert_entry(r, info[r.model]) for r in experts]
     entries += [_control_entry(*c) for c in CONTROLS]
@@ -455,7 +437,7 @@ def ensure_demo_pool(
     }
     text = toml_tables("\n".join([CATALOGUE_HEADER, *notes]), "models", entries)
     text += "\n[pools]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in pools.items())
-    _write_text(catalog, text)
+    atomic_text(catalog, text)
     say(f"demo pool ready in {time.perf_counter() - start:.0f} s: {catalog}")
     return catalog, POOL
 
@@ -481,7 +463,7 @@ def demo_run_config(catalog: Path, out: Path) -> Path:
     header = RUN_TEMPLATE.read_text().split("[run]")[0].strip()
     lines = [header, "", "[run]"] + [f"{k} = {toml_value(v)}" for k, v in run.items()]
     path = folder / "demo_run.toml"
-    _write_text(path, "\n".join(lines) + "\n")
+    atomic_text(path, "\n".join(lines) + "\n")
     return path
 
 

@@ -20,8 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -31,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import UserError
+from engine.outputs import atomic_file
 
 RECIPE_VERSION = 1  # bump when the pre-training code changes what a recipe produces
 CROP_PCT = 0.875  # the run geometry of engine.embed.EmbedConfig (image_size set)
@@ -258,15 +257,8 @@ def pretrain(
     )
     res = finetune(src, recipe.model, pixels, cfg["mean"], cfg["std"], ft, device=device)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in res.model.state_dict().items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        meta = {"arch": recipe.arch, "upstream": recipe.upstream.label, "format": "pt"}
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    meta = {"arch": recipe.arch, "upstream": recipe.upstream.label, "format": "pt"}
+    atomic_file(out, lambda tmp: save_file(tensors, tmp, metadata=meta))
     return Pretrained(out, len(data.train_y), res.val_acc, time.perf_counter() - start)
 
 

@@ -9,7 +9,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import polars as pl
@@ -33,6 +33,26 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     os.replace(tmp, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def atomic_file(path: str | Path, write: Callable[[str], None]) -> Path:
+    """Create ``path`` by ``write(tmp)`` on a temporary file in its folder, renamed into place
+    only when ``write`` succeeds (the temporary file is removed either way)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def atomic_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return atomic_file(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def write_table(df: pl.DataFrame, directory: Path, name: str, csv: bool = True) -> None:

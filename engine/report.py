@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import base64
 import html
-import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 
 from engine.analysis import Analysis
+from engine.outputs import atomic_text
 from engine.strategies import HYBRID_PREFIX, PoolData
 
 EPS = 1e-12
@@ -337,12 +336,4 @@ that fine-tunes every model (Renggli et al., "Which Model to Transfer?", CVPR 20
 
 def write_report(data: ReportData, path: Path) -> Path:
     """Render the report and write it atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    try:
-        tmp.write_text(render(data), encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_text(path, render(data))
