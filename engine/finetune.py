@@ -101,6 +101,35 @@ def _experiment_name(keys: list, settings: dict, lrs, reps) -> str:
     return "finetune-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def trial_inputs(
+    catalogue: Catalogue, pool: str, wanted: list[str], specs: list[TaskSpec], ft: dict
+) -> tuple[dict[str, "ray.ObjectRef"], dict[str, dict]]:
+    """What every fine-tune trial reads: each task's decoded pixels by object reference, keyed
+    ``"<geometry>\x1f<task>"`` (decoded once per input geometry), and the table of ``wanted``
+    models (source, mean, std, geometry)."""
+    embed_cfg = EmbedConfig(image_size=ft["image_size"] or None)
+    sources = dict(catalogue.pool(pool).select("model", "source").iter_rows())
+    plans = {m: plan_model(m, sources[m], catalogue.path.parent, embed_cfg) for m in wanted}
+    data = {s.name: load_task(s) for s in specs}
+    pixels = {}
+    for geometry in sorted({(p.size, p.resize, p.interpolation) for p in plans.values()}):
+        cols = gather(decoded_dataset(list(data.values()), geometry, embed_cfg))
+        for name, task in data.items():
+            rows = {k: v[cols["task"] == name] for k, v in cols.items()}
+            tp = split_pixels(rows, len(task.classes), tuple(task.classes))
+            pixels[f"{geometry}\x1f{name}"] = ray.put(tp)
+    models = {
+        m: {
+            "source": p.source,
+            "mean": p.mean,
+            "std": p.std,
+            "geometry": str((p.size, p.resize, p.interpolation)),
+        }
+        for m, p in plans.items()
+    }
+    return pixels, models
+
+
 def run_finetune(
     catalogue: Catalogue,
     pool: str,
@@ -125,9 +154,6 @@ def run_finetune(
     if pairs is None:
         pairs = [(m, t) for m in members["model"] for t in task_names]
     wanted = sorted({m for m, _ in pairs})
-    embed_cfg = EmbedConfig(image_size=ft["image_size"] or None)
-    sources = dict(members.select("model", "source").iter_rows())
-    plans = {m: plan_model(m, sources[m], catalogue.path.parent, embed_cfg) for m in wanted}
     settings = {
         k: ft[k]
         for k in (
@@ -142,24 +168,8 @@ def run_finetune(
     }
     settings["head_lr"] = float(settings["head_lr"])
     ensure_ray()
-    data = {s.name: load_task(s) for s in specs if s.name in {t for _, t in pairs}}
-    geometries = {(p.size, p.resize, p.interpolation) for p in plans.values()}
-    pixels = {}
-    for geometry in sorted(geometries):
-        cols = gather(decoded_dataset(list(data.values()), geometry, embed_cfg))
-        for name, task in data.items():
-            rows = {k: v[cols["task"] == name] for k, v in cols.items()}
-            tp = split_pixels(rows, len(task.classes), tuple(task.classes))
-            pixels[f"{geometry}\x1f{name}"] = ray.put(tp)
-    models = {
-        m: {
-            "source": p.source,
-            "mean": p.mean,
-            "std": p.std,
-            "geometry": str((p.size, p.resize, p.interpolation)),
-        }
-        for m, p in plans.items()
-    }
+    needed = [s for s in specs if s.name in {t for _, t in pairs}]
+    pixels, models = trial_inputs(catalogue, pool, wanted, needed, ft)
     token = uuid.uuid4().hex
     _, gpus = cluster_cpus_gpus()
     trainable = tune.with_resources(

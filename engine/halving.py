@@ -44,22 +44,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
-import ray
 from ray import tune
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
-from actors.finetune import split_pixels
 from actors.finetune_trial import finetune_trial
 from actors.proxies import PROXIES
 from engine import regret, schema, tables
 from engine.catalog import Catalogue
-from engine.embed import EmbedConfig, decoded_dataset, gather, plan_model
 from engine.errors import UserError
-from engine.finetune import NEEDS_FINETUNE, select_pairs
+from engine.finetune import NEEDS_FINETUNE, select_pairs, trial_inputs
 from engine.outputs import atomic_directory, write_table
 from engine.raycluster import cluster_cpus_gpus, ensure_ray
 from engine.strategies import HYBRID_PREFIX
-from engine.tasks import TaskSpec, load_task
+from engine.tasks import TaskSpec
 
 log = logging.getLogger("whichmodel")
 
@@ -244,33 +241,6 @@ def rank_pool(
     return {t: [m for m, task in pairs if task == t] for t in tasks}
 
 
-def _task_pixels(
-    catalogue: Catalogue, pool: str, spec: TaskSpec, wanted: list[str], ft: dict
-) -> tuple[dict, dict]:
-    """Decoded pixels of one task by object reference, per geometry, and the trainable's model
-    table (as ``engine.finetune.run_finetune`` builds them)."""
-    members = catalogue.pool(pool)
-    cfg = EmbedConfig(image_size=ft["image_size"] or None)
-    sources = dict(members.select("model", "source").iter_rows())
-    plans = {m: plan_model(m, sources[m], catalogue.path.parent, cfg) for m in wanted}
-    task = load_task(spec)
-    pixels = {}
-    for geometry in sorted({(p.size, p.resize, p.interpolation) for p in plans.values()}):
-        cols = gather(decoded_dataset([task], geometry, cfg))
-        tp = split_pixels(cols, len(task.classes), tuple(task.classes))
-        pixels[f"{geometry}\x1f{spec.name}"] = ray.put(tp)
-    models = {
-        m: {
-            "source": p.source,
-            "mean": p.mean,
-            "std": p.std,
-            "geometry": str((p.size, p.resize, p.interpolation)),
-        }
-        for m, p in plans.items()
-    }
-    return pixels, models
-
-
 def _settings(ft: dict, grace: int) -> dict:
     keys = ("steps", "batch_size", "head_steps", "head_lr", "augment", "precision")
     settings = {k: ft[k] for k in keys}
@@ -304,7 +274,7 @@ def run_halving(
     frames = []
     for spec in specs:
         top = rankings[spec.name][: cfg.top_k]
-        pixels, models = _task_pixels(catalogue, pool, spec, top, ft)
+        pixels, models = trial_inputs(catalogue, pool, top, [spec], ft)
         trainable = tune.with_resources(
             tune.with_parameters(
                 finetune_trial,
