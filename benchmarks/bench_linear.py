@@ -43,6 +43,7 @@ import warnings
 
 import numpy as np
 import torch
+from machine_load import wait_for_load
 
 from actors.proxies import linear_grid, linear_sequential
 
@@ -50,24 +51,6 @@ N_TRAIN, N_VAL = 800, 200
 LRS = (0.1, 0.01)
 REPS = 5
 BATCH = 512
-
-
-def load1() -> float:
-    with open("/proc/loadavg") as f:
-        return float(f.read().split()[0])
-
-
-def wait_for_load(limit: float, max_wait: float) -> float:
-    """Poll the 1-minute load until it is below ``limit`` (at most ``max_wait`` s); return it."""
-    start = time.monotonic()
-    load = load1()
-    while load >= limit and time.monotonic() - start < max_wait:
-        time.sleep(5)
-        load = load1()
-    waited = time.monotonic() - start
-    note = "" if load < limit else f"  (still >= {limit} after {waited:.0f} s; measuring anyway)"
-    print(f"    load1 at measurement: {load:.2f}{note}", flush=True)
-    return load
 
 
 class Timer:
@@ -210,7 +193,7 @@ def run_config(dim: int, classes: int, args, peak: float) -> dict:
     # (a) the engine, production path
     eng_times, notes = [], []
     for _ in range(args.repeats):
-        wait_for_load(args.load_max, args.load_wait)
+        wait_for_load(args.load_max, args.load_wait, "    ")
         with Timer() as tm:
             eng_rows, form = linear_grid(xtr, ytr, xva, yva, classes, dual="auto", **common)
         eng_times.append(tm.wall)
@@ -247,7 +230,7 @@ def run_config(dim: int, classes: int, args, peak: float) -> dict:
 
     # (a') the engine forced to the primal form (batching only, same work as the loop)
     if args.engine_primal:
-        wait_for_load(args.load_max, args.load_wait)
+        wait_for_load(args.load_max, args.load_wait, "    ")
         with Timer() as tm:
             prim_rows, _ = linear_grid(xtr, ytr, xva, yva, classes, dual="never", **common)
         prim_s = tm.wall
@@ -262,7 +245,7 @@ def run_config(dim: int, classes: int, args, peak: float) -> dict:
 
     # (b) the faithful sequential loop
     if not args.skip_loop:
-        wait_for_load(args.load_max, args.load_wait)
+        wait_for_load(args.load_max, args.load_wait, "    ")
         with Timer() as tm:
             seq_rows = linear_sequential(xtr, ytr, xva, yva, classes, **common)
         seq_s = tm.wall
@@ -286,7 +269,7 @@ def run_config(dim: int, classes: int, args, peak: float) -> dict:
 
     # (c) scikit-learn, as a user would call it
     if not args.skip_sklearn:
-        wait_for_load(args.load_max, args.load_wait)
+        wait_for_load(args.load_max, args.load_wait, "    ")
         sk_rows, sk_s = sklearn_grid(xtr, ytr, xva, yva, steps, args.sklearn_max_iter)
         epochs = sorted({r["epochs"] for r in sk_rows})
         print(
@@ -334,7 +317,7 @@ def main() -> int:
     xtr, ytr, xva, yva = make_data(64, 4, 0, 3.0)
     linear_grid(xtr, ytr, xva, yva, 4, steps=2, reps=1, device=DEVICE)
     linear_sequential(xtr, ytr, xva, yva, 4, steps=2, reps=1, device=DEVICE)
-    wait_for_load(args.load_max, args.load_wait)
+    wait_for_load(args.load_max, args.load_wait, "    ")
     with Timer() as tm:
         peak = matmul_peak()
     print(f"fp32 matmul peak (square GEMM, best of 10): {peak:.1f} GFLOP/s ({tm.note})", flush=True)
@@ -342,7 +325,7 @@ def main() -> int:
     results = [run_config(d, c, args, peak) for d, c in configs]
 
     # other jobs on a shared VM can depress one peak measurement: measure again, keep the best
-    wait_for_load(args.load_max, args.load_wait)
+    wait_for_load(args.load_max, args.load_wait, "    ")
     with Timer() as tm:
         again = matmul_peak()
     print(f"\nfp32 matmul peak again at the end: {again:.1f} GFLOP/s ({tm.note})")

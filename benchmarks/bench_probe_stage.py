@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from machine_load import wait_for_load
 
 from engine.presets import load_preset
 from engine.store import Partition, partition_key, record_run, stored_pairs, write_partition
@@ -40,22 +41,6 @@ from engine.store import Partition, partition_key, record_run, stored_pairs, wri
 ROWS = {"train": 800, "val": 200, "test": 200}
 DIMS = (512, 768, 1024, 2048)
 CLASSES = (10, 25, 50)
-
-
-def load1() -> float:
-    with open("/proc/loadavg") as f:
-        return float(f.read().split()[0])
-
-
-def wait_for_load(limit: float, max_wait: float) -> float:
-    start = time.monotonic()
-    load = load1()
-    while load >= limit and time.monotonic() - start < max_wait:
-        time.sleep(5)
-        load = load1()
-    note = "" if load < limit else f"  (still >= {limit} after {max_wait:.0f} s; measuring anyway)"
-    print(f"load1 at measurement: {load:.2f}{note}", flush=True)
-    return load
 
 
 def build_store(store: Path, n_models: int, n_tasks: int, seed: int) -> None:

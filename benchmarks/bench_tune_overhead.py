@@ -31,13 +31,9 @@ import time
 from pathlib import Path
 
 import polars as pl
+from machine_load import load1
 
 KEYS = ["model", "task", "lr", "rep"]
-
-
-def load1() -> float:
-    with open("/proc/loadavg") as f:
-        return float(f.read().split()[0])
 
 
 def write_world(root: Path, train: int, val: int, max_test: int) -> tuple[Path, Path]:
