@@ -9,9 +9,11 @@ With ``report_val`` (successive halving, ``engine.halving``) every checkpoint re
 the validation accuracy of the model at that step (``val_acc``, the checkpointed weights evaluated
 in eval mode on a second copy of the model, under a forked RNG so training is unchanged) and the
 device-seconds the trial has spent so far (``seconds_total``, earlier attempts included); the
-checkpoint at the last step is not reported (the final report, with the same step, follows), so
-a scheduler that stops a trial at ``max_t`` never cuts off its test accuracy. Without it the
-reports are exactly those of the plain fine-tune stage.
+reports are otherwise those of the plain fine-tune stage.
+
+The checkpoint at the last step is never reported: the final report (same step, with val and test
+accuracy) follows at once, so a scheduler that stops a trial at ``max_t`` never cuts off its test
+accuracy, and no trial writes a checkpoint that nothing would resume from.
 """
 
 import tempfile
@@ -99,10 +101,10 @@ def finetune_trial(
     val_of = _ValEvaluator(info, model, data, cfg) if report_val else None
 
     def on_checkpoint(state: dict, step: int) -> None:
+        if step >= cfg.steps:
+            return  # the final report (same step, val and test accuracy) follows
         metrics = {"step": step, "done": False, "token": token}
         if val_of is not None:
-            if step >= cfg.steps:
-                return  # the final report (same step, val and test accuracy) follows
             metrics["val_acc"] = val_of(state["model"])
             metrics["seconds_total"] = prior + time.perf_counter() - start
         with tempfile.TemporaryDirectory() as d:

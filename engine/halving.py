@@ -300,7 +300,7 @@ def run_halving(
                 "lr": tune.grid_search(lrs),
                 "rep": tune.grid_search(reps),
             },
-            tune_config=tune.TuneConfig(scheduler=scheduler, reuse_actors=False),
+            tune_config=tune.TuneConfig(scheduler=scheduler, reuse_actors=True),
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=str(out / "tune"),
