@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= runs/demo
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo vtab fashion-mnist test lint bench clean
 
 venv: $(STAMP)
 
@@ -16,11 +16,23 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	$(BIN)/pip install --quiet -c requirements/constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-# Main job. Until the embedded offline demo exists it analyses the published VTAB-1k fine-tune
-# matrix (15 models x 19 tasks): task-agnostic and reference strategies, regret, budget curves.
-demo: venv
+# Main job: the embedded default study, offline (`whichmodel demo`). The first run pre-trains the
+# demo's experts into ~/.cache/whichmodel/demo; then it embeds, probes and fine-tunes 10 models on
+# 6 small tasks and writes $(OUT)/report.html. Later runs reuse everything.
+demo: venv fashion-mnist
+	$(BIN)/whichmodel demo --out $(OUT)
+
+# The published VTAB-1k fine-tune matrix (15 models x 19 tasks): strategies, regret, curves.
+vtab: venv
 	$(BIN)/whichmodel analyze --catalog pools/vtab.toml \
-		--finetune pools/data/vtab1k_finetune.csv --out $(OUT)
+		--finetune pools/data/vtab1k_finetune.csv --out runs/vtab
+
+# The demo's Fashion-MNIST is a Debian package; installed here when running as root.
+fashion-mnist:
+	@test -d /usr/share/datasets/fashion-mnist || { [ "$$(id -u)" = 0 ] && \
+		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; } || { \
+		echo "the demo needs Fashion-MNIST: sudo apt-get install dataset-fashion-mnist" >&2; \
+		exit 2; }
 
 lint: venv
 	$(BIN)/ruff check .

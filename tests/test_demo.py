@@ -54,7 +54,7 @@ def test_tasks_cover_the_three_categories_vtab_style(tasks_toml):
     for spec in specs:
         counts = load_task(spec).split_counts()
         assert counts["train"] == 800 and counts["val"] == 200, spec.name
-        assert 100 <= counts["test"] <= 1000, spec.name
+        assert 100 <= counts["test"] <= demo.MAX_TEST, spec.name
 
 
 def test_every_expert_upstream_is_disjoint_from_every_task(tasks_toml, task_keys):
