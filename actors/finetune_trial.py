@@ -13,9 +13,12 @@ reports are otherwise those of the plain fine-tune stage.
 
 The checkpoint at the last step is never reported: the final report (same step, with val and test
 accuracy) follows at once, so a scheduler that stops a trial at ``max_t`` never cuts off its test
-accuracy, and no trial writes a checkpoint that nothing would resume from.
+accuracy, and no trial writes a checkpoint that nothing would resume from. A finished trial's
+last checkpoint holds its final metrics (``final.json``) instead of its training state, so Tune
+(``num_to_keep=1``) deletes that state, and a trial restored after it finished reports them again.
 """
 
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +38,8 @@ from actors.finetune import (
     save_state,
 )
 from actors.models import data_config
+
+FINAL_FILE = "final.json"  # in a finished trial's last checkpoint: its final metrics
 
 
 def _maybe_fault(fault: dict | None, step: int, key: str) -> None:
@@ -96,6 +101,10 @@ def finetune_trial(
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
+            final = Path(d) / FINAL_FILE
+            if final.is_file():  # finished before the driver died: its result, once more
+                tune.report(json.loads(final.read_text()))
+                return
             state = load_state(Path(d) / "state.pt")
     prior = float(state["seconds"]) if state is not None else 0.0
     val_of = _ValEvaluator(info, model, data, cfg) if report_val else None
@@ -126,13 +135,21 @@ def finetune_trial(
         "steps_run": res.steps_run,
         "resumed_from": res.resumed_from,
         "seconds": time.perf_counter() - start,
+        "node": ray.get_runtime_context().get_node_id(),  # the Ray node that ran this attempt
     }
     if report_val:
         metrics["seconds_total"] = prior + time.perf_counter() - start
-    if not save_model:
+    if not save_model and not cfg.checkpoint_every:
         tune.report(metrics)
         return
+    # The final checkpoint holds the result (and the exported model with ``save_model``): with
+    # ``num_to_keep=1`` Tune then deletes the trial's last training state, which nothing would
+    # resume from, so a finished experiment keeps no optimizer states on disk.
     with tempfile.TemporaryDirectory() as d:
+        (Path(d) / FINAL_FILE).write_text(json.dumps(metrics))
+        if not save_model:
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+            return
         cfg_dict = dict(data_config(res.model), input_size=(3, *data.train_x.shape[1:3]))
         meta = {"model": model, "task": task, "lr": cfg.lr, "rep": cfg.seed}
         meta |= {"val_acc": res.val_acc, "test_acc": res.test_acc}

@@ -59,6 +59,9 @@ def test_one_row_per_run_and_faults_resume_from_the_checkpoint(faulty_run):
     assert runs["steps_run"].to_list() == [10] * 4
     assert runs["steps"].to_list() == [20] * 4
     assert runs["val_acc"].is_between(0, 1).all() and runs["test_acc"].is_between(0, 1).all()
+    # A finished trial's last checkpoint is its result: no training state is left on disk.
+    assert not list((out / "tune").rglob("state.pt"))
+    assert len(list((out / "tune").rglob("final.json"))) == 4
 
 
 def test_rerun_restores_the_experiment_without_rerunning_trials(setup, faulty_run):
