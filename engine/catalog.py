@@ -22,6 +22,7 @@ from typing import Any
 import polars as pl
 
 from engine.errors import UserError
+from engine.names import check_name
 from engine.schema import CATALOGUE, CATALOGUE_REQUIRED
 
 PoolSpec = str | list[str]
@@ -119,7 +120,7 @@ def _check_model_name(path: Path, index: int, entry: dict[str, Any]) -> str:
         raise UserError(
             f"{path}: [[models]] entry #{index}: 'model' must be a non-empty string, got {name!r}"
         )
-    return name
+    return check_name("model", name, str(path))
 
 
 def _check_model_entry(path: Path, name: str, entry: dict[str, Any]) -> None:

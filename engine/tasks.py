@@ -3,7 +3,7 @@
 A tasks file is TOML with one ``[[tasks]]`` table per task (other top-level keys are ignored)::
 
     [[tasks]]
-    name = "flowers"          # required: letters, digits, '_', '.', '-' (a path component)
+    name = "flowers"          # required: letters, digits, '_', '.', '-', not leading '.'
     category = "natural"      # default "unknown"
     source = "folder"         # required: "folder" | "parquet" | "builtin"
     root = "data/flowers"     # every other key is an option of the source
@@ -54,6 +54,7 @@ import pyarrow.compute as pc
 
 from engine.builtin_tasks import BUILTINS, BuiltinData, builtin_names, load_builtin
 from engine.errors import UserError
+from engine.names import check_name
 
 log = logging.getLogger("whichmodel")
 
@@ -165,6 +166,7 @@ def _parse_task(entry: dict[str, Any], i: int, base_dir: Path, where: str) -> Ta
             f"{where}: [[tasks]] entry #{i}: 'name' must be a non-empty string of letters, "
             f"digits, '_', '.', '-' (no '..'), got {name!r}"
         )
+    check_name("task", name, where)
     here = f"{where}: task {name!r}"
     category = entry.get("category", "unknown")
     if not isinstance(category, str) or not category.strip():
