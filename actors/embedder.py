@@ -6,7 +6,8 @@ input differs from the decoded size, normalises them with the model's own mean/s
 model's pre-logits embeddings (and source-class probabilities, if the model has a source head)
 plus the device-seconds the batch took, as columns named by the model's position in the run.
 Rows of tasks the model does not need (already in the store) are not computed: their columns
-hold zeros that the driver never writes.
+hold zeros that the driver never writes. With the run's ledger, each batch reports the rows it
+embedded and the Ray node it ran on.
 
 On clusters without GPUs, ``PoolEmbedder`` holds every model of the run in one actor: one
 process imports torch and timm once instead of once per model (seconds each on a small machine),
@@ -18,6 +19,7 @@ import threading
 import time
 
 import numpy as np
+import ray
 import torch
 import torch.nn.functional as F
 
@@ -50,10 +52,14 @@ class Embedder:
         with_probs: bool,
         tasks: list[str] | None = None,
         threads: int = 0,
+        ledger: "ray.actor.ActorHandle | None" = None,
     ) -> None:
         if threads:
             torch.set_num_threads(threads)
         self.position = position
+        self.name = model
+        self.ledger = ledger  # the run's RunLedger: rows embedded here, per node
+        self.node = ray.get_runtime_context().get_node_id() if ledger is not None else ""
         self.size = size
         self.with_probs = with_probs
         self.tasks = None if tasks is None else np.asarray(tasks)
@@ -132,6 +138,8 @@ class Embedder:
             batch[probs_column(self.position)] = probs
         spent = (time.perf_counter() - start) / max(1, int(rows.sum()))
         batch[seconds_column(self.position)] = np.where(rows, spent, 0.0)
+        if self.ledger is not None and rows.any():
+            self.ledger.embedded.remote(self.name, self.node, int(rows.sum()))
         return batch
 
 

@@ -338,13 +338,10 @@ def run_benchmark(config: BenchmarkConfig, out: Path | None = None) -> Path:
 
 
 def _embed_stage(study, union, specs, store, preset, driver) -> StageRecord:
-    from engine.embed import EmbedConfig, embed
+    from engine.embed import embed, embed_config
 
     start = time.perf_counter()
-    cfg = EmbedConfig(
-        image_size=preset["embed"]["image_size"] or None,
-        batch_size=preset["embed"]["batch_size"],
-    )
+    cfg = embed_config(preset)
     driver.say(f"embed: {store}")
     summary = embed(study, union, specs, store, cfg)
     record = StageRecord(

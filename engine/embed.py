@@ -6,13 +6,20 @@ Decoding happens once per image per run whatever the pool size: the decode stage
 image to one geometry (the run's ``image_size`` if set, else the largest input size among the
 models that need work) and every model stage reads those pixels, resizing them itself when its
 own input size differs and normalising with its own mean/std.
+
+Each task's partitions are written as soon as all its rows are embedded (a run that dies keeps the
+tasks it finished); Ray Data restarts dead actors and retries their batches by itself, and a Ray
+failure it gives up on reruns the stage for the partitions still missing (docs/faults.md). A
+ledger actor on the driver's node counts the images decoded and the rows each model embedded per
+Ray node; the run's entry in the store's metadata records them.
 """
 
 import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +42,12 @@ from actors.models import (
     resize_for,
     weights_fingerprint,
 )
-from actors.pipeline import DecodeCounter, decode_stage
+from actors.pipeline import RunLedger, decode_stage
 from engine.catalog import Catalogue
 from engine.errors import UserError
+from engine.presets import preset_resources
 from engine.raycluster import cluster_cpus_gpus, ensure_ray
+from engine.resources import Resources
 from engine.store import SPLITS, Partition, check_name, partition_key, record_run, write_partition
 from engine.tasks import TaskData, TaskSpec, load_task, task_fingerprint
 
@@ -64,6 +73,26 @@ class EmbedConfig:
     gpu_calls_per_actor: int = 2  # concurrent batches per GPU actor (copy/compute overlap)
     rows_per_block: int = 256
     keep_probs: bool = True
+    retries: int = 2  # reruns of the stage for the partitions still missing after a Ray failure
+
+    def with_resources(self, res: Resources) -> "EmbedConfig":
+        """This config with a preset's actor and decode requests (``[NAME.resources]``)."""
+        return replace(
+            self,
+            gpus_per_actor=res.embed_gpus_per_actor,
+            cpus_per_actor=res.embed_cpus_per_actor,
+            decode_cpus=res.decode_cpus,
+        )
+
+
+def embed_config(preset: dict, **overrides) -> EmbedConfig:
+    """The embedding stage's numbers from a loaded preset (its ``[embed]`` image_size and
+    batch_size, its ``[resources]``), with ``overrides`` on top."""
+    numbers = {
+        "image_size": preset["embed"]["image_size"] or None,
+        "batch_size": preset["embed"]["batch_size"],
+    }
+    return EmbedConfig(**(numbers | overrides)).with_resources(preset_resources(preset))
 
 
 @dataclass(frozen=True)
@@ -95,6 +124,9 @@ class EmbedSummary:
     device_seconds: dict[str, float] = field(default_factory=dict)
     images_decoded: int = 0
     rows: int = 0
+    # rows each model's actors embedded, per Ray node id (retried batches count again)
+    nodes: dict[str, dict[str, int]] = field(default_factory=dict)
+    retries: int = 0  # stage reruns after a Ray failure
 
 
 def plan_model(name: str, source: str, base_dir: Path, cfg: EmbedConfig) -> ModelPlan:
@@ -173,13 +205,18 @@ def _dataset(tasks: list[TaskData], cfg: EmbedConfig) -> ray.data.Dataset:
 
 
 def _run_pipeline(
-    tasks: list[TaskData], plans: list[ModelPlan], needs: dict[str, list[str]], cfg, counter
-) -> dict[str, np.ndarray]:
-    """Decode every image once, embed it with every model that needs its task; gather columns."""
+    tasks: list[TaskData],
+    plans: list[ModelPlan],
+    needs: dict[str, list[str]],
+    cfg: EmbedConfig,
+    ledger: "ray.actor.ActorHandle",
+) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+    """Decode every image once, embed it with every model that needs its task; yield each
+    task's columns as soon as all its rows are through (``complete_tasks``)."""
     cpus, gpus = cluster_cpus_gpus()
     # Errors in a stage (a corrupt image, bad weights) surface as the worker's own exception.
     ray.data.DataContext.get_current().raise_original_map_exception = True
-    ds = decoded_dataset(tasks, _decode_geometry(plans), cfg, counter)
+    ds = decoded_dataset(tasks, _decode_geometry(plans), cfg, ledger)
     specs = [
         dict(
             position=i,
@@ -190,6 +227,7 @@ def _run_pipeline(
             std=plan.std,
             with_probs=plan.with_probs,
             tasks=needs[plan.name],
+            ledger=ledger,
         )
         for i, plan in enumerate(plans)
     ]
@@ -204,25 +242,61 @@ def _run_pipeline(
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
             num_cpus=cfg.cpus_per_actor,
         )
-        return gather(ds.drop_columns(["pixels"]))
-    resources, max_actors = actor_resources(cpus, gpus, len(plans), cfg)
-    # Two calls at once per GPU actor, each on its own CUDA stream: one batch's host-to-device
-    # copy overlaps the other's forward pass (measured on an H100: benchmarks/RESULTS.md).
-    for spec in specs:
-        ds = ds.map_batches(
-            Embedder,
-            fn_constructor_kwargs=spec,
-            batch_size=cfg.batch_size,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(
-                min_size=1,
-                max_size=max_actors,
-                max_concurrent_calls_per_actor=cfg.gpu_calls_per_actor,
-                enable_true_multi_threading=cfg.gpu_calls_per_actor > 1,
-            ),
-            **resources,
-        )
-    return gather(ds.drop_columns(["pixels"]))
+    else:
+        resources, max_actors = actor_resources(cpus, gpus, len(plans), cfg)
+        # Two calls at once per GPU actor, each on its own CUDA stream: one batch's
+        # host-to-device copy overlaps the other's forward pass (benchmarks/RESULTS.md).
+        for spec in specs:
+            ds = ds.map_batches(
+                Embedder,
+                fn_constructor_kwargs=spec,
+                batch_size=cfg.batch_size,
+                batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(
+                    min_size=1,
+                    max_size=max_actors,
+                    max_concurrent_calls_per_actor=cfg.gpu_calls_per_actor,
+                    enable_true_multi_threading=cfg.gpu_calls_per_actor > 1,
+                ),
+                **resources,
+            )
+    rows = {d.name: d.table.num_rows for d in tasks}
+    yield from complete_tasks(ds.drop_columns(["pixels"]), rows)
+
+
+def complete_tasks(
+    ds: ray.data.Dataset, rows: dict[str, int]
+) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+    """Each task's columns, concatenated in the driver, as soon as all ``rows[task]`` of its
+    rows have come through ``ds``; an error if a row arrives twice or never."""
+    chunks: dict[str, dict[str, list[np.ndarray]]] = {}
+    seen = dict.fromkeys(rows, 0)
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        names = np.asarray(batch["task"])
+        for task in np.unique(names).tolist():
+            mine = names == task
+            parts = chunks.setdefault(task, {})
+            for key, value in batch.items():
+                parts.setdefault(key, []).append(np.asarray(value)[mine])
+            seen[task] += int(mine.sum())
+            if seen[task] < rows[task]:
+                continue
+            cols = {k: np.concatenate(v) for k, v in chunks.pop(task).items()}
+            if seen[task] > rows[task]:
+                raise RuntimeError(
+                    f"task {task}: {seen[task]} rows came out of the embedding pipeline for its "
+                    f"{rows[task]} rows (a row was duplicated)"
+                )
+            distinct = np.unique(cols["index"]).size
+            if distinct != rows[task]:
+                raise RuntimeError(
+                    f"task {task}: its {rows[task]} rows came out of the embedding pipeline with "
+                    f"only {distinct} distinct indices (a row was duplicated, another lost)"
+                )
+            yield task, cols
+    missing = {t: rows[t] - n for t, n in seen.items() if n < rows[t]}
+    if missing:
+        raise RuntimeError(f"rows never came out of the embedding pipeline: {missing}")
 
 
 def cpu_actor_threads(cpus: float, cfg: EmbedConfig) -> tuple[int, int]:
@@ -239,23 +313,28 @@ def actor_resources(
     """Ray resources of one Embedder actor and the most actors per model.
 
     Every model stage needs at least one actor alive at once (the stages stream into each
-    other), so on GPUs each actor asks for at most ``gpus / n_models`` of a GPU: with more
-    models than GPUs, whole-GPU actors would wait for each other forever.
+    other), so on GPUs each actor asks for at most ``1 / ceil(n_models / gpus)`` of a GPU: Ray
+    packs shares into whole devices, so that many actors fit on the cluster's GPUs at once
+    (with more models than GPUs, whole-GPU actors would wait for each other forever).
     """
     if gpus > 0:
-        share = min(cfg.gpus_per_actor, gpus / n_models)
+        fit = 1 / math.ceil(n_models / int(gpus)) if gpus >= 1 else gpus / n_models
+        share = min(cfg.gpus_per_actor, fit)
         return dict(num_gpus=share, num_cpus=cfg.cpus_per_actor), max(1, int(gpus / share))
     return dict(num_cpus=cfg.cpus_per_actor), max(1, int(cpus) // n_models)
 
 
 def decoded_dataset(
-    tasks: list[TaskData], geometry: tuple[int, int, str], cfg: EmbedConfig, counter=None
+    tasks: list[TaskData],
+    geometry: tuple[int, int, str],
+    cfg: EmbedConfig,
+    ledger: "ray.actor.ActorHandle | None" = None,
 ) -> ray.data.Dataset:
     """The tasks' rows decoded once to ``geometry`` (size, short-side resize, interpolation)."""
     size, resize, interpolation = geometry
     return _dataset(tasks, cfg).map_batches(
         decode_stage,
-        fn_kwargs=dict(size=size, resize=resize, interpolation=interpolation, counter=counter),
+        fn_kwargs=dict(size=size, resize=resize, interpolation=interpolation, ledger=ledger),
         batch_size=cfg.batch_size,
         batch_format="numpy",
         num_cpus=cfg.decode_cpus,
@@ -271,28 +350,30 @@ def gather(ds: ray.data.Dataset) -> dict[str, np.ndarray]:
     return {k: np.concatenate(v) for k, v in chunks.items()}
 
 
-def _write_pairs(
+def _write_task(
     store: Path,
-    fingerprints: dict[str, str],
+    task: str,
+    fingerprint: str,
     plans: list[ModelPlan],
     needs: dict[str, list[str]],
     cols: dict[str, np.ndarray],
     summary: EmbedSummary,
 ) -> None:
-    """Write the (model, task, split) partitions of every pair the run computed."""
+    """Write the (model, task, split) partitions of one task for every model that needed it."""
     for i, plan in enumerate(plans):
+        if task not in needs[plan.name]:
+            continue
         emb, probs = cols[emb_column(i)], cols.get(probs_column(i))
-        for task in needs[plan.name]:
-            for part in _partitions(store, plan, task, fingerprints[task]):
-                rows = (cols["task"] == task) & (cols["split"] == part.split)
-                write_partition(
-                    part,
-                    cols["index"][rows],
-                    cols["label"][rows],
-                    emb[rows],
-                    None if probs is None else probs[rows],
-                )
-            summary.computed.append((plan.name, task))
+        for part in _partitions(store, plan, task, fingerprint):
+            rows = cols["split"] == part.split
+            write_partition(
+                part,
+                cols["index"][rows],
+                cols["label"][rows],
+                emb[rows],
+                None if probs is None else probs[rows],
+            )
+        summary.computed.append((plan.name, task))
         seconds = float(cols[seconds_column(i)].sum())
         summary.device_seconds[plan.name] = summary.device_seconds.get(plan.name, 0.0) + seconds
 
@@ -320,6 +401,55 @@ def worker_error(exc: BaseException) -> BaseException:
     return exc
 
 
+def is_ray_failure(exc: BaseException) -> bool:
+    """Whether a Ray system failure (a dead actor, worker or node, a lost object) is in the
+    exception chain, as opposed to an error raised by the stage's own code."""
+    from ray.exceptions import RayError, RayTaskError
+
+    seen = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, RayError) and not isinstance(cause, RayTaskError):
+            return True
+        cause = getattr(cause, "cause", None) or cause.__cause__ or cause.__context__
+    return False
+
+
+def _missing(
+    store: Path, plans: list[ModelPlan], fingerprints: dict[str, str]
+) -> dict[str, list[str]]:
+    """Per model, the tasks with a partition missing from the store."""
+    return {
+        p.name: [
+            t
+            for t, fp in fingerprints.items()
+            if not all(x.exists() for x in _partitions(store, p, t, fp))
+        ]
+        for p in plans
+    }
+
+
+def _here() -> "ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy":
+    """Schedule on the driver's node: the run's ledger must outlive any other node. (Soft
+    affinity is not enough: measured, it placed the ledger on a worker node that then died.)"""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+
+
+def _accounts(ledger: "ray.actor.ActorHandle", summary: EmbedSummary) -> None:
+    """The run's decode and embedding counts from its ledger (left empty, with a warning, if
+    the ledger was lost: the partitions are written, only the accounting is gone)."""
+    from ray.exceptions import RayError
+
+    try:
+        summary.images_decoded = ray.get(ledger.decoded.remote())
+        summary.nodes = ray.get(ledger.embedded_rows.remote())
+    except RayError as exc:
+        log.warning("embedding: the run's ledger was lost (%s); counts unknown", type(exc).__name__)
+
+
 def embed(
     catalogue: Catalogue,
     pool: str,
@@ -327,7 +457,13 @@ def embed(
     store: str | Path,
     cfg: EmbedConfig | None = None,
 ) -> EmbedSummary:
-    """Embed every (model of ``pool``, task, split) missing from ``store``; reuse the rest."""
+    """Embed every (model of ``pool``, task, split) missing from ``store``; reuse the rest.
+
+    Each task's partitions are written as soon as all its rows are embedded, so a run that dies
+    keeps the tasks it finished. If Ray itself fails the stage (an actor, worker or node lost
+    beyond what Ray Data recovers), it reruns for the partitions still missing, up to
+    ``cfg.retries`` times.
+    """
     cfg = cfg or EmbedConfig()
     store = Path(store)
     members = catalogue.pool(pool)
@@ -336,46 +472,52 @@ def embed(
         for name, source in members.select("model", "source").iter_rows()
     ]
     summary = EmbedSummary()
-    task_meta, fingerprints, loaded = {}, {}, []
-    needs: dict[str, list[str]] = {p.name: [] for p in plans}
+    task_meta, fingerprints, data = {}, {}, {}
     for spec in tasks:
         check_name(spec.name, "task")
-        data = load_task(spec)
-        fingerprints[spec.name] = fp = task_fingerprint(data)
+        data[spec.name] = load_task(spec)
+        fingerprints[spec.name] = fp = task_fingerprint(data[spec.name])
         task_meta[spec.name] = {
             "category": spec.category,
-            "classes": data.classes,
+            "classes": data[spec.name].classes,
             "fingerprint": fp,
-            "rows": data.table.num_rows,
+            "rows": data[spec.name].table.num_rows,
         }
-        todo = [
-            p for p in plans if not all(x.exists() for x in _partitions(store, p, spec.name, fp))
-        ]
-        summary.reused += [(p.name, spec.name) for p in plans if p not in todo]
-        for p in todo:
-            needs[p.name].append(spec.name)
-        if todo:
-            loaded.append(data)
-    work = [p for p in plans if needs[p.name]]
-    if work:
+    needs = _missing(store, plans, fingerprints)
+    summary.reused = [(p.name, t) for p in plans for t in data if t not in needs[p.name]]
+    if any(needs.values()):
         ensure_ray()
-        counter = DecodeCounter.remote()
+        ledger = RunLedger.options(scheduling_strategy=_here()).remote()
         start = time.perf_counter()
         log.info(
-            "embedding %d (model, task) pairs: %d rows of %d task(s), %d model(s); reusing %d",
+            "embedding %d (model, task) pairs: %d task(s), %d model(s); reusing %d",
             sum(len(v) for v in needs.values()),
-            sum(d.table.num_rows for d in loaded),
-            len(loaded),
-            len(work),
+            len({t for v in needs.values() for t in v}),
+            sum(1 for v in needs.values() if v),
             len(summary.reused),
         )
-        try:
-            cols = _run_pipeline(loaded, work, needs, cfg, counter)
-        except Exception as exc:  # errors raised in workers arrive wrapped by Ray
-            raise worker_error(exc) from exc
-        summary.rows = len(cols["index"])
-        _write_pairs(store, fingerprints, work, needs, cols, summary)
-        summary.images_decoded = ray.get(counter.total.remote())
+        while True:
+            work = [p for p in plans if needs[p.name]]
+            loaded = [data[t] for t in data if any(t in v for v in needs.values())]
+            try:
+                for task, cols in _run_pipeline(loaded, work, needs, cfg, ledger):
+                    summary.rows += len(cols["index"])
+                    _write_task(store, task, fingerprints[task], work, needs, cols, summary)
+                break
+            except Exception as exc:  # errors raised in workers arrive wrapped by Ray
+                if summary.retries >= cfg.retries or not is_ray_failure(exc):
+                    raise worker_error(exc) from exc
+                summary.retries += 1
+                needs = _missing(store, plans, fingerprints)
+                log.warning(
+                    "embedding stage failed (%s); rerunning it for the %d (model, task) pair(s) "
+                    "still missing (retry %d of %d)",
+                    type(exc).__name__,
+                    sum(len(v) for v in needs.values()),
+                    summary.retries,
+                    cfg.retries,
+                )
+        _accounts(ledger, summary)
         log.info("embedding done in %.1f s", time.perf_counter() - start)
     else:
         log.info("every (model, task) pair reused from the store")
@@ -398,6 +540,10 @@ def embed(
             "reused": len(summary.reused),
             "images_decoded": summary.images_decoded,
             "device_seconds": summary.device_seconds,
+            "rows": summary.rows,
+            "rows_embedded": {m: sum(n.values()) for m, n in summary.nodes.items()},
+            "nodes": summary.nodes,
+            "retries": summary.retries,
         },
     )
     return summary

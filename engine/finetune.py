@@ -27,7 +27,9 @@ from engine import schema
 from engine.catalog import Catalogue
 from engine.embed import EmbedConfig, decoded_dataset, gather, plan_model
 from engine.errors import UserError
-from engine.raycluster import cluster_cpus_gpus, ensure_ray
+from engine.presets import preset_resources
+from engine.raycluster import ensure_ray
+from engine.resources import cluster_nodes, trial_resources
 from engine.strategies import HYBRID_PREFIX, PoolData, strategies_for
 from engine.tasks import TaskSpec, load_task
 
@@ -102,12 +104,14 @@ def _experiment_name(keys: list, settings: dict, lrs, reps) -> str:
 
 
 def trial_inputs(
-    catalogue: Catalogue, pool: str, wanted: list[str], specs: list[TaskSpec], ft: dict
+    catalogue: Catalogue, pool: str, wanted: list[str], specs: list[TaskSpec], preset: dict
 ) -> tuple[dict[str, "ray.ObjectRef"], dict[str, dict]]:
     """What every fine-tune trial reads: each task's decoded pixels by object reference, keyed
     ``"<geometry>\x1f<task>"`` (decoded once per input geometry), and the table of ``wanted``
     models (source, mean, std, geometry)."""
+    ft = preset["finetune"]
     embed_cfg = EmbedConfig(image_size=ft["image_size"] or None)
+    embed_cfg = embed_cfg.with_resources(preset_resources(preset))
     sources = dict(catalogue.pool(pool).select("model", "source").iter_rows())
     plans = {m: plan_model(m, sources[m], catalogue.path.parent, embed_cfg) for m in wanted}
     data = {s.name: load_task(s) for s in specs}
@@ -169,9 +173,8 @@ def run_finetune(
     settings["head_lr"] = float(settings["head_lr"])
     ensure_ray()
     needed = [s for s in specs if s.name in {t for _, t in pairs}]
-    pixels, models = trial_inputs(catalogue, pool, wanted, needed, ft)
+    pixels, models = trial_inputs(catalogue, pool, wanted, needed, preset)
     token = uuid.uuid4().hex
-    _, gpus = cluster_cpus_gpus()
     trainable = tune.with_resources(
         tune.with_parameters(
             finetune_trial,
@@ -181,7 +184,7 @@ def run_finetune(
             token=token,
             save_model=export_winners,
         ),
-        {"cpu": 1, "gpu": 1 if gpus else 0},
+        trial_resources(preset_resources(preset), cluster_nodes()),
     )
     name = _experiment_name([list(p) for p in pairs], settings, ft["lrs"], ft["reps"])
     path = out / "tune" / name

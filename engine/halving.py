@@ -54,7 +54,9 @@ from engine.catalog import Catalogue
 from engine.errors import UserError
 from engine.finetune import NEEDS_FINETUNE, select_pairs, trial_inputs
 from engine.outputs import atomic_directory, write_table
-from engine.raycluster import cluster_cpus_gpus, ensure_ray
+from engine.presets import preset_resources
+from engine.raycluster import ensure_ray
+from engine.resources import cluster_nodes, trial_resources
 from engine.strategies import HYBRID_PREFIX
 from engine.tasks import TaskSpec
 
@@ -270,11 +272,11 @@ def run_halving(
     settings = _settings(ft, grace)
     lrs, reps = [float(x) for x in ft["lrs"]], list(range(int(ft["reps"])))
     ensure_ray()
-    _, gpus = cluster_cpus_gpus()
+    resources = trial_resources(preset_resources(preset), cluster_nodes())
     frames = []
     for spec in specs:
         top = rankings[spec.name][: cfg.top_k]
-        pixels, models = trial_inputs(catalogue, pool, top, [spec], ft)
+        pixels, models = trial_inputs(catalogue, pool, top, [spec], preset)
         trainable = tune.with_resources(
             tune.with_parameters(
                 finetune_trial,
@@ -284,7 +286,7 @@ def run_halving(
                 token=uuid.uuid4().hex,
                 report_val=True,
             ),
-            {"cpu": 1, "gpu": 1 if gpus else 0},
+            resources,
         )
         arms = len(top) * len(lrs) * len(reps)
         scheduler = BudgetASHA(

@@ -1,7 +1,9 @@
 """Presets as data (engine/presets.toml): the numbers of each stage, validated on load.
 
 A user's own presets live in a TOML file of the same layout (``[NAME.section]`` tables), passed
-as ``FILE.toml`` (the file must hold exactly one preset) or ``FILE.toml:NAME``.
+as ``FILE.toml`` (the file must hold exactly one preset) or ``FILE.toml:NAME``. The
+``[NAME.resources]`` table (what trials, actors and tasks ask Ray for) is optional, and so is each
+of its fields: ``engine.resources`` has the defaults.
 """
 
 import tomllib
@@ -9,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import UserError
+from engine.resources import Resources, parse_resources
 
 PRESETS_FILE = Path(__file__).with_name("presets.toml")
 
@@ -71,7 +74,13 @@ def load_preset(name: str, path: str | Path | None = None) -> dict[str, dict[str
                     f"{path}: preset {name!r} field {section}.{field} must be {names}, "
                     f"got {value!r}"
                 )
+    parse_resources(preset.get("resources"), f"{path}: preset {name!r}")
     return preset
+
+
+def preset_resources(preset: dict[str, Any]) -> Resources:
+    """The resource requests of a loaded preset (defaults for what it leaves out)."""
+    return parse_resources(preset.get("resources"))
 
 
 def _split_preset_file(spec: str) -> tuple[Path | None, str | None]:

@@ -24,7 +24,9 @@ from actors.probe_trial import probe_trial
 from actors.proxies import PROXIES
 from engine import schema
 from engine.errors import UserError
-from engine.raycluster import cluster_cpus_gpus, ensure_ray
+from engine.presets import preset_resources
+from engine.raycluster import ensure_ray
+from engine.resources import cluster_nodes, trial_resources
 from engine.store import read_metadata, read_partition, stored_pairs
 
 log = logging.getLogger("whichmodel")
@@ -104,10 +106,9 @@ def probe(
         f"{m}\x1f{t}": ray.put(_load_pair(parts, _num_classes(meta, t, parts)))
         for (m, t), parts in pairs.items()
     }
-    _, gpus = cluster_cpus_gpus()
     trainable = tune.with_resources(
         tune.with_parameters(probe_trial, embeddings=refs, token=token),
-        {"cpu": 1, "gpu": 1 if gpus else 0},
+        trial_resources(preset_resources(preset), cluster_nodes(), "probe"),
     )
     if tune.Tuner.can_restore(str(path)):
         log.info("probe: resuming experiment %s", path)
@@ -121,7 +122,13 @@ def probe(
                 "options": options,
             },
             tune_config=tune.TuneConfig(reuse_actors=True),
-            run_config=tune.RunConfig(name=name, storage_path=str(path.parent), verbose=1),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=str(path.parent),
+                # a trial whose actor or node dies is run again (from the start: it is short)
+                failure_config=tune.FailureConfig(max_failures=2),
+                verbose=1,
+            ),
         )
     results = tuner.fit()
     rows, compute, ran = [], 0.0, 0

@@ -370,7 +370,7 @@ def search(
 ) -> SearchResult:
     """Embed, probe and rank a pool's models for DATA and return the ``budget`` picks, each
     with its slot and reason; with ``finetune``, fine-tune the picks and export the winner."""
-    from engine.embed import EmbedConfig, embed
+    from engine.embed import embed, embed_config
     from engine.finetune import select_pairs
     from engine.presets import load_preset
     from engine.probe import probe, write_scores
@@ -391,11 +391,7 @@ def search(
     embedded, probed = (0, 0), (0, 0)
     with _quiet_repeats():
         if proxies:
-            cfg = EmbedConfig(
-                image_size=numbers["embed"]["image_size"] or None,
-                batch_size=numbers["embed"]["batch_size"],
-            )
-            summary = embed(cat, pool, [spec], work / "store", cfg)
+            summary = embed(cat, pool, [spec], work / "store", embed_config(numbers))
             embedded = (len(summary.computed), len(summary.reused))
             probe_summary = probe(work / "store", proxies, numbers, models, [spec.name])
             probed = (probe_summary.trials_run, probe_summary.trials_reused)
