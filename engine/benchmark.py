@@ -8,7 +8,7 @@ rerunning the same config computes nothing new. A RUN.toml (paths relative to th
     # command: whichmodel benchmark --config RUN.toml
     [run]
     name = "tiny"
-    out = "runs/tiny"             # run directory (default runs/<name>)
+    out = "runs/tiny"             # run directory or URI, s3://B/P (default runs/<name>)
     catalog = "catalog.toml"      # required
     pools = ["All"]               # default: every pool of the catalogue
     tasks = "tasks.toml"          # required
@@ -51,7 +51,7 @@ from engine import schema, tables
 from engine.analysis import Analysis, analyze
 from engine.catalog import Catalogue, load_catalogue
 from engine.errors import UserError
-from engine.outputs import atomic_directory, atomic_text, write_table
+from engine.outputs import atomic_directory, atomic_text, is_uri, run_directory, write_table
 from engine.plots import write_plots
 from engine.presets import load_preset
 from engine.tasks import TaskSpec, load_tasks
@@ -80,7 +80,7 @@ class BenchmarkConfig:
     path: Path
     text: str
     name: str
-    out: Path
+    out: Path | str  # a local directory or a URI (engine.outputs.run_directory)
     catalog: Path
     pools: list[str] | None
     tasks: Path
@@ -200,7 +200,8 @@ def load_config(path: Path) -> BenchmarkConfig:
         if key not in run:
             raise UserError(f"{path}: [run] lacks the required key {key!r}")
     name = _str(path, "name", run.get("name", path.stem))
-    out = path.parent / _str(path, "out", run.get("out", f"runs/{name}"))
+    out_value = _str(path, "out", run.get("out", f"runs/{name}"))
+    out = out_value if is_uri(out_value) else (path.parent / out_value).resolve()
     store = path.parent / _str(path, "store", run["store"]) if "store" in run else None
     log_odds = run.get("log_odds", False)
     if not isinstance(log_odds, bool):
@@ -209,7 +210,7 @@ def load_config(path: Path) -> BenchmarkConfig:
         path=path,
         text=text,
         name=name,
-        out=out.resolve(),
+        out=out,
         catalog=_file(path, "catalog", run["catalog"]),
         pools=_names(path, "pools", run["pools"]) if "pools" in run else None,
         tasks=_file(path, "tasks", run["tasks"]),
@@ -267,12 +268,22 @@ def study_pool(catalogue: Catalogue, pools: list[str]) -> tuple[Catalogue, str, 
     return dataclasses.replace(catalogue, pools={**catalogue.pools, name: members}), name, members
 
 
-def run_benchmark(config: BenchmarkConfig, out: Path | None = None) -> Path:
-    """Run (or resume) the study of ``config``; return the run directory (report.html in it)."""
+def run_benchmark(config: BenchmarkConfig, out: Path | str | None = None) -> Path:
+    """Run (or resume) the study of ``config`` into ``out`` (default the config's): a local
+    directory or a URI (``s3://``, ``gs://``, ``file://``: worked on in a local staging copy and
+    published when the study succeeds, ``engine.outputs.run_directory``). Returns the local run
+    directory (report.html in it)."""
+    target = out or config.out
+    with run_directory(target) as run:
+        _study(config, run)
+    if is_uri(target):
+        print(f"[benchmark] published {target} (worked in {run})", flush=True)
+    return run
+
+
+def _study(config: BenchmarkConfig, run: Path) -> Path:
     from engine.cli import summary_text
 
-    run = Path(out or config.out).resolve()
-    run.mkdir(parents=True, exist_ok=True)
     store = config.store or run / "store"
     driver = _Driver(run)
     driver.say(f"run {config.name} → {run} (config {config.path})")

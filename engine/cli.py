@@ -15,6 +15,7 @@ from engine.catalog import load_catalogue
 from engine.errors import UserError
 from engine.outputs import atomic_directory, write_table
 from engine.plots import DELTA_PAIRS, write_plots
+from engine.raycluster import connection_options
 
 log = logging.getLogger("whichmodel")
 
@@ -257,6 +258,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Which pre-trained models to fine-tune: model search and regret analysis.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    parser.add_argument(
+        "--address",
+        help="join this existing Ray cluster (host:port of its GCS, auto, or ray://host:port; "
+        "default: RAY_ADDRESS, set by `ray job submit`, else start a local Ray)",
+    )
+    parser.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="join an existing Ray cluster even if it has no token authentication "
+        "(also WHICHMODEL_ALLOW_UNAUTHENTICATED=1; see docs/cluster.md)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
@@ -389,7 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
         description=cmd_benchmark.__doc__,
     )
     p.add_argument("--config", required=True, type=Path, help="RUN.toml (see engine/benchmark.py)")
-    p.add_argument("--out", type=Path, help="run directory (default: [run] out of the config)")
+    p.add_argument(
+        "--out",
+        help="run directory, or a URI pyarrow opens (s3://B/P, gs://B/P, file:///P): worked on "
+        "locally and published when the study succeeds (default: [run] out of the config)",
+    )
     p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser(
@@ -397,9 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the embedded offline benchmark (pre-trains its experts once), with a report",
         description=cmd_demo.__doc__,
     )
-    p.add_argument(
-        "--out", type=Path, default=Path("runs/demo"), help="run directory (default runs/demo)"
-    )
+    p.add_argument("--out", default="runs/demo", help="run directory or URI (default runs/demo)")
     p.add_argument(
         "--cache",
         type=Path,
@@ -417,7 +431,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="whichmodel: %(levelname)s: %(message)s",
     )
     try:
-        args.func(args)
+        with connection_options(args.address, args.allow_unauthenticated):
+            args.func(args)
     except UserError as exc:
         print(f"whichmodel: error: {exc}", file=sys.stderr)
         return 2

@@ -50,7 +50,7 @@ from engine.experts import (
     sample_hash,
     upstream_samples,
 )
-from engine.outputs import atomic_file, atomic_text
+from engine.outputs import atomic_file, atomic_text, is_uri
 
 DEMO_PRESET = "demo"
 POOL = "All"
@@ -490,7 +490,7 @@ def ensure_demo_pool(
 # --------------------------------------------------------------------------------------- run
 
 
-def demo_run_config(catalog: Path, out: Path) -> Path:
+def demo_run_config(catalog: Path, out: Path | str) -> Path:
     """The demo's RUN.toml: ``pools/demo_run.toml`` with the pool's catalogue, tasks and store
     (from ``ensure_demo_pool``) and the run directory filled in, written next to the catalogue
     (absolute paths)."""
@@ -503,7 +503,7 @@ def demo_run_config(catalog: Path, out: Path) -> Path:
         catalog=str(catalog),
         tasks=str(folder / "tasks" / "tasks.toml"),
         store=str(folder / "store"),
-        out=str(Path(out).resolve()),
+        out=out if is_uri(out) else str(Path(out).resolve()),
     )
     header = RUN_TEMPLATE.read_text().split("[run]")[0].strip()
     lines = [header, "", "[run]"] + [f"{k} = {toml_value(v)}" for k, v in run.items()]
@@ -512,13 +512,14 @@ def demo_run_config(catalog: Path, out: Path) -> Path:
     return path
 
 
-def run_demo(out: Path, cache: Path | None = None) -> Path:
-    """Build the pool if needed, then run the benchmark; the run directory (report.html)."""
+def run_demo(out: Path | str, cache: Path | None = None) -> Path:
+    """Build the pool if needed, then run the benchmark into ``out`` (a directory or a URI,
+    see ``engine.benchmark.run_benchmark``); the local run directory (report.html)."""
     from engine.benchmark import load_config, run_benchmark
 
     start = time.perf_counter()
     catalog, _ = ensure_demo_pool(cache)
     config = load_config(demo_run_config(catalog, out))
-    run = run_benchmark(config, Path(out))
+    run = run_benchmark(config, out)
     _say(f"demo done in {math.ceil(time.perf_counter() - start)} s: {run / 'report.html'}")
     return run

@@ -342,3 +342,29 @@ def test_bad_config_exits_2_naming_the_key_or_file(config_world, body, needle, c
     err = capsys.readouterr().err
     assert needle in err and err.count("\n") == 1
     assert not (config_world / "runs").exists()  # nothing was started
+
+
+def test_run_directory_at_a_uri_resumes_from_it_and_is_published(study, tmp_path, monkeypatch):
+    """``--out file://...`` (any pyarrow filesystem URI): the run starts from what the URI holds
+    (here a finished run, so nothing is computed again), works in a local staging copy and
+    publishes the run directory back, report included."""
+    monkeypatch.setenv("WHICHMODEL_CACHE", str(tmp_path / "cache"))
+    remote = tmp_path / "bucket" / "reduced"
+    shutil.copytree(study["run"], remote)
+    (remote / "report.html").unlink()  # the publish must write it again
+    run_toml = study["root"] / "RUN.toml"
+    rc, log = run_cli(["benchmark", "--config", str(run_toml), "--out", f"file://{remote}"])
+    assert rc == 0, log
+    assert f"published file://{remote}" in log
+    n_pairs = len(MODELS) * 2
+    assert f"embed: 0 computed, {n_pairs} reused" in log
+    assert f"finetune: 0 computed, {n_pairs} reused" in log
+    assert (remote / "report.html").is_file()
+    local = pl.read_parquet(study["run"] / "tables" / "regret.parquet")
+    assert pl.read_parquet(remote / "tables" / "regret.parquet").equals(local)
+    assert not list(remote.parent.glob(".reduced.*"))  # no temporary directory left behind
+
+
+def test_unknown_uri_scheme_exits_2(study):
+    rc, _ = run_cli(["benchmark", "--config", str(study["root"] / "RUN.toml"), "--out", "nope://x"])
+    assert rc == 2
