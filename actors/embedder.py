@@ -17,6 +17,7 @@ and the models share the actor's threads batch by batch.
 import contextlib
 import threading
 import time
+import warnings
 
 import numpy as np
 import ray
@@ -24,6 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from actors.models import ModelSource, build_model, embed_dim, embed_forward
+
+# Batches from Ray's object store are read-only arrays; this module only reads them, so torch's
+# warning about tensors over non-writable memory says nothing here.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 
 def emb_column(i: int) -> str:

@@ -98,10 +98,10 @@ def world(tmp_path_factory, ray_session):
     return {"root": root, "n_images": n_folder + n_parquet, "n_folder": n_folder}
 
 
-def embed_world(world, pool="Two", store="store"):
+def embed_world(world, pool="Two", store="store", cfg=CFG):
     cat = load_catalogue(world["root"] / "catalog.toml")
     tasks = load_tasks(world["root"] / "tasks.toml")
-    return embed(cat, pool, tasks, world["root"] / store, CFG)
+    return embed(cat, pool, tasks, world["root"] / store, cfg)
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 real timm models (a random-init one and the converted ImageNet EfficientNet-Lite0)."""
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,30 @@ def test_embeddings_match_a_plain_timm_forward(world, first_run):
         ref = _reference(world, model, sources[model], files)
         order = np.argsort(part["index"])
         np.testing.assert_allclose(part["embedding"][order], ref, rtol=1e-3, atol=1e-4)
+
+
+def test_actor_pool_path_gives_the_driver_paths_embeddings(world, first_run, tmp_path):
+    # On one CPU node the driver runs the forward passes (no actor to start); clusters use
+    # Ray Data actor pools. Both paths must write the same partitions.
+    from engine.embed import forward_in_driver
+
+    assert forward_in_driver(CFG)  # the test session's Ray is one local CPU node
+    actors = embed_world(world, store=tmp_path / "store", cfg=replace(CFG, forward_in_driver=False))
+    assert sorted(actors.computed) == sorted(first_run.computed)
+    assert actors.images_decoded == world["n_images"]
+    for model in ("lite0", "rand_resnet"):
+        for split in SPLITS:
+            parts = [
+                read_partition(Partition(root, model, "shapes_pq", split, p.stem))
+                for root in (world["root"] / "store", tmp_path / "store")
+                for p in (root / "embeddings" / f"model={model}" / "task=shapes_pq").glob(
+                    f"split={split}/*.parquet"
+                )
+            ]
+            here, pool = parts
+            assert np.array_equal(np.sort(here["index"]), np.sort(pool["index"]))
+            a, b = (p["embedding"][np.argsort(p["index"])] for p in parts)
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_rerun_computes_nothing_and_a_new_model_computes_only_itself(world, first_run):

@@ -44,10 +44,10 @@ TASKS = {"small": (4, 2, 2), "big": (12, 6, 6)}  # per class: train, val, test
 ROWS = sum(2 * sum(n) for n in TASKS.values())
 
 
-def _embed(world: Path, store: str = "store") -> EmbedSummary:
+def _embed(world: Path, store: str = "store", **overrides) -> EmbedSummary:
     preset = load_preset(f"{world / 'presets.toml'}:t")
     cat, tasks = load_catalogue(world / "catalog.toml"), load_tasks(world / "tasks.toml")
-    return embed(cat, "All", tasks, world / store, embed_config(preset))
+    return embed(cat, "All", tasks, world / store, embed_config(preset, **overrides))
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,8 @@ def test_a_killed_embedder_actor_is_restarted_and_its_batch_redone(tmp_path, und
             return out
 
     monkeypatch.setattr(engine.embed, "PoolEmbedder", KilledOnce)
-    summary = _embed(world)
+    # actor pools, as on a cluster (on one CPU node the driver would run the forward passes)
+    summary = _embed(world, forward_in_driver=False)
     killed = int((marks / "killed").read_text())
     assert not _alive(killed)  # the actor process really died mid-stage
     # Ray Data restarted the actor and retried its batch by itself: no rerun of the stage
