@@ -55,22 +55,18 @@ def write_tasks(folder: Path, name: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", UNSAFE.values(), ids=UNSAFE.keys())
-def test_unsafe_model_name_is_refused_naming_file_and_name(tmp_path, name):
-    path = write_catalogue(tmp_path, name)
-    with pytest.raises(UserError) as info:
-        load_catalogue(path)
-    message = str(info.value)
-    assert str(path) in message and repr(name) in message and "model" in message
+KINDS = {"model": (write_catalogue, load_catalogue), "task": (write_tasks, load_tasks)}
 
 
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("name", UNSAFE.values(), ids=UNSAFE.keys())
-def test_unsafe_task_name_is_refused_naming_file_and_name(tmp_path, name):
-    path = write_tasks(tmp_path, name)
+def test_unsafe_name_is_refused_naming_file_kind_and_name(tmp_path, kind, name):
+    write, load = KINDS[kind]
+    path = write(tmp_path, name)
     with pytest.raises(UserError) as info:
-        load_tasks(path)
+        load(path)
     message = str(info.value)
-    assert str(path) in message and repr(name) in message and "task" in message
+    assert str(path) in message and repr(name) in message and kind in message
 
 
 def test_hidden_task_name_is_refused_by_the_path_rule(tmp_path):
