@@ -298,7 +298,7 @@ def _forward_here(
 ) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
     """``complete_tasks`` of the decoded ``ds`` embedded in this process by every model."""
     threads = torch.get_num_threads()
-    embedder = PoolEmbedder(models=specs, threads=max(1, min(int(cpus), cfg.cpu_threads_per_actor)))
+    embedder = PoolEmbedder(models=specs, threads=cpu_actor_threads(cpus, cfg)[0])
     try:
         batches = ds.iter_batches(batch_size=cfg.batch_size, batch_format="numpy")
         embedded = ({k: v for k, v in embedder(b).items() if k != "pixels"} for b in batches)
