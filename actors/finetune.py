@@ -228,7 +228,7 @@ def split_pixels(
 
 
 def decode_task(data: Any, size: int, resize: int, interpolation: str) -> TaskPixels:
-    """Decode a task (``engine.tasks.TaskData``) in this process with the embedding stage's
+    """Decode a task (``engine.tasks.loader.TaskData``) in this process with the embedding stage's
     decoder (``decode_batch``), at one geometry."""
     table = data.table
     batch = {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}

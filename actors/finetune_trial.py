@@ -5,7 +5,8 @@ The task's decoded pixels arrive by object reference (``tune.with_parameters``).
 so a retried trial (``FailureConfig(max_failures=...)``) or a restored experiment continues from
 the last checkpoint instead of starting over.
 
-With ``report_val`` (successive halving, ``engine.halving``) every checkpoint report also carries
+With ``report_val`` (successive halving, ``engine.stages.halving``) every checkpoint report also
+carries
 the validation accuracy of the model at that step (``val_acc``, the checkpointed weights evaluated
 in eval mode on a second copy of the model, under a forked RNG so training is unchanged) and the
 device-seconds the trial has spent so far (``seconds_total``, earlier attempts included); the

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.errors import UserError
+from engine.core.errors import UserError
 
 HUB = "hub"
 RANDOM = "random"

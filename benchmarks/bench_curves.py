@@ -23,10 +23,10 @@ import numpy as np
 import polars as pl
 from scipy.special import gammaln
 
-from engine import schema
-from engine.analysis import curves_table
-from engine.curves import pool_outcomes
-from engine.strategies import PoolData, strategies_for
+from engine.analysis.analyze import curves_table
+from engine.analysis.curves import pool_outcomes
+from engine.analysis.strategies import PoolData, strategies_for
+from engine.core import schema
 
 GOAL_S = 2.0
 N_STRATEGIES = 9

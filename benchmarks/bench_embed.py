@@ -17,7 +17,7 @@ Three things are timed in one process, after waiting for the machine to be quiet
   (b) the forward passes of the 4 models on those pre-decoded, pre-normalised tensors (batch 64,
   ``inference_mode``, one untimed warm-up batch per model, model build not timed).
 - **engine**: ``ray.init(num_cpus=--cpus)`` first (not timed), then
-  ``engine.embed.embed(catalogue, "Bench", tasks, store, EmbedConfig(image_size=64,
+  ``engine.stages.embed.embed(catalogue, "Bench", tasks, store, EmbedConfig(image_size=64,
   batch_size=64))`` into an empty store: a warm-up run (page cache, fresh Ray workers), then
   ``--repeat`` timed runs.
 
@@ -58,7 +58,7 @@ from make_photos import count_images, make_photos  # noqa: E402
 
 from actors.decode import decode_image  # noqa: E402
 from actors.models import build_model, embed_forward, parse_source  # noqa: E402
-from engine.store import SPLITS, Partition, read_partition  # noqa: E402
+from engine.stages.store import SPLITS, Partition, read_partition  # noqa: E402
 
 POOL = "Bench"
 TASK = "photos"
@@ -228,7 +228,7 @@ def wait_quiet(limit: float, max_wait: float, label: str) -> None:
 
 def prepare(workdir: Path, images: int) -> Path:
     """Photos, converted weights, catalogue and tasks file in ``workdir``; returns the photos."""
-    from engine.convert import convert_efficientnet_lite
+    from engine.demo.convert import convert_efficientnet_lite
 
     photos = make_photos(workdir / "photos", images)
     convert_efficientnet_lite(0, workdir / "weights")
@@ -348,9 +348,9 @@ def ceiling(workdir: Path, files: list[Path], size: int, batch: int, variants: i
 
 
 def run_engine(workdir: Path, store: Path, size: int, batch: int):
-    from engine.catalog import load_catalogue
-    from engine.embed import EmbedConfig, embed
-    from engine.tasks import load_tasks
+    from engine.core.catalog import load_catalogue
+    from engine.stages.embed import EmbedConfig, embed
+    from engine.tasks.loader import load_tasks
 
     if store.exists():
         shutil.rmtree(store)
@@ -441,7 +441,7 @@ def timeline_breakdown(t0: float, wall: float) -> list[str]:
 
 def engine_embeddings(workdir: Path, store: Path, model: str) -> dict[str, np.ndarray]:
     """{path: embedding} of ``model`` over every split, read back from the store."""
-    from engine.tasks import load_task, load_tasks
+    from engine.tasks.loader import load_task, load_tasks
 
     data = load_task(load_tasks(workdir / "tasks.toml")[0])
     path_of = dict(

@@ -30,20 +30,20 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from engine.catalog import load_catalogue
-from engine.convert import IMAGENET_TRAIN_SIZE, LITE_TOP1, convert_efficientnet_lite
-from engine.embed import EmbedConfig, embed
-from engine.finetune import run_finetune
-from engine.halving import (
+from engine.core.catalog import load_catalogue
+from engine.core.presets import load_preset
+from engine.demo.convert import IMAGENET_TRAIN_SIZE, LITE_TOP1, convert_efficientnet_lite
+from engine.stages.embed import EmbedConfig, embed
+from engine.stages.finetune import run_finetune
+from engine.stages.halving import (
     HalvingConfig,
     compare_at_equal_compute,
     format_halving,
     load_oracle,
     run_halving,
 )
-from engine.presets import load_preset
-from engine.probe import probe
-from engine.tasks import load_tasks
+from engine.stages.probe import probe
+from engine.tasks.loader import load_tasks
 
 RANDOM = {"rand_resnet10t": "resnet10t", "rand_mnv3": "mobilenetv3_small_100"}
 

@@ -1,9 +1,10 @@
 """Benchmark: the whole probe stage's wall time against the sum of its proxies' compute.
 
-Builds an embedding store directly (``engine.store.write_partition`` + ``record_run``; synthetic
+Builds an embedding store directly (``engine.stages.store.write_partition`` + ``record_run``;
+synthetic
 embeddings, by default 4 models of dims 512/768/1024/2048 x 3 tasks of 10/25/50 classes,
 800/200/200 train/val/test rows), starts Ray (``ray.init(num_cpus=2)``, not timed), then times
-``engine.probe.probe(store, proxies, preset)`` with the preset's linear section (default the
+``engine.stages.probe.probe(store, proxies, preset)`` with the preset's linear section (default the
 paper's: 2 lrs x 5 reps x 2,500 steps, batch 512) and prints the stage's wall time, the sum of its
 trials' compute (``ProbeSummary.compute_seconds``: each trial times its own proxies) and
 
@@ -35,8 +36,8 @@ import numpy as np
 import polars as pl
 from machine_load import wait_for_load
 
-from engine.presets import load_preset
-from engine.store import Partition, partition_key, record_run, stored_pairs, write_partition
+from engine.core.presets import load_preset
+from engine.stages.store import Partition, partition_key, record_run, stored_pairs, write_partition
 
 ROWS = {"train": 800, "val": 200, "test": 200}
 DIMS = (512, 768, 1024, 2048)
@@ -89,8 +90,8 @@ def orchestration_pieces(store: Path, proxies: list[str], options: dict) -> None
     import ray
     from ray import tune
 
-    from engine.probe import _load_pair, _num_classes
-    from engine.store import read_metadata
+    from engine.stages.probe import _load_pair, _num_classes
+    from engine.stages.store import read_metadata
 
     t0 = time.perf_counter()
     pairs = stored_pairs(store)
@@ -147,7 +148,7 @@ def main() -> int:
     import ray
     import torch
 
-    from engine.probe import probe, proxy_options
+    from engine.stages.probe import probe, proxy_options
 
     preset = load_preset(args.preset)
     if args.steps is not None:

@@ -7,7 +7,8 @@ random init, so nothing is downloaded; 224 px; pre-logits embeddings) it measure
   ``InferenceBenchmarkRunner``): model on the device in ``channels_last``, a random batch of
   ``--batch`` images made once on the device, ``torch.inference_mode`` + ``autocast(bfloat16)``,
   ``--warmup`` untimed iterations, ``torch.cuda.synchronize()``, then ``--iters`` timed ones.
-- **engine, stage**: ``engine.embed.embed`` over ``--images`` real JPEGs (``--jpeg`` px square
+- **engine, stage**: ``engine.stages.embed.embed`` over ``--images`` real JPEGs (``--jpeg`` px
+square
   crops of scikit-image's bundled photos, written by ``make_photos.py``) with that model alone
   (its actor holds a whole GPU): rows / the device-seconds the engine records for the model (every
   batch: host-to-device copy of the decoded uint8 pixels, resize/normalise, forward, copy back),
@@ -200,9 +201,9 @@ def write_inputs(workdir: Path, models: list[str]) -> None:
 
 def run_engine(workdir: Path, pool: str, store: Path, cfg):
     """(wall s, EmbedSummary, epoch of the call) of one ``embed`` into an empty ``store``."""
-    from engine.catalog import load_catalogue
-    from engine.embed import embed
-    from engine.tasks import load_tasks
+    from engine.core.catalog import load_catalogue
+    from engine.stages.embed import embed
+    from engine.tasks.loader import load_tasks
 
     if store.exists():
         shutil.rmtree(store)
@@ -300,7 +301,7 @@ def main() -> int:
 
     import ray
 
-    from engine.embed import EmbedConfig
+    from engine.stages.embed import EmbedConfig
 
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     gpus = torch.cuda.device_count() if args.device == "cuda" else 0

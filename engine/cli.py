@@ -9,13 +9,14 @@ from pathlib import Path
 
 import polars as pl
 
-from engine import tables
-from engine.analysis import Analysis, analyze
-from engine.catalog import load_catalogue
-from engine.errors import UserError
-from engine.outputs import atomic_directory, write_table
-from engine.plots import DELTA_PAIRS, write_plots
-from engine.raycluster import connection_options
+from engine.analysis import tables
+from engine.analysis.analyze import analyze
+from engine.analysis.plots import DELTA_PAIRS, write_plots
+from engine.analysis.summary import summary_text
+from engine.cluster.connect import connection_options
+from engine.core.catalog import load_catalogue
+from engine.core.errors import UserError
+from engine.core.outputs import atomic_directory, write_table
 
 log = logging.getLogger("whichmodel")
 
@@ -43,25 +44,6 @@ def parse_pairs(items: Sequence[str]) -> list[tuple[str, str]]:
             raise UserError(f"--compare {item!r}: expected STRATEGY_A:STRATEGY_B")
         pairs.append((a, b))
     return pairs
-
-
-def summary_text(result: Analysis) -> str:
-    """Per pool: mean relative regret at B=1, 2, 3 and the fraction of zero-regret tasks."""
-    lines = []
-    for pool in result.pools:
-        rows = result.curves.filter(pl.col("pool") == pool.name)
-        lines.append(f"pool {pool.name}: {pool.size} models, {len(pool.tasks)} tasks")
-        budgets = [b for b in (1, 2, 3) if b <= pool.size]
-        head = "  ".join(f"B={b} rel.regret / zero" for b in budgets)
-        lines.append(f"  {'strategy':<24}{head}")
-        for name in rows["strategy"].unique(maintain_order=True):
-            sub = rows.filter(pl.col("strategy") == name)
-            cells = []
-            for b in budgets:
-                r = sub.filter(pl.col("budget") == b).row(0, named=True)
-                cells.append(f"{r['mean_rel_regret']:>9.3f} / {r['frac_zero_regret']:>4.2f}     ")
-            lines.append(f"  {name:<24}{''.join(cells)}")
-    return "\n".join(lines) + "\n"
 
 
 def cmd_analyze(args: argparse.Namespace) -> None:
@@ -96,8 +78,8 @@ def cmd_analyze(args: argparse.Namespace) -> None:
 
 def cmd_embed(args: argparse.Namespace) -> None:
     """Embed every task with every model of a pool into the store; reuse what is cached."""
-    from engine.embed import EmbedConfig, embed
-    from engine.tasks import load_tasks
+    from engine.stages.embed import EmbedConfig, embed
+    from engine.tasks.loader import load_tasks
 
     start = time.perf_counter()
     catalogue = load_catalogue(args.catalog)
@@ -116,8 +98,8 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
 def cmd_probe(args: argparse.Namespace) -> None:
     """Run task-aware proxies on every (model, task) of the store into a scores table."""
-    from engine.presets import load_preset
-    from engine.probe import probe, write_scores
+    from engine.core.presets import load_preset
+    from engine.stages.probe import probe, write_scores
 
     preset = load_preset(args.preset)
     proxies = [p.strip() for p in args.proxies.split(",") if p.strip()]
@@ -138,9 +120,9 @@ def cmd_probe(args: argparse.Namespace) -> None:
 def cmd_finetune(args: argparse.Namespace) -> None:
     """Fine-tune by the preset's protocol on Ray Tune: every pool model, a strategy's picks, or
     successive halving over a ranking's top K."""
-    from engine.finetune import run_finetune, select_pairs
-    from engine.presets import load_preset
-    from engine.tasks import load_tasks
+    from engine.core.presets import load_preset
+    from engine.stages.finetune import run_finetune, select_pairs
+    from engine.tasks.loader import load_tasks
 
     catalogue = load_catalogue(args.catalog)
     catalogue.pool(args.pool)
@@ -181,7 +163,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 def _finetune_halving(args: argparse.Namespace, catalogue, specs: list, preset: dict) -> None:
     """``finetune --halving``: successive halving over a ranking's top K per task (ASHA, a budget
     of fine-tune steps); with --oracle, its regret and compute next to the fixed-B strategy."""
-    from engine.halving import (
+    from engine.stages.halving import (
         HalvingConfig,
         check_oracle,
         compare_at_equal_compute,
@@ -218,7 +200,7 @@ def cmd_search(args: argparse.Namespace) -> None:
     --finetune, fine-tune the picks and export the winner. Without --catalog the embedded demo
     pool is used (works offline; the first such run pre-trains the demo's experts, a few minutes).
     """
-    from engine.search import format_result, search
+    from engine.apps.search import format_result, search
 
     result = search(
         args.data,
@@ -237,7 +219,7 @@ def cmd_search(args: argparse.Namespace) -> None:
 def cmd_benchmark(args: argparse.Namespace) -> None:
     """The whole study from a RUN.toml: embed, probe, fine-tune all (oracle), analyze, report;
     a rerun reuses everything already computed."""
-    from engine.benchmark import load_config, run_benchmark
+    from engine.apps.benchmark import load_config, run_benchmark
 
     config = load_config(args.config)
     run_benchmark(config, args.out)
@@ -247,7 +229,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     """The embedded default: a whole benchmark offline (3 ImageNet EfficientNet-Lite
     generalists, experts the demo pre-trains once into its cache, random-init controls; 6 small
     tasks from bundled data), into one run directory with an HTML report."""
-    from engine.demo import run_demo
+    from engine.apps.demo import run_demo
 
     run_demo(args.out, args.cache)
 
@@ -400,7 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the whole study from a RUN.toml, into one run directory with an HTML report",
         description=cmd_benchmark.__doc__,
     )
-    p.add_argument("--config", required=True, type=Path, help="RUN.toml (see engine/benchmark.py)")
+    p.add_argument(
+        "--config", required=True, type=Path, help="RUN.toml (see engine/apps/benchmark.py)"
+    )
     p.add_argument(
         "--out",
         help="run directory, or a URI pyarrow opens (s3://B/P, gs://B/P, file:///P): worked on "

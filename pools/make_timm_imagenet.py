@@ -16,7 +16,7 @@ weights, downloaded by timm when the model is first built).
   (``actors.models.embed_dim``).
 - ``upstream_dataset``, ``upstream_size``: the data of the (pre-)training, stated per entry below.
 
-The written catalogue is loaded back through ``engine.catalog.load_catalogue`` as a check.
+The written catalogue is loaded back through ``engine.core.catalog.load_catalogue`` as a check.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.catalog import load_catalogue
+from engine.core.catalog import load_catalogue
 from pools.make_reference import RESNET50_V2_PARAMS, toml_text
 
 POOLS_DIR = Path(__file__).resolve().parent

@@ -9,11 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from engine.catalog import load_catalogue
-from engine.convert import convert_efficientnet_lite
-from engine.embed import EmbedConfig, embed
-from engine.store import SPLITS
-from engine.tasks import load_tasks
+from engine.core.catalog import load_catalogue
+from engine.demo.convert import convert_efficientnet_lite
+from engine.stages.embed import EmbedConfig, embed
+from engine.stages.store import SPLITS
+from engine.tasks.loader import load_tasks
 
 SIZE = 64
 CFG = EmbedConfig(image_size=SIZE, batch_size=16)

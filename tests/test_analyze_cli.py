@@ -11,7 +11,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from engine import cli, schema
+from engine import cli
+from engine.core import schema
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "pools" / "data"

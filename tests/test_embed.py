@@ -14,11 +14,11 @@ from PIL import Image
 
 from actors.decode import to_rgb
 from actors.models import build_model, embed_forward, parse_source
-from engine.catalog import load_catalogue
-from engine.embed import embed
-from engine.errors import UserError
-from engine.store import SPLITS, Partition, read_metadata, read_partition
-from engine.tasks import load_tasks
+from engine.core.catalog import load_catalogue
+from engine.core.errors import UserError
+from engine.stages.embed import embed
+from engine.stages.store import SPLITS, Partition, read_metadata, read_partition
+from engine.tasks.loader import load_tasks
 
 
 def _reference(world, model: str, source: str, files: list[Path]) -> np.ndarray:
@@ -85,7 +85,7 @@ def test_embeddings_match_a_plain_timm_forward(world, first_run):
 def test_actor_pool_path_gives_the_driver_paths_embeddings(world, first_run, tmp_path):
     # On one CPU node the driver runs the forward passes (no actor to start); clusters use
     # Ray Data actor pools. Both paths must write the same partitions.
-    from engine.embed import forward_in_driver
+    from engine.stages.embed import forward_in_driver
 
     assert forward_in_driver(CFG)  # the test session's Ray is one local CPU node
     actors = embed_world(world, store=tmp_path / "store", cfg=replace(CFG, forward_in_driver=False))

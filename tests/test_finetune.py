@@ -6,11 +6,11 @@ import pytest
 import timm
 
 from actors.finetune import decode_task, evaluate, load_finetuned
-from engine.catalog import load_catalogue
-from engine.errors import UserError
-from engine.finetune import run_finetune, select_pairs
-from engine.presets import load_preset
-from engine.tasks import load_task, load_tasks
+from engine.core.catalog import load_catalogue
+from engine.core.errors import UserError
+from engine.core.presets import load_preset
+from engine.stages.finetune import run_finetune, select_pairs
+from engine.tasks.loader import load_task, load_tasks
 
 
 def tiny_preset() -> dict:

@@ -28,7 +28,7 @@ from actors.finetune import (
     save_state,
 )
 from actors.models import build_model, data_config, parse_source
-from engine.tasks import TaskData
+from engine.tasks.loader import TaskData
 
 SRC = parse_source("timm:resnet10t@random")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

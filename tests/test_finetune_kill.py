@@ -21,10 +21,10 @@ import polars as pl
 import pytest
 import ray
 
-from engine.catalog import load_catalogue
-from engine.finetune import run_finetune
-from engine.presets import load_preset
-from engine.tasks import load_tasks
+from engine.core.catalog import load_catalogue
+from engine.core.presets import load_preset
+from engine.stages.finetune import run_finetune
+from engine.tasks.loader import load_tasks
 
 STEPS, EVERY = 30, 10
 PRESET = f"""

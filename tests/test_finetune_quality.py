@@ -1,6 +1,6 @@
 """Fine-tuning does what transfer learning promises, through the whole stage on a real local Ray
 (``run_finetune``: a head on the frozen model, then the full fine-tune) with the real ImageNet
-EfficientNet-Lite0 (converted from its wheel, ``engine.convert``) and the same architecture at
+EfficientNet-Lite0 (converted from its wheel, ``engine.demo.convert``) and the same architecture at
 random init. Fixed seeds; on the CPU the runs are deterministic.
 
 Two tasks, each chosen for what it shows:
@@ -29,10 +29,10 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.catalog import load_catalogue
-from engine.finetune import run_finetune
-from engine.presets import load_preset
-from engine.tasks import load_tasks
+from engine.core.catalog import load_catalogue
+from engine.core.presets import load_preset
+from engine.stages.finetune import run_finetune
+from engine.tasks.loader import load_tasks
 
 SIZE, STEPS, REPS = 64, 60, 2
 PRESET = f"""
@@ -138,7 +138,7 @@ def test_fine_tuning_beats_a_fitted_logistic_regression_on_frozen_features(quali
     from sklearn.preprocessing import StandardScaler
 
     from actors.finetune import decode_task
-    from engine.tasks import load_task
+    from engine.tasks.loader import load_task
 
     runs, weights, specs = quality
     # the stage's geometry: resize the short side to floor(size / crop_pct), centre crop

@@ -1,4 +1,5 @@
-"""Successive halving (engine.halving) on a real local Ray Tune: the budget is kept, weak arms
+"""Successive halving (engine.stages.halving) on a real local Ray Tune: the budget is kept, weak
+arms
 stop early, the winner runs to the end and is the best fully trained arm by validation accuracy;
 its regret next to the fixed-B strategy; bad input exits 2."""
 
@@ -12,17 +13,17 @@ from hypothesis import strategies as st
 
 from actors.finetune import FinetuneConfig, decode_task, evaluate, finetune, prepare_model
 from engine import cli
-from engine.catalog import load_catalogue
-from engine.embed import EmbedConfig, plan_model
-from engine.halving import (
+from engine.core.catalog import load_catalogue
+from engine.core.presets import load_preset
+from engine.stages.embed import EmbedConfig, plan_model
+from engine.stages.halving import (
     BudgetASHA,
     HalvingSummary,
     compare_at_equal_compute,
     load_oracle,
     rank_pool,
 )
-from engine.presets import load_preset
-from engine.tasks import load_task, load_tasks
+from engine.tasks.loader import load_task, load_tasks
 
 STEPS, GRACE, BUDGET, K = 20, 5, 45, 2  # 4 arms: first rung 20 steps, all arms in full 80
 LRS = [0.01, 0.001]
@@ -96,7 +97,7 @@ def halving_run(files):
     """One real run through the CLI: K=2 models x 2 lrs = 4 arms, 20 steps, rungs at 5 and 10."""
     out = files["root"] / "out"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("engine.presets.load_preset", lambda name, path=None: tiny_preset())
+        mp.setattr("engine.core.presets.load_preset", lambda name, path=None: tiny_preset())
         code = cli.main(
             argv(files, out, "--halving", "--top-k", str(K), "--total-steps", str(BUDGET))
             + ["--grace", str(GRACE), "--scores", str(files["root"] / "scores.parquet")]

@@ -30,13 +30,13 @@ from actors.models import (
     resize_for,
     weights_fingerprint,
 )
-from engine.convert import (
+from engine.core.errors import UserError
+from engine.demo.convert import (
     LITE_TOP1,
     convert_efficientnet_lite,
     lite_catalogue_entry,
     map_state_dict,
 )
-from engine.errors import UserError
 
 LITE0 = "tf_efficientnet_lite0"
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat

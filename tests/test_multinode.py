@@ -19,11 +19,11 @@ from clusterworld import (
     write_world,
 )
 
-from engine.catalog import load_catalogue
-from engine.embed import embed, embed_config
-from engine.presets import load_preset
-from engine.store import read_metadata
-from engine.tasks import load_tasks
+from engine.core.catalog import load_catalogue
+from engine.core.presets import load_preset
+from engine.stages.embed import embed, embed_config
+from engine.stages.store import read_metadata
+from engine.tasks.loader import load_tasks
 
 TASKS = {"shapes": (8, 4, 4)}  # per class: train, val, test
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from engine import cli
-from engine.catalog import load_catalogue
-from engine.errors import UserError
-from engine.tasks import load_tasks
+from engine.core.catalog import load_catalogue
+from engine.core.errors import UserError
+from engine.tasks.loader import load_tasks
 
 UNSAFE = {
     "parent": "..",

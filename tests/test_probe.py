@@ -8,10 +8,10 @@ import pytest
 from sklearn.neighbors import KNeighborsClassifier
 
 from engine import cli
-from engine.errors import UserError
-from engine.presets import load_preset
-from engine.probe import probe
-from engine.store import read_partition, stored_pairs
+from engine.core.errors import UserError
+from engine.core.presets import load_preset
+from engine.stages.probe import probe
+from engine.stages.store import read_partition, stored_pairs
 
 PROXIES = ["knn", "linear", "logme", "leep"]
 

@@ -34,8 +34,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from engine.errors import UserError
-from engine.raycluster import check_cluster_auth, cluster_auth_mode, connection_options
+from engine.cluster.connect import check_cluster_auth, cluster_auth_mode, connection_options
+from engine.core.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -21,11 +21,11 @@ from PIL import Image
 
 from actors.finetune import decode_task, evaluate, load_finetuned
 from engine import cli
-from engine.convert import convert_efficientnet_lite
-from engine.embed import EmbedConfig, plan_model
-from engine.errors import UserError
-from engine.search import load_search_task, split_sizes, task_spec
-from engine.tasks import load_task
+from engine.apps.search import load_search_task, split_sizes, task_spec
+from engine.core.errors import UserError
+from engine.demo.convert import convert_efficientnet_lite
+from engine.stages.embed import EmbedConfig, plan_model
+from engine.tasks.loader import load_task
 
 CLASSES = ("circle", "square", "stripes")
 PER_CLASS = 20

@@ -3,8 +3,8 @@
 import numpy as np
 from poolmaker import make_meta, make_pool
 
-from engine.curves import prefix_outcome
-from engine.strategies import (
+from engine.analysis.curves import prefix_outcome
+from engine.analysis.strategies import (
     hybrid,
     hybrid_order,
     oracle,

@@ -1,4 +1,4 @@
-"""engine.tasks and engine.builtin_tasks: task files, sources, validation, fingerprints."""
+"""engine.tasks.loader and engine.tasks.builtin: task files, sources, validation, fingerprints."""
 
 from __future__ import annotations
 
@@ -16,10 +16,9 @@ import pytest
 from PIL import Image
 
 from actors.decode import decode_batch
-from engine import builtin_tasks
-from engine.builtin_tasks import BUILTINS, builtin_names, read_idx
-from engine.errors import UserError
-from engine.tasks import (
+from engine.core.errors import UserError
+from engine.tasks.builtin import BUILTINS, builtin_names, read_idx
+from engine.tasks.loader import (
     SOURCES,
     TaskData,
     TaskSpec,
@@ -29,6 +28,7 @@ from engine.tasks import (
     task_fingerprint,
     task_summary,
 )
+from engine.tasks.loader import builtin as builtin_tasks
 
 MODES = ("RGB", "L", "RGBA", "P", "I;16")
 

@@ -20,8 +20,8 @@ import torch
 from timm.models import get_pretrained_cfg
 
 from actors.models import HUB, parse_source
-from engine.catalog import Catalogue, load_catalogue
-from engine.schema import CATALOGUE
+from engine.core.catalog import Catalogue, load_catalogue
+from engine.core.schema import CATALOGUE
 from pools import make_timm_imagenet
 
 POOLS = Path(__file__).resolve().parents[1] / "pools"

@@ -1,0 +1,1 @@
+"""The analysis of the paper: input tables, strategies, regret, budget curves, plots, report."""

@@ -1,0 +1,195 @@
+"""Search strategies (paper §3, design.md §1) and their one registry.
+
+A strategy ranks the models of one pool for every task: ``rank(pool) -> order`` with ``order`` an
+int array of shape (tasks, models) holding model indices, best first. A selection at budget B
+is the first B entries of a row, so every strategy here is a rank-prefix strategy. The one
+exception is ``random``, which is not a ranking but an exact expectation over uniformly random
+B-subsets; ``engine.analysis.curves`` computes it in closed form.
+
+Ties are broken the same way everywhere: by the task-agnostic order (which itself ends in
+catalogue file order), so every ranking is deterministic.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+RANDOM = "random"
+REFERENCE = ("task_agnostic", "oracle", RANDOM, "task_agnostic_oracle", "task_agnostic_loo")
+HYBRID_PREFIX = "hybrid_"
+
+
+@dataclass(frozen=True)
+class PoolData:
+    """The dense view of one pool that strategies work on.
+
+    ``acc[t, m]`` is the fine-tune test accuracy of model m on task t; ``scores[proxy][t, m]`` is
+    a proxy score (higher is better, NaN where the proxy does not apply to the model).
+    ``meta`` holds the catalogue rows of ``models``, in the same order (catalogue file order).
+    """
+
+    name: str
+    models: list[str]
+    tasks: list[str]
+    categories: list[str]
+    acc: np.ndarray
+    meta: pl.DataFrame
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return len(self.models)
+
+
+def task_agnostic_order(meta: pl.DataFrame) -> np.ndarray:
+    """The paper's task-agnostic ranking of catalogue rows, as row indices, best first.
+
+    Highest ImageNet top-1 first (models without one after those with one); then the largest
+    upstream dataset (unknown size last); ties broken by most parameters, then catalogue order.
+    When no model has an ImageNet accuracy the first key is constant and the rule reduces to the
+    paper's "largest upstream dataset, ties broken by most parameters".
+    """
+    n = meta.height
+    top1 = meta["imagenet_top1"].to_numpy().astype(np.float64)
+    upstream = meta["upstream_size"].cast(pl.Float64).to_numpy()
+    params = meta["params"].cast(pl.Float64).to_numpy()
+    # np.lexsort sorts ascending by the last key first; NaN (unknown) maps to +inf = last.
+    keys = (
+        np.arange(n),
+        -params,
+        np.where(np.isnan(upstream), np.inf, -upstream),
+        np.where(np.isnan(top1), np.inf, -top1),
+    )
+    return np.lexsort(keys)
+
+
+def _rank_positions(order: np.ndarray) -> np.ndarray:
+    """Inverse permutation: position of each model in a 1-D ranking."""
+    pos = np.empty_like(order)
+    pos[order] = np.arange(order.size)
+    return pos
+
+
+def _rank_by(values: np.ndarray, tie_order: np.ndarray) -> np.ndarray:
+    """Rank each row of ``values`` (tasks × models) descending; NaN last; ties by ``tie_order``."""
+    tie_pos = np.broadcast_to(_rank_positions(tie_order), values.shape)
+    primary = np.where(np.isnan(values), np.inf, -values)
+    return np.lexsort((tie_pos, primary), axis=-1)
+
+
+def task_agnostic(pool: PoolData) -> np.ndarray:
+    """The same task-agnostic ranking for every task."""
+    order = task_agnostic_order(pool.meta)
+    return np.broadcast_to(order, (len(pool.tasks), pool.size)).copy()
+
+
+def oracle(pool: PoolData) -> np.ndarray:
+    """Rank by the true fine-tune accuracy on the task itself."""
+    return _rank_by(pool.acc, task_agnostic_order(pool.meta))
+
+
+def task_agnostic_oracle(pool: PoolData) -> np.ndarray:
+    """Paper §5.4: rank by mean fine-tune accuracy over all tasks (sees the scored task)."""
+    mean = pool.acc.mean(axis=0, keepdims=True)
+    order = _rank_by(mean, task_agnostic_order(pool.meta))
+    return np.broadcast_to(order, pool.acc.shape).copy()
+
+
+def task_agnostic_loo(pool: PoolData) -> np.ndarray:
+    """Rank by mean fine-tune accuracy over the *other* tasks: a meta-learned baseline."""
+    n_tasks = len(pool.tasks)
+    loo_mean = (pool.acc.sum(axis=0, keepdims=True) - pool.acc) / (n_tasks - 1)
+    return _rank_by(loo_mean, task_agnostic_order(pool.meta))
+
+
+def task_aware(proxy: str) -> Callable[[PoolData], np.ndarray]:
+    """Rank by a proxy's score on the task's own data; models it does not apply to go last."""
+
+    def rank(pool: PoolData) -> np.ndarray:
+        return _rank_by(pool.scores[proxy], task_agnostic_order(pool.meta))
+
+    rank.__name__ = proxy
+    return rank
+
+
+def hybrid_order(agnostic: np.ndarray, aware: np.ndarray) -> np.ndarray:
+    """The paper's hybrid: the task-agnostic top-1, then the task-aware ranking without it.
+
+    ``agnostic`` is one ranking (models,) and ``aware`` one per task (tasks, models). If the
+    agnostic pick is also the aware top-1, the next aware model fills the aware slot, so the B
+    picks are always B distinct models and B=1 equals task-agnostic.
+    """
+    top = agnostic[0]
+    n_tasks, n_models = aware.shape
+    rest = aware[aware != top].reshape(n_tasks, n_models - 1)
+    return np.concatenate([np.full((n_tasks, 1), top, dtype=aware.dtype), rest], axis=1)
+
+
+def hybrid(proxy: str) -> Callable[[PoolData], np.ndarray]:
+    """Hybrid of the task-agnostic top-1 and the task-aware ``proxy`` ranking."""
+
+    def rank(pool: PoolData) -> np.ndarray:
+        return hybrid_order(task_agnostic_order(pool.meta), task_aware(proxy)(pool))
+
+    rank.__name__ = HYBRID_PREFIX + proxy
+    return rank
+
+
+AGNOSTIC_SLOT, AWARE_SLOT = "task-agnostic", "task-aware"
+
+
+def pick_slots(strategy: str, budget: int) -> list[str]:
+    """The rule that fills each of a strategy's first ``budget`` picks, as ``hybrid_order``
+    builds them: a hybrid's first slot is task-agnostic and the rest task-aware; ``task_agnostic``
+    fills every slot task-agnostically, a proxy every slot task-aware."""
+    if strategy == "task_agnostic":
+        return [AGNOSTIC_SLOT] * budget
+    if strategy.startswith(HYBRID_PREFIX):
+        return [AGNOSTIC_SLOT] + [AWARE_SLOT] * (budget - 1)
+    return [AWARE_SLOT] * budget
+
+
+def agnostic_key(meta: pl.DataFrame, first: int, second: int) -> str:
+    """The key of ``task_agnostic_order`` that ranks catalogue row ``first`` before ``second``:
+    ``"imagenet_top1"``, ``"upstream_size"``, ``"params"`` or ``"catalogue order"``."""
+    for column in ("imagenet_top1", "upstream_size", "params"):
+        a, b = meta[column][first], meta[column][second]
+        if a != b:
+            return column
+    return "catalogue order"
+
+
+# The registry of strategies that need no proxy. Proxy strategies are generated per proxy by
+# `strategies_for`, so every proxy in a scores table becomes `<proxy>` and `hybrid_<proxy>`.
+STRATEGIES: dict[str, Callable[[PoolData], np.ndarray] | None] = {
+    "task_agnostic": task_agnostic,
+    "oracle": oracle,
+    RANDOM: None,  # closed-form expectation, see engine.analysis.curves.random_expectation
+    "task_agnostic_oracle": task_agnostic_oracle,
+    "task_agnostic_loo": task_agnostic_loo,
+}
+
+
+def strategies_for(pool: PoolData) -> dict[str, Callable[[PoolData], np.ndarray] | None]:
+    """Every strategy that applies to ``pool``, in report order.
+
+    ``task_agnostic_loo`` needs at least two tasks; a proxy needs at least one score in the pool.
+    """
+    out: dict[str, Callable[[PoolData], np.ndarray] | None] = {}
+    for name, fn in STRATEGIES.items():
+        if name == "task_agnostic_loo" and len(pool.tasks) < 2:
+            continue
+        out[name] = fn
+    for proxy, values in pool.scores.items():
+        if np.isnan(values).all():
+            continue
+        out[proxy] = task_aware(proxy)
+        out[HYBRID_PREFIX + proxy] = hybrid(proxy)
+    return out
+
+
+def reserved_names() -> set[str]:
+    """Names a proxy may not take, since they would shadow a reference strategy."""
+    return set(STRATEGIES)

@@ -1,0 +1,24 @@
+"""The terminal summary of an analysis: per pool, regret at small budgets."""
+
+import polars as pl
+
+from engine.analysis.analyze import Analysis
+
+
+def summary_text(result: Analysis) -> str:
+    """Per pool: mean relative regret at B=1, 2, 3 and the fraction of zero-regret tasks."""
+    lines = []
+    for pool in result.pools:
+        rows = result.curves.filter(pl.col("pool") == pool.name)
+        lines.append(f"pool {pool.name}: {pool.size} models, {len(pool.tasks)} tasks")
+        budgets = [b for b in (1, 2, 3) if b <= pool.size]
+        head = "  ".join(f"B={b} rel.regret / zero" for b in budgets)
+        lines.append(f"  {'strategy':<24}{head}")
+        for name in rows["strategy"].unique(maintain_order=True):
+            sub = rows.filter(pl.col("strategy") == name)
+            cells = []
+            for b in budgets:
+                r = sub.filter(pl.col("budget") == b).row(0, named=True)
+                cells.append(f"{r['mean_rel_regret']:>9.3f} / {r['frac_zero_regret']:>4.2f}     ")
+            lines.append(f"  {name:<24}{''.join(cells)}")
+    return "\n".join(lines) + "\n"

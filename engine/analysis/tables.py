@@ -1,0 +1,167 @@
+"""Reading and validating the input tables of the analysis driver (finetune, scores, tasks).
+
+Each reader accepts Parquet or CSV, checks the table against its contract (engine.core.schema) and
+raises ``UserError`` with a one-line message that names the file and the offending model, task
+or column.
+"""
+
+import math
+import tomllib
+from pathlib import Path
+
+import polars as pl
+
+from engine.analysis.strategies import HYBRID_PREFIX, reserved_names
+from engine.core import schema
+from engine.core.errors import UserError
+
+
+def read_table(path: str | Path) -> pl.DataFrame:
+    """Read a Parquet or CSV file into a frame."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file")
+    try:
+        if path.suffix == ".parquet":
+            return pl.read_parquet(path)
+        if path.suffix == ".csv":
+            return pl.read_csv(path, infer_schema_length=None)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise UserError(f"{path}: cannot read table: {str(exc).splitlines()[0]}") from exc
+    raise UserError(f"{path}: unknown table format (expected .parquet or .csv)")
+
+
+def _require(df: pl.DataFrame, columns: dict, path: Path, what: str) -> pl.DataFrame:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise UserError(f"{path}: {what} table lacks column(s) {', '.join(missing)}")
+    for col, dtype in columns.items():
+        try:
+            df = df.with_columns(pl.col(col).cast(dtype, strict=True))
+        except pl.exceptions.PolarsError as exc:
+            raise UserError(
+                f"{path}: {what} table column {col!r} is {df.schema[col]}, "
+                f"which does not convert to {dtype}"
+            ) from exc
+    return df
+
+
+def _where(row: dict) -> str:
+    return ", ".join(f"{k} {row[k]!r}" for k in ("model", "task", "proxy", "lr", "rep") if k in row)
+
+
+def _check_fraction(df: pl.DataFrame, col: str, path: Path) -> None:
+    """Every value of ``col`` is a number in [0, 1] (no null, no NaN)."""
+    bad = df.filter(pl.col(col).is_null() | pl.col(col).is_nan() | ~pl.col(col).is_between(0, 1))
+    if bad.height:
+        row = bad.row(0, named=True)
+        value = row[col]
+        shown = "missing" if value is None or math.isnan(value) else repr(value)
+        raise UserError(
+            f"{path}: {col} of {_where(row)} is {shown}; accuracies must be fractions in [0, 1]"
+            + (f" ({bad.height} such rows)" if bad.height > 1 else "")
+        )
+
+
+def _check_unique(df: pl.DataFrame, keys: list[str], path: Path, hint: str = "") -> None:
+    dup = df.filter(pl.struct(keys).is_duplicated())
+    if dup.height:
+        raise UserError(f"{path}: duplicate rows for {_where(dup.row(0, named=True))}{hint}")
+
+
+def load_finetune(path: str | Path) -> pl.DataFrame:
+    """The finetune table, one row per (model, task): columns model, task, test_acc[, category].
+
+    One row per run is accepted too (columns ``lr``, ``rep``, ``val_acc``): per repetition the
+    lr with the best validation accuracy is kept (a tie keeps the smaller lr), and t is the
+    median test accuracy over repetitions (paper §4.3).
+    """
+    path = Path(path)
+    df = _require(read_table(path), schema.FINETUNE, path, "finetune")
+    run_cols = [c for c in schema.FINETUNE_RUN if c in df.columns]
+    if run_cols and len(run_cols) < len(schema.FINETUNE_RUN):
+        missing = sorted(set(schema.FINETUNE_RUN) - set(run_cols))
+        raise UserError(
+            f"{path}: per-run finetune table has {', '.join(run_cols)} "
+            f"but lacks {', '.join(missing)}"
+        )
+    if df.height == 0:
+        raise UserError(f"{path}: finetune table has no rows")
+    _check_fraction(df, "test_acc", path)
+    category = _task_categories(df, path)
+    if run_cols:
+        df = _require(df, schema.FINETUNE_RUN, path, "finetune")
+        _check_fraction(df, "val_acc", path)
+        _check_unique(df, ["model", "task", "lr", "rep"], path)
+        df = (
+            df.sort(
+                ["model", "task", "rep", "val_acc", "lr"],
+                descending=[False, False, False, True, False],
+            )
+            .group_by(["model", "task", "rep"], maintain_order=True)
+            .first()
+            .group_by(["model", "task"], maintain_order=True)
+            .agg(pl.col("test_acc").median())
+        )
+    else:
+        _check_unique(
+            df, ["model", "task"], path, " (one row per model and task, or add lr, rep, val_acc)"
+        )
+        df = df.select("model", "task", "test_acc")
+    if category is not None:
+        df = df.join(category, on="task", how="left")
+    return df
+
+
+def _task_categories(df: pl.DataFrame, path: Path) -> pl.DataFrame | None:
+    """The task → category map of a table's optional ``category`` column (one per task)."""
+    if "category" not in df.columns:
+        return None
+    cats = df.select("task", pl.col("category").cast(pl.String)).unique()
+    clash = cats.filter(pl.col("task").is_duplicated())
+    if clash.height:
+        task = clash["task"][0]
+        raise UserError(f"{path}: task {task!r} has more than one category")
+    return cats
+
+
+def load_scores(path: str | Path) -> pl.DataFrame:
+    """The scores table: one row per (model, task, proxy); a null score means not applicable."""
+    path = Path(path)
+    df = _require(read_table(path), schema.SCORES, path, "scores")
+    nan = df.filter(pl.col("score").is_nan() | pl.col("score").is_infinite())
+    if nan.height:
+        raise UserError(
+            f"{path}: score of {_where(nan.row(0, named=True))} is not a finite number "
+            "(leave it empty for a proxy that does not apply)"
+        )
+    _check_unique(df, ["model", "task", "proxy"], path)
+    for proxy in df["proxy"].unique().sort():
+        if proxy in reserved_names() or proxy.startswith(HYBRID_PREFIX) or not proxy.isidentifier():
+            raise UserError(
+                f"{path}: proxy name {proxy!r} is not allowed (it must be an identifier, not "
+                f"start with {HYBRID_PREFIX!r}, and not be one of {sorted(reserved_names())})"
+            )
+    return df.select(list(schema.SCORES))
+
+
+def load_task_categories(path: str | Path) -> pl.DataFrame:
+    """task → category from a tasks file: TOML ``[[tasks]]`` with name and category, or a table."""
+    path = Path(path)
+    if path.suffix == ".toml":
+        try:
+            entries = tomllib.loads(path.read_text()).get("tasks", [])
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise UserError(f"{path}: cannot read tasks file: {exc}") from exc
+        rows = []
+        for i, entry in enumerate(entries):
+            name = entry.get("name", entry.get("task"))
+            if not isinstance(name, str):
+                raise UserError(f"{path}: tasks entry {i + 1} has no name")
+            rows.append({"task": name, "category": str(entry.get("category", "unknown"))})
+        df = pl.DataFrame(rows, schema={"task": pl.String, "category": pl.String})
+    else:
+        df = _require(read_table(path), {"task": pl.String, "category": pl.String}, path, "tasks")
+    cats = _task_categories(df, path)
+    assert cats is not None
+    return cats

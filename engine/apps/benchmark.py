@@ -1,0 +1,566 @@
+"""`whichmodel benchmark --config RUN.toml`: the whole study in one run directory.
+
+Stages: embed → probe → fine-tune every pool model on every task (the oracle) → analyze →
+report. Each stage reuses what an earlier invocation computed (the embedding store, the probe
+experiment under ``STORE/probes/``, the fine-tune experiment under ``RUN/finetune/tune/``), so
+rerunning the same config computes nothing new. A RUN.toml (paths relative to the file)::
+
+    # command: whichmodel benchmark --config RUN.toml
+    [run]
+    name = "tiny"
+    out = "runs/tiny"             # run directory or URI, s3://B/P (default runs/<name>)
+    catalog = "catalog.toml"      # required
+    pools = ["All"]               # default: every pool of the catalogue
+    tasks = "tasks.toml"          # required
+    preset = "quick"              # engine/presets.toml section, or FILE.toml[:NAME]
+    proxies = ["linear", "knn"]   # default linear, knn; [] skips the probe stage
+    budgets = "1-3"               # default: 1 to each pool's size (at most 50)
+    store = "store"               # embedding store (default RUN/store); may be shared
+    log_odds = false              # relative regret in log-odds (paper App. C)
+
+The run directory::
+
+    RUN/config.toml             the RUN.toml text
+    RUN/store/                  embedding store (unless ``store`` is set)
+    RUN/scores.parquet          the probe stage's scores table
+    RUN/finetune/               Tune experiment of the oracle fine-tunes, table/finetune.*
+    RUN/tables/                 every table: tasks, models, scores, finetune, selections,
+                                regret, curves, zero_regret_budget (Parquet and CSV)
+    RUN/plots/                  the analysis figures (PNG)
+    RUN/summary.txt             regret summary, as printed
+    RUN/compute.json            compute per stage, this invocation and the earlier ones
+    RUN/benchmark.log           the driver's log lines, every invocation
+    RUN/report.html             the self-contained report
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow.parquet as pq
+
+from engine.analysis import tables
+from engine.analysis.analyze import Analysis, analyze
+from engine.analysis.plots import write_plots
+from engine.analysis.summary import summary_text
+from engine.core import schema
+from engine.core.catalog import Catalogue, load_catalogue
+from engine.core.errors import UserError
+from engine.core.outputs import atomic_directory, atomic_text, is_uri, run_directory, write_table
+from engine.core.presets import load_preset
+from engine.tasks.loader import TaskSpec, load_tasks
+
+log = logging.getLogger("whichmodel")
+
+KEYS = (
+    "name",
+    "out",
+    "catalog",
+    "pools",
+    "tasks",
+    "preset",
+    "proxies",
+    "budgets",
+    "store",
+    "log_odds",
+)
+DEFAULT_PROXIES = ("linear", "knn")
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """A checked RUN.toml: absolute paths, parsed lists; ``text`` is the file as written."""
+
+    path: Path
+    text: str
+    name: str
+    out: Path | str  # a local directory or a URI (engine.core.outputs.run_directory)
+    catalog: Path
+    pools: list[str] | None
+    tasks: Path
+    preset: str
+    proxies: list[str]
+    budgets: list[int] | None
+    store: Path | None
+    log_odds: bool = False
+
+
+@dataclass
+class StageRecord:
+    """What one stage did in this invocation (a row of the compute summary)."""
+
+    stage: str
+    what: str
+    computed: int
+    reused: int
+    wall_s: float
+    device_s: float | None  # seconds the stage's workers computed; None where not recorded
+
+    def line(self) -> str:
+        dev = "n/a" if self.device_s is None else f"{self.device_s:.1f} device-s"
+        return (
+            f"{self.stage}: {self.computed} computed, {self.reused} reused — {self.what}; "
+            f"{dev}; {self.wall_s:.1f} s wall"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# config
+
+
+def _str(path: Path, key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise UserError(f"{path}: [run] {key} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _names(path: Path, key: str, value: Any) -> list[str]:
+    """A list of names, given as a TOML array of strings or one comma-separated string."""
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise UserError(f"{path}: [run] {key} must be a list of names, got {value!r}")
+    return list(dict.fromkeys(value))
+
+
+def _budgets(path: Path, value: Any) -> list[int]:
+    """``"1-3"``, ``"1,2,5"``, ``2`` or ``[1, 2, 5]`` → sorted distinct budgets ≥ 1."""
+    out: set[int] = set()
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        if isinstance(value, int):
+            out.add(value)
+        elif isinstance(value, list):
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                raise ValueError
+            out.update(value)
+        elif isinstance(value, str):
+            for part in value.split(","):
+                lo, _, hi = part.strip().partition("-")
+                out.update(range(int(lo), int(hi or lo) + 1))
+        else:
+            raise ValueError
+    except ValueError:
+        raise UserError(
+            f'{path}: [run] budgets must look like "1-3", "1,2,5" or [1, 2], got {value!r}'
+        ) from None
+    if not out or min(out) < 1:
+        raise UserError(f"{path}: [run] budgets {value!r}: every budget must be at least 1")
+    return sorted(out)
+
+
+def _file(path: Path, key: str, value: Any) -> Path:
+    target = (path.parent / _str(path, key, value)).resolve()
+    if not target.is_file():
+        raise UserError(f"{path}: [run] {key}: file not found: {target}")
+    return target
+
+
+def _preset_spec(path: Path, value: str) -> str:
+    """A preset name, or a presets file (``FILE.toml[:NAME]``) resolved against the config."""
+    head, sep, tail = value.rpartition(".toml:")
+    file = head + ".toml" if sep else value if value.endswith(".toml") else None
+    if file is None:
+        return value
+    target = (path.parent / file).resolve()
+    if not target.is_file():
+        raise UserError(f"{path}: [run] preset: presets file not found: {target}")
+    return f"{target}:{tail}" if sep else str(target)
+
+
+def load_config(path: Path) -> BenchmarkConfig:
+    """Read and check a RUN.toml; every file it names must exist, every name must resolve."""
+    path = Path(path).resolve()
+    try:
+        text = path.read_text()
+        doc = tomllib.loads(text)
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read config: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: not valid TOML: {' '.join(str(exc).split())}") from None
+    extra = [k for k in doc if k != "run"]
+    if extra:
+        raise UserError(f"{path}: unknown top-level key {extra[0]!r} (expected a [run] table)")
+    run = doc.get("run")
+    if not isinstance(run, dict):
+        raise UserError(f"{path}: no [run] table")
+    unknown = [k for k in run if k not in KEYS]
+    if unknown:
+        raise UserError(f"{path}: [run] unknown key {unknown[0]!r} (known: {', '.join(KEYS)})")
+    for key in ("catalog", "tasks"):
+        if key not in run:
+            raise UserError(f"{path}: [run] lacks the required key {key!r}")
+    name = _str(path, "name", run.get("name", path.stem))
+    out_value = _str(path, "out", run.get("out", f"runs/{name}"))
+    out = out_value if is_uri(out_value) else (path.parent / out_value).resolve()
+    store = path.parent / _str(path, "store", run["store"]) if "store" in run else None
+    log_odds = run.get("log_odds", False)
+    if not isinstance(log_odds, bool):
+        raise UserError(f"{path}: [run] log_odds must be true or false, got {log_odds!r}")
+    config = BenchmarkConfig(
+        path=path,
+        text=text,
+        name=name,
+        out=out,
+        catalog=_file(path, "catalog", run["catalog"]),
+        pools=_names(path, "pools", run["pools"]) if "pools" in run else None,
+        tasks=_file(path, "tasks", run["tasks"]),
+        preset=_preset_spec(path, _str(path, "preset", run.get("preset", "quick"))),
+        proxies=_names(path, "proxies", run.get("proxies", list(DEFAULT_PROXIES))),
+        budgets=_budgets(path, run["budgets"]) if "budgets" in run else None,
+        store=store.resolve() if store else None,
+        log_odds=log_odds,
+    )
+    _check_names(config)
+    return config
+
+
+def _check_names(config: BenchmarkConfig) -> None:
+    """Fail before any work: pools, tasks, preset and proxies must all resolve."""
+    from actors.proxies import PROXIES
+
+    catalogue = load_catalogue(config.catalog)
+    for pool in config.pools or catalogue.pool_names():
+        if catalogue.pool(pool).height == 0:
+            raise UserError(f"{config.catalog}: pool {pool!r} has no models")
+    load_tasks(config.tasks)
+    load_preset(config.preset)
+    for proxy in config.proxies:
+        if proxy not in PROXIES:
+            raise UserError(
+                f"{config.path}: [run] proxies: unknown proxy {proxy!r} "
+                f"(available: {', '.join(PROXIES)})"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+
+class _Driver:
+    """The concise driver log: one line per stage, on stdout and in RUN/benchmark.log."""
+
+    def __init__(self, run: Path) -> None:
+        self.file = run / "benchmark.log"
+
+    def say(self, text: str) -> None:
+        print(f"[benchmark] {text}", flush=True)
+        with self.file.open("a") as fh:
+            fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}\n")
+
+
+def study_pool(catalogue: Catalogue, pools: list[str]) -> tuple[Catalogue, str, list[str]]:
+    """One pool holding every model of ``pools`` (catalogue order), so each stage runs once."""
+    if len(pools) == 1:
+        return catalogue, pools[0], catalogue.pool(pools[0])["model"].to_list()
+    wanted = {m for p in pools for m in catalogue.pool(p)["model"]}
+    members = [m for m in catalogue.models["model"] if m in wanted]
+    name = "study:" + "+".join(pools)
+    return dataclasses.replace(catalogue, pools={**catalogue.pools, name: members}), name, members
+
+
+def run_benchmark(config: BenchmarkConfig, out: Path | str | None = None) -> Path:
+    """Run (or resume) the study of ``config`` into ``out`` (default the config's): a local
+    directory or a URI (``s3://``, ``gs://``, ``file://``: worked on in a local staging copy and
+    published when the study succeeds, ``engine.core.outputs.run_directory``). Returns the local run
+    directory (report.html in it)."""
+    target = out or config.out
+    with run_directory(target) as run:
+        _study(config, run)
+    if is_uri(target):
+        print(f"[benchmark] published {target} (worked in {run})", flush=True)
+    return run
+
+
+def _study(config: BenchmarkConfig, run: Path) -> Path:
+
+    store = config.store or run / "store"
+    driver = _Driver(run)
+    driver.say(f"run {config.name} → {run} (config {config.path})")
+    atomic_text(run / "config.toml", config.text)
+    catalogue = load_catalogue(config.catalog)
+    pools = config.pools or catalogue.pool_names()
+    specs = load_tasks(config.tasks)
+    preset = load_preset(config.preset)
+    study, union, models = study_pool(catalogue, pools)
+    task_names = [s.name for s in specs]
+    driver.say(
+        f"{len(models)} model(s) in {len(pools)} pool(s) ({', '.join(pools)}), "
+        f"{len(specs)} task(s), preset {config.preset}, proxies {', '.join(config.proxies)}"
+    )
+    records = [
+        _embed_stage(study, union, specs, store, preset, driver),
+        _probe_stage(store, run, config.proxies, preset, models, task_names, driver),
+    ]
+    ft_record, finetune_path = _finetune_stage(study, union, specs, preset, run, driver)
+    records.append(ft_record)
+    start = time.perf_counter()
+    scores_path = run / "scores.parquet" if config.proxies else None
+    analysis, plots = _analyze(catalogue, pools, config, finetune_path, scores_path, run)
+    summary = summary_text(analysis)
+    atomic_text(run / "summary.txt", summary)
+    n_plots = sum(len(v) for v in plots.values())
+    records.append(
+        StageRecord(
+            "analyze",
+            f"{len(analysis.pools)} pool(s), {analysis.curves['strategy'].n_unique()} "
+            f"strategies, {n_plots} plot(s)",
+            len(analysis.pools),
+            0,
+            time.perf_counter() - start,
+            None,
+        )
+    )
+    driver.say(records[-1].line())
+    compute = _compute(run, records, finetune_path, scores_path)
+    tasks_df, models_df = _write_tables(run, study, union, store, specs, analysis, pools)
+    from engine.analysis.report import ReportData, write_report
+
+    report = write_report(
+        ReportData(
+            title=config.name,
+            config_text=config.text,
+            config_path=str(config.path),
+            analysis=analysis,
+            plots=plots,
+            compute=compute,
+            tasks=tasks_df,
+            models=models_df,
+        ),
+        run / "report.html",
+    )
+    atomic_text(run / "compute.json", json.dumps(compute, indent=1))
+    print(summary, end="")
+    driver.say("compute per stage (this invocation):")
+    for line in compute_lines(compute):
+        driver.say("  " + line)
+    driver.say(f"report {report}")
+    return run
+
+
+def _embed_stage(study, union, specs, store, preset, driver) -> StageRecord:
+    from engine.stages.embed import embed, embed_config
+
+    start = time.perf_counter()
+    cfg = embed_config(preset)
+    driver.say(f"embed: {store}")
+    summary = embed(study, union, specs, store, cfg)
+    record = StageRecord(
+        "embed",
+        f"(model, task) pairs; {summary.images_decoded} images decoded",
+        len(summary.computed),
+        len(summary.reused),
+        time.perf_counter() - start,
+        float(sum(summary.device_seconds.values())),
+    )
+    driver.say(record.line())
+    return record
+
+
+def _probe_stage(store, run, proxies, preset, models, task_names, driver) -> StageRecord:
+    start = time.perf_counter()
+    if not proxies:
+        record = StageRecord("probe", "skipped (no proxies)", 0, 0, 0.0, 0.0)
+        driver.say(record.line())
+        return record
+    from engine.stages.probe import probe, write_scores
+
+    driver.say(f"probe: {', '.join(proxies)} on every stored (model, task) pair")
+    summary = probe(store, list(proxies), preset, models=models, tasks=task_names)
+    write_scores(summary.scores, run / "scores.parquet")
+    record = StageRecord(
+        "probe",
+        f"trials of {', '.join(proxies)}",
+        summary.trials_run,
+        summary.trials_reused,
+        time.perf_counter() - start,
+        summary.compute_seconds,
+    )
+    driver.say(record.line())
+    return record
+
+
+def _finetune_stage(study, union, specs, preset, run, driver) -> tuple[StageRecord, Path]:
+    from engine.stages.finetune import run_finetune
+
+    start = time.perf_counter()
+    out = run / "finetune"
+    ft = preset["finetune"]
+    driver.say(
+        f"finetune: every model on every task (oracle), {len(ft['lrs'])} lr(s) × "
+        f"{ft['reps']} rep(s), {ft['steps']} steps → {out}"
+    )
+    summary = run_finetune(study, union, specs, preset, out)
+    with atomic_directory(out / "table") as tmp:
+        write_table(summary.runs, tmp, "finetune")
+    seconds = float(summary.runs["seconds"].sum())
+    # Trial seconds are per trial; when some trials were restored we cannot tell which.
+    device = 0.0 if summary.trials_run == 0 else seconds if summary.trials_reused == 0 else None
+    record = StageRecord(
+        "finetune",
+        "trials (model, task, lr, rep)",
+        summary.trials_run,
+        summary.trials_reused,
+        time.perf_counter() - start,
+        device,
+    )
+    driver.say(record.line())
+    return record, out / "table" / "finetune.parquet"
+
+
+def _analyze(
+    catalogue: Catalogue,
+    pools: list[str],
+    config: BenchmarkConfig,
+    finetune_path: Path,
+    scores_path: Path | None,
+    run: Path,
+) -> tuple[Analysis, dict[str, list[Path]]]:
+    """Analyse each pool (budgets above a pool's size are left out for it); write the plots."""
+    finetune = tables.load_finetune(finetune_path)
+    scores = tables.load_scores(scores_path) if scores_path else None
+    categories = tables.load_task_categories(config.tasks)
+    parts = []
+    for pool in pools:
+        size = catalogue.pool(pool).height
+        budgets = [b for b in config.budgets if b <= size] if config.budgets else None
+        if config.budgets and not budgets:
+            raise UserError(
+                f"{config.path}: [run] budgets: none is within pool {pool!r} ({size} models)"
+            )
+        parts.append(
+            analyze(catalogue, finetune, scores, [pool], budgets, categories, config.log_odds)
+        )
+    analysis = Analysis(
+        pools=[p for a in parts for p in a.pools],
+        selections=pl.concat([a.selections for a in parts]),
+        regret=pl.concat([a.regret for a in parts]),
+        curves=pl.concat([a.curves for a in parts]),
+        zero_regret_budget=pl.concat([a.zero_regret_budget for a in parts]),
+    )
+    plots: dict[str, list[Path]] = {}
+    with atomic_directory(run / "plots") as tmp:
+        for pool in analysis.pools:
+            written = write_plots([pool], analysis.regret, analysis.curves, tmp)
+            plots[pool.name] = [run / "plots" / p.name for p in written]
+    return analysis, plots
+
+
+def _tasks_table(store: Path, models: list[str], specs: list[TaskSpec]) -> pl.DataFrame:
+    """task, category, num_classes and split sizes, read from the store's partitions."""
+    from engine.stages.store import read_metadata, stored_pairs
+
+    meta = read_metadata(store)["tasks"]
+    pairs = stored_pairs(store)
+    rows = []
+    for spec in specs:
+        parts = next((pairs[(m, spec.name)] for m in models if (m, spec.name) in pairs), {})
+        sizes = {s: pq.ParquetFile(p.path).metadata.num_rows for s, p in parts.items()}
+        rows.append(
+            {
+                "task": spec.name,
+                "category": spec.category,
+                "num_classes": len(meta.get(spec.name, {}).get("classes", [])),
+                "n_train": sizes.get("train", 0),
+                "n_val": sizes.get("val", 0),
+                "n_test": sizes.get("test", 0),
+            }
+        )
+    return pl.DataFrame(rows, schema=schema.TASKS)
+
+
+def _models_table(study: Catalogue, union: str, pools: list[str], analysis: Analysis):
+    """The study's catalogue rows, the pools each belongs to and its mean fine-tune accuracy."""
+    members = study.pool(union)
+    mean_acc: dict[str, float] = {}
+    for pool in analysis.pools:
+        for i, model in enumerate(pool.models):
+            mean_acc[model] = float(pool.acc[:, i].mean())
+    in_pools = {
+        m: ", ".join(p for p in pools if m in set(study.pool(p)["model"])) for m in members["model"]
+    }
+    return members.with_columns(
+        pl.col("model").replace_strict(in_pools, return_dtype=pl.String).alias("pools"),
+        pl.col("model")
+        .replace_strict(mean_acc, default=None, return_dtype=pl.Float64)
+        .alias("mean_test_acc"),
+    )
+
+
+def _write_tables(run, study, union, store, specs, analysis, pools):
+    """Every table of the study into RUN/tables (atomically): the stage outputs and the analysis."""
+    models = study.pool(union)["model"].to_list()
+    tasks_df = _tasks_table(store, models, specs)
+    models_df = _models_table(study, union, pools, analysis)
+    with atomic_directory(run / "tables") as tmp:
+        write_table(tasks_df, tmp, "tasks")
+        write_table(models_df, tmp, "models")
+        if (run / "scores.parquet").exists():
+            write_table(pl.read_parquet(run / "scores.parquet"), tmp, "scores")
+        write_table(
+            pl.read_parquet(run / "finetune" / "table" / "finetune.parquet"), tmp, "finetune"
+        )
+        write_table(analysis.selections, tmp, "selections")
+        write_table(analysis.regret, tmp, "regret")
+        write_table(analysis.curves, tmp, "curves")
+        write_table(analysis.zero_regret_budget, tmp, "zero_regret_budget")
+    return tasks_df, models_df
+
+
+# ---------------------------------------------------------------------------------------------
+# compute accounting
+
+
+def _compute(run: Path, records: list[StageRecord], finetune_path, scores_path) -> dict:
+    """This invocation's stages, the earlier invocations', and the device-seconds behind the
+    results: probe and fine-tune from their tables, embed accumulated over invocations."""
+    previous = _read_json(run / "compute.json")
+    history = previous.get("history", []) + (
+        [previous["invocation"]] if "invocation" in previous else []
+    )
+    embed_before = previous.get("study_device_s", {}).get("embed", 0.0)
+    embed_now = next(r.device_s for r in records if r.stage == "embed") or 0.0
+    study = {
+        "embed": embed_before + embed_now,
+        "probe": float(pl.read_parquet(scores_path)["seconds"].sum()) if scores_path else 0.0,
+        "finetune": float(pl.read_parquet(finetune_path)["seconds"].sum()),
+    }
+    return {
+        "invocation": {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "stages": [dataclasses.asdict(r) for r in records],
+            "wall_s": sum(r.wall_s for r in records),
+        },
+        "study_device_s": study,
+        "history": history,
+    }
+
+
+def compute_lines(compute: dict) -> list[str]:
+    """The compute summary as aligned text lines (the driver's last words)."""
+    lines = [f"{'stage':<10}{'computed':>10}{'reused':>8}{'wall s':>10}{'device s':>10}"]
+    for s in compute["invocation"]["stages"]:
+        dev = "n/a" if s["device_s"] is None else f"{s['device_s']:.1f}"
+        lines.append(
+            f"{s['stage']:<10}{s['computed']:>10}{s['reused']:>8}{s['wall_s']:>10.1f}{dev:>10}"
+        )
+    lines.append(f"{'total':<28}{compute['invocation']['wall_s']:>10.1f}")
+    return lines
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}

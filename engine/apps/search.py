@@ -1,0 +1,541 @@
+"""``whichmodel search``: from a practitioner's dataset to the B models worth fine-tuning.
+
+DATA (an image folder or a Parquet table) becomes a validated task; the pool's models embed it
+into ``WORK/store`` (reused on reruns), the strategy's proxy scores it (``WORK/scores.parquet``;
+the probe experiment is reused too), the strategy ranks the pool through the same code as
+``whichmodel finetune --select`` and the B picks are explained: which slot each fills
+(task-agnostic or task-aware, ``engine.analysis.strategies.pick_slots``) and why. With ``finetune``
+the
+picks are fine-tuned by the preset's protocol and the winner (best validation accuracy) is
+exported to ``WORK/finetune/winners/<task>/``. ``WORK/report/`` holds the picks table and the
+printed summary, written atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from engine.analysis.strategies import (
+    AGNOSTIC_SLOT,
+    HYBRID_PREFIX,
+    agnostic_key,
+    pick_slots,
+)
+from engine.core.catalog import Catalogue, load_catalogue
+from engine.core.errors import UserError
+from engine.core.outputs import atomic_directory, write_table
+from engine.tasks.loader import IMAGE_EXTENSIONS, SOURCES, TaskData, TaskSpec, check_task
+
+log = logging.getLogger("whichmodel")
+
+DEFAULT_WORK_ROOT = Path("whichmodel-search")
+VTAB_TRAIN, VTAB_VAL = 800, 200
+VTAB_MIN_IMAGES = 1250  # below this, a 60/20/20 split instead of VTAB-1k's 800/200/rest
+SPLIT_NAMES = {"train", "val", "validation", "test"}
+PROXY_LABELS = {
+    "linear": "linear-probe",
+    "knn": "kNN",
+    "logme": "LogME",
+    "hscore_reg": "H-score",
+    "gbc": "GBC",
+    "leep": "LEEP",
+    "nce": "NCE",
+}
+FACTS = ("family", "upstream_dataset", "upstream_size", "imagenet_top1", "params", "dim")
+
+
+@dataclass(frozen=True)
+class Pick:
+    """One recommended model: its rank, the slot it fills and why, its scores and facts."""
+
+    rank: int
+    model: str
+    slot: str  # "task-agnostic" | "task-aware"
+    reason: str
+    scores: dict[str, float | None]
+    facts: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Winner:
+    """The fine-tuned pick with the best validation accuracy and its exported weights."""
+
+    model: str
+    lr: float
+    rep: int
+    val_acc: float
+    test_acc: float
+    folder: Path
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    task: str
+    data: Path
+    catalogue: Path
+    pool: str
+    pool_size: int
+    strategy: str
+    budget: int
+    preset: str
+    work_dir: Path
+    classes: list[str]
+    split_counts: dict[str, int]
+    skipped: int
+    embedded: tuple[int, int]  # (model, task) pairs computed, reused
+    probed: tuple[int, int]  # probe trials run, reused
+    picks: list[Pick]
+    scores_path: Path | None
+    winner: Winner | None = None
+    finetune_runs: tuple[int, int] = (0, 0)  # fine-tune runs done, reused
+
+
+# ---------------------------------------------------------------------------------------------
+# DATA → task
+
+
+def task_name(data: Path) -> str:
+    """The task name: the folder's or file's name, as a safe path component."""
+    path = data.resolve()
+    stem = path.name if path.is_dir() else path.stem
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("._") or "task"
+    return name
+
+
+def _visible(path: Path, top: Path) -> bool:
+    return not any(part.startswith(".") for part in path.relative_to(top).parts)
+
+
+def count_class_images(root: Path) -> int:
+    """Image files under ``ROOT/<class>/`` (the rules of the ``folder`` source)."""
+    n = 0
+    for child in root.iterdir():
+        if child.name.startswith(".") or not child.is_dir():
+            continue
+        for path in child.rglob("*"):
+            if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file() and _visible(path, child):
+                n += 1
+    return n
+
+
+def split_sizes(n: int) -> tuple[int, int]:
+    """Train / val sizes for ``n`` unsplit images: VTAB-1k's 800 / 200 when the rest leaves a
+    test split of at least 250, else 60 % / 20 % (the rest, ≥ 20 %, is test)."""
+    if n >= VTAB_MIN_IMAGES:
+        return VTAB_TRAIN, VTAB_VAL
+    val = max(1, n // 5)
+    return max(1, n - 2 * val), val
+
+
+def task_spec(data: Path) -> TaskSpec:
+    """The task description of DATA: an image folder (``DATA/<class>/<image>`` split seeded
+    by ``split_sizes``, or ``DATA/<split>/<class>/<image>``) or a Parquet table (a file, or a
+    folder of ``*.parquet`` files)."""
+    data = Path(data).expanduser()
+    if not data.exists():
+        raise UserError(f"{data}: no such image folder or Parquet file")
+    root = data.resolve()
+    name = task_name(root)
+    if root.is_file():
+        if root.suffix.lower() not in (".parquet", ".pq"):
+            raise UserError(f"{data}: not an image folder or a .parquet file")
+        return TaskSpec(name, "unknown", "parquet", {"path": str(root)}, root.parent)
+    options: dict[str, Any] = {"root": str(root)}
+    splits = {p.name for p in root.iterdir() if p.is_dir()} & SPLIT_NAMES
+    if not splits:
+        n = count_class_images(root)
+        if n == 0 and any(root.glob("*.parquet")):  # a folder of Parquet files: one table
+            return TaskSpec(name, "unknown", "parquet", {"path": str(root)}, root.parent)
+        if n == 0:
+            kinds = ", ".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))
+            raise UserError(
+                f"{data}: no image files in class folders (expected DATA/<class>/<image> or "
+                f"DATA/train|val|test/<class>/<image>; image types: {kinds})"
+            )
+        if n < 3:
+            raise UserError(f"{data}: {n} image(s); a search needs train, val and test images")
+        options["train"], options["val"] = split_sizes(n)
+    return TaskSpec(name, "unknown", "folder", options, root.parent)
+
+
+def load_search_task(data: Path, spec: TaskSpec) -> TaskData:
+    """The task's rows, checked; every problem is a ``UserError`` naming DATA."""
+    try:
+        task = SOURCES[spec.source](spec)
+    except UserError as exc:
+        raise UserError(_naming(data, str(exc))) from None
+    if len(task.classes) < 2:
+        found = ", ".join(repr(c) for c in task.classes) or "none"
+        raise UserError(
+            f"{data}: one class only ({found}); a search needs at least 2 classes "
+            "(one folder per class, or 2 label values)"
+        )
+    try:
+        check_task(task)
+    except UserError as exc:
+        raise UserError(_naming(data, str(exc))) from None
+    return task
+
+
+def _naming(data: Path, message: str) -> str:
+    return (
+        message if str(data) in message or str(data.resolve()) in message else f"{data}: {message}"
+    )
+
+
+@contextlib.contextmanager
+def _quiet_repeats() -> Iterator[None]:
+    """Drop the folder source's 'skipped N file(s)' warning while later stages reload the task
+    (it was shown once already)."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "skipped %d file(s)" not in str(record.msg)
+
+    log.addFilter(keep)
+    try:
+        yield
+    finally:
+        log.removeFilter(keep)
+
+
+# ---------------------------------------------------------------------------------------------
+# strategy, pool, catalogue
+
+
+def strategy_proxies(strategy: str) -> list[str]:
+    """The proxies a strategy needs: none for ``task_agnostic``, else its one proxy."""
+    from actors.proxies import PROXIES
+
+    if strategy == "task_agnostic":
+        return []
+    proxy = strategy.removeprefix(HYBRID_PREFIX)
+    if proxy not in PROXIES:
+        raise UserError(
+            f"unknown strategy {strategy!r}: use task_agnostic, a proxy or hybrid_<proxy> "
+            f"(proxies: {', '.join(PROXIES)})"
+        )
+    return [proxy]
+
+
+def resolve_catalogue(
+    catalogue: str | Path | Catalogue | None, pool: str | None
+) -> tuple[Catalogue, str]:
+    """The catalogue (default: the embedded demo pool, pre-trained on first use) and the pool:
+    the one given, else the default's pool, a catalogue's only pool, or its pool ``All``."""
+    if catalogue is None:
+        from engine.demo.pool import ensure_demo_pool
+
+        path, default_pool = ensure_demo_pool()
+        catalogue, pool = path, pool or default_pool
+    cat = catalogue if isinstance(catalogue, Catalogue) else load_catalogue(catalogue)
+    if pool is None:
+        names = cat.pool_names()
+        if len(names) == 1:
+            pool = names[0]
+        elif "All" in names:
+            pool = "All"
+        else:
+            raise UserError(
+                f"{cat.path}: choose a pool with --pool (available: {', '.join(names) or 'none'})"
+            )
+    cat.pool(pool)  # an unknown pool fails here, before any work
+    return cat, pool
+
+
+# ---------------------------------------------------------------------------------------------
+# explaining the picks
+
+
+def ordinal(k: int) -> str:
+    """'best', '2nd best', '3rd best', ... for k = 1, 2, 3, ..."""
+    if k == 1:
+        return "best"
+    suffix = "th" if 10 <= k % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(k % 10, "th")
+    return f"{k}{suffix} best"
+
+
+def agnostic_reason(meta: pl.DataFrame, order: list[int], position: int) -> str:
+    """Why the task-agnostic rule puts ``order[position]`` where it is (against the next)."""
+    row = order[position]
+    if len(order) == 1:
+        return "the only model in the pool"
+    if position + 1 == len(order):
+        return "last in the task-agnostic order"
+    key = agnostic_key(meta, row, order[position + 1])
+    place = ordinal(position + 1)
+    if key == "imagenet_top1":
+        return f"{place} ImageNet top-1 in the pool ({meta['imagenet_top1'][row]:.1%})"
+    top1 = meta["imagenet_top1"][row]
+    tied = "no ImageNet top-1" if top1 is None else "ImageNet top-1 tied"
+    if key == "upstream_size":
+        size = meta["upstream_size"][row]
+        size_text = "unknown size" if size is None else f"{size:,} images"
+        return f"{tied}; {place.replace('best', 'largest')} upstream dataset ({size_text})"
+    if key == "params":
+        return f"{tied}, same upstream size; most parameters ({meta['params'][row]:,})"
+    return f"{tied}, same upstream size and parameters; first in catalogue order"
+
+
+def aware_reason(
+    proxy: str,
+    scores: dict[str, float | None],
+    order: list[str],
+    i: int,
+    k: int,
+    rest: bool,
+    na_reason: str | None,
+) -> str:
+    """Why the ``k``-th task-aware pick ``order[i]`` is where it is in the proxy's ranking."""
+    label = PROXY_LABELS.get(proxy, proxy)
+    model = order[i]
+    score = scores.get(model)
+    if score is None:
+        why = f": {na_reason}" if na_reason else ""
+        return f"no {label} score{why}; placed by the task-agnostic order"
+    where = "among the rest" if rest else "in the pool"
+    text = f"{ordinal(k)} {label} score {where}"
+    if i + 1 < len(order) and scores.get(order[i + 1]) == score:
+        text += " (tied; broken by the task-agnostic order)"
+    return text
+
+
+def explain(
+    meta: pl.DataFrame,
+    strategy: str,
+    ranking: list[str],
+    agnostic: list[str],
+    budget: int,
+    scores: pl.DataFrame | None,
+    task: str,
+) -> list[Pick]:
+    """The first ``budget`` models of ``ranking`` as picks, each with its slot and reason."""
+    models = meta["model"].to_list()
+    rows = {m: i for i, m in enumerate(models)}
+    agnostic_rows = [rows[m] for m in agnostic]
+    proxies = strategy_proxies(strategy)
+    table: dict[str, dict[str, float | None]] = {p: {} for p in proxies}
+    reasons: dict[tuple[str, str], str | None] = {}
+    if scores is not None:
+        for m, p, s, r in (
+            scores.filter(pl.col("task") == task).select("model", "proxy", "score", "reason")
+        ).iter_rows():
+            if p in table:
+                table[p][m] = None if s is None or not np.isfinite(s) else float(s)
+                reasons[(m, p)] = r
+    slots = pick_slots(strategy, budget)
+    aware_from = 1 if strategy.startswith(HYBRID_PREFIX) else 0
+    picks = []
+    for i, (model, slot) in enumerate(zip(ranking[:budget], slots, strict=True)):
+        if slot == AGNOSTIC_SLOT:
+            reason = agnostic_reason(meta, agnostic_rows, agnostic.index(model))
+        else:
+            proxy = proxies[0]
+            reason = aware_reason(
+                proxy,
+                table[proxy],
+                ranking,
+                i,
+                i - aware_from + 1,
+                rest=aware_from == 1,
+                na_reason=reasons.get((model, proxy)),
+            )
+        facts = {f: meta[f][rows[model]] for f in FACTS}
+        picks.append(
+            Pick(i + 1, model, slot, reason, {p: table[p].get(model) for p in proxies}, facts)
+        )
+    return picks
+
+
+# ---------------------------------------------------------------------------------------------
+# the search
+
+
+def search(
+    data: str | Path,
+    catalogue: str | Path | Catalogue | None = None,
+    pool: str | None = None,
+    budget: int = 2,
+    strategy: str = "hybrid_linear",
+    preset: str = "quick",
+    finetune: bool = False,
+    work_dir: str | Path | None = None,
+) -> SearchResult:
+    """Embed, probe and rank a pool's models for DATA and return the ``budget`` picks, each
+    with its slot and reason; with ``finetune``, fine-tune the picks and export the winner."""
+    from engine.core.presets import load_preset
+    from engine.stages.embed import embed, embed_config
+    from engine.stages.finetune import select_pairs
+    from engine.stages.probe import probe, write_scores
+
+    data = Path(data).expanduser()
+    proxies = strategy_proxies(strategy)
+    spec = task_spec(data)
+    task = load_search_task(data, spec)
+    cat, pool = resolve_catalogue(catalogue, pool)
+    meta = cat.pool(pool)
+    if not 1 <= budget <= meta.height:
+        raise UserError(f"budget {budget} is not in 1..{meta.height} (pool {pool} of {cat.path})")
+    numbers = load_preset(preset)
+    work = Path(work_dir) if work_dir else DEFAULT_WORK_ROOT / spec.name
+    work = work.resolve()
+    models = meta["model"].to_list()
+    scores, scores_path = None, None
+    embedded, probed = (0, 0), (0, 0)
+    with _quiet_repeats():
+        if proxies:
+            summary = embed(cat, pool, [spec], work / "store", embed_config(numbers))
+            embedded = (len(summary.computed), len(summary.reused))
+            probe_summary = probe(work / "store", proxies, numbers, models, [spec.name])
+            probed = (probe_summary.trials_run, probe_summary.trials_reused)
+            scores = probe_summary.scores
+            scores_path = work / "scores.parquet"
+            write_scores(scores, scores_path)
+            _check_applicable(scores, proxies[0], pool)
+        full = select_pairs(cat, pool, [spec.name], strategy, len(models), scores)
+        agnostic = select_pairs(cat, pool, [spec.name], "task_agnostic", len(models), None)
+        ranking = [m for m, _ in full]
+        picks = explain(
+            meta, strategy, ranking, [m for m, _ in agnostic], budget, scores, spec.name
+        )
+        result = SearchResult(
+            task=spec.name,
+            data=data,
+            catalogue=cat.path,
+            pool=pool,
+            pool_size=len(models),
+            strategy=strategy,
+            budget=budget,
+            preset=preset,
+            work_dir=work,
+            classes=list(task.classes),
+            split_counts=task.split_counts(),
+            skipped=task.skipped,
+            embedded=embedded,
+            probed=probed,
+            picks=picks,
+            scores_path=scores_path,
+        )
+        if finetune:
+            result = _finetune(result, cat, spec, numbers)
+    with atomic_directory(work / "report") as tmp:
+        write_table(picks_table(result), tmp, "picks")
+        (tmp / "summary.txt").write_text(format_result(result))
+    return result
+
+
+def _check_applicable(scores: pl.DataFrame, proxy: str, pool: str) -> None:
+    rows = scores.filter(pl.col("proxy") == proxy)
+    if rows["score"].is_null().all():
+        reason = rows["reason"].drop_nulls()
+        why = f": {reason[0]}" if len(reason) else ""
+        raise UserError(f"proxy {proxy!r} applies to no model of pool {pool}{why}")
+
+
+def _finetune(result: SearchResult, cat: Catalogue, spec: TaskSpec, numbers: dict) -> SearchResult:
+    """Fine-tune the picks (select mode) and read the exported winner's record."""
+    from dataclasses import replace
+
+    from actors.finetune import finetuned_meta
+    from engine.stages.finetune import run_finetune
+
+    out = result.work_dir / "finetune"
+    pairs = [(p.model, spec.name) for p in result.picks]
+    summary = run_finetune(cat, result.pool, [spec], numbers, out, pairs, export_winners=True)
+    with atomic_directory(out / "table") as tmp:
+        write_table(summary.runs, tmp, "finetune")
+    folder = summary.winners.get(spec.name)
+    if folder is None:
+        raise UserError(f"task {spec.name!r}: the fine-tune exported no model")
+    meta = finetuned_meta(folder)
+    winner = Winner(
+        model=str(meta["model"]),
+        lr=float(meta["lr"]),
+        rep=int(meta["rep"]),
+        val_acc=float(meta["val_acc"]),
+        test_acc=float(meta["test_acc"]),
+        folder=Path(folder),
+    )
+    return replace(
+        result,
+        winner=winner,
+        finetune_runs=(summary.trials_run, summary.trials_reused),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# output
+
+
+def picks_table(result: SearchResult) -> pl.DataFrame:
+    """One row per pick: rank, model, slot, reason, ``score_<proxy>`` and catalogue facts."""
+    rows = []
+    for p in result.picks:
+        row: dict[str, Any] = {
+            "task": result.task,
+            "pool": result.pool,
+            "strategy": result.strategy,
+            "budget": result.budget,
+            "rank": p.rank,
+            "model": p.model,
+            "slot": p.slot,
+            "reason": p.reason,
+        }
+        row |= {f"score_{k}": v for k, v in p.scores.items()}
+        row |= p.facts
+        rows.append(row)
+    return pl.DataFrame(rows, infer_schema_length=None)
+
+
+def _cell(value: float | None, fmt: str) -> str:
+    return "n/a" if value is None else format(value, fmt)
+
+
+def format_result(result: SearchResult) -> str:
+    """The summary printed by ``whichmodel search``: the task, the picks table, the winner."""
+    c = result.split_counts
+    skipped = f"; skipped {result.skipped} non-image file(s)" if result.skipped else ""
+    lines = [
+        f"task {result.task} ({result.data}): {len(result.classes)} classes, {c['train']} train"
+        f" / {c['val']} val / {c['test']} test images{skipped}",
+        f"pool {result.pool} of {result.catalogue}: {result.pool_size} models; strategy "
+        f"{result.strategy}, budget {result.budget}, preset {result.preset}",
+    ]
+    if result.scores_path is not None:
+        lines.append(
+            f"embedded {result.embedded[0]} (model, task) pair(s), reused {result.embedded[1]};"
+            f" probed {result.probed[0]}, reused {result.probed[1]}"
+        )
+    proxies = list(result.picks[0].scores) if result.picks else []
+    width = max([len("model")] + [len(p.model) for p in result.picks])
+    head = f"{'rank':>4}  {'model':<{width}}  {'slot':<13}"
+    head += "".join(f"  {p:>10}" for p in proxies) + f"  {'imagenet':>8}  why"
+    lines += ["", head]
+    for p in result.picks:
+        line = f"{p.rank:>4}  {p.model:<{width}}  {p.slot:<13}"
+        line += "".join(f"  {_cell(p.scores[k], '.4f'):>10}" for k in proxies)
+        line += f"  {_cell(p.facts['imagenet_top1'], '.1%'):>8}  {p.reason}"
+        lines.append(line)
+    lines.append("")
+    w = result.winner
+    if w is None:
+        lines.append(
+            f"fine-tune these {len(result.picks)} model(s) (add --finetune to do it here); "
+            f"picks and scores in {result.work_dir}"
+        )
+    else:
+        done, reused = result.finetune_runs
+        lines += [
+            f"fine-tuned the picks: {done} run(s), {reused} reused; winner {w.model} "
+            f"(val {w.val_acc:.4f}, test {w.test_acc:.4f}, lr {w.lr:g})",
+            f'weights: {w.folder}  (timm.create_model("local-dir:{w.folder}", pretrained=True))',
+        ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""Ray cluster plumbing: connecting a driver (address, token auth) and classifying failures."""

@@ -1,0 +1,93 @@
+"""Presets as data (engine/presets.toml): the numbers of each stage, validated on load.
+
+A user's own presets live in a TOML file of the same layout (``[NAME.section]`` tables), passed
+as ``FILE.toml`` (the file must hold exactly one preset) or ``FILE.toml:NAME``. The
+``[NAME.resources]`` table (what trials, actors and tasks ask Ray for) is optional, and so is each
+of its fields: ``engine.core.resources`` has the defaults.
+"""
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from engine.core.errors import UserError
+from engine.core.resources import Resources, parse_resources
+
+PRESETS_FILE = Path(__file__).with_name("presets.toml")
+
+# Every preset must give every field of every section here (types are checked).
+FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "embed": {"image_size": int, "batch_size": int},
+    "linear": {"lrs": list, "steps": int, "batch_size": int, "reps": int},
+    "knn": {"k": int, "metric": str},
+    "finetune": {
+        "image_size": int,
+        "lrs": list,
+        "steps": int,
+        "batch_size": int,
+        "reps": int,
+        "head_steps": int,
+        "head_lr": (int, float),
+        "checkpoint_every": int,
+        "augment": bool,
+        "precision": str,
+    },
+}
+
+
+def load_preset(name: str, path: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """The named preset's sections, checked against ``FIELDS``.
+
+    ``name`` is a preset of ``path`` (default: the shipped presets), or names a user's presets
+    file: ``FILE.toml`` (holding one preset) or ``FILE.toml:NAME``.
+    """
+    if path is None:
+        path, name = _split_preset_file(name)
+    path = Path(path) if path else PRESETS_FILE
+    try:
+        presets = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UserError(f"{path}: cannot read presets: {exc}") from exc
+    if name is None:
+        if len(presets) != 1:
+            raise UserError(
+                f"{path}: holds {len(presets)} presets ({', '.join(presets) or 'none'}); "
+                f"name one as {path}:NAME"
+            )
+        name = next(iter(presets))
+    if name not in presets:
+        raise UserError(f"{path}: unknown preset {name!r} (available: {', '.join(presets)})")
+    preset = presets[name]
+    if not isinstance(preset, dict):
+        raise UserError(f"{path}: preset {name!r} is not a table")
+    for section, fields in FIELDS.items():
+        values = preset.get(section)
+        if not isinstance(values, dict):
+            raise UserError(f"{path}: preset {name!r} lacks section [{name}.{section}]")
+        for field, kind in fields.items():
+            if field not in values:
+                raise UserError(f"{path}: preset {name!r} lacks field {section}.{field}")
+            value = values[field]
+            if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+                names = kind.__name__ if isinstance(kind, type) else "number"
+                raise UserError(
+                    f"{path}: preset {name!r} field {section}.{field} must be {names}, "
+                    f"got {value!r}"
+                )
+    parse_resources(preset.get("resources"), f"{path}: preset {name!r}")
+    return preset
+
+
+def preset_resources(preset: dict[str, Any]) -> Resources:
+    """The resource requests of a loaded preset (defaults for what it leaves out)."""
+    return parse_resources(preset.get("resources"))
+
+
+def _split_preset_file(spec: str) -> tuple[Path | None, str | None]:
+    """``NAME`` -> (None, NAME); ``FILE.toml`` -> (FILE.toml, None); ``FILE.toml:NAME``."""
+    head, sep, tail = spec.rpartition(".toml:")
+    if sep and tail:
+        return Path(head + ".toml"), tail
+    if spec.endswith(".toml"):
+        return Path(spec), None
+    return None, spec

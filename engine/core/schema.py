@@ -1,0 +1,125 @@
+"""Column contracts of the tables that connect the stages (design.md §2), in one place.
+
+Every stage reads and writes these tables as Parquet (the analysis driver also writes CSV), so a
+stage can be rerun, replaced, or fed from outside. Minimum columns are listed here; a table may
+carry more (per-run detail), and a reader keeps only what it needs.
+"""
+
+import polars as pl
+
+CATALOGUE = {
+    "model": pl.String,
+    "family": pl.String,
+    "source": pl.String,
+    "upstream_dataset": pl.String,
+    "upstream_size": pl.Int64,  # nullable: unknown size ranks last in the task-agnostic rule
+    "imagenet_top1": pl.Float64,  # nullable, a fraction in [0, 1]
+    "params": pl.Int64,
+    "dim": pl.Int64,
+}
+CATALOGUE_REQUIRED = ("model", "family", "source", "upstream_dataset", "params", "dim")
+
+TASKS = {
+    "task": pl.String,
+    "category": pl.String,
+    "num_classes": pl.Int64,
+    "n_train": pl.Int64,
+    "n_val": pl.Int64,
+    "n_test": pl.Int64,
+}
+
+# One row per probe result. `score` is higher-is-better; a null score means "not applicable"
+# (e.g. LEEP for a model without a source head). Detail columns may follow.
+SCORES = {"model": pl.String, "task": pl.String, "proxy": pl.String, "score": pl.Float64}
+
+# What the probe stage writes: SCORES plus the detail of each (model, task, proxy).
+SCORES_DETAIL = {
+    **SCORES,
+    "reason": pl.String,  # why a score is empty (e.g. no source head for LEEP)
+    "seconds": pl.Float64,
+    "runs": pl.String,  # JSON list of per-run rows (e.g. lr, rep, val_acc for linear)
+}
+
+# One row per (model, task), or one per run with the run columns below; see engine.analysis.tables.
+FINETUNE = {"model": pl.String, "task": pl.String, "test_acc": pl.Float64}
+FINETUNE_RUN = {"lr": pl.Float64, "rep": pl.Int64, "val_acc": pl.Float64}
+
+# What the fine-tune stage writes: one row per (model, task, lr, rep).
+FINETUNE_RUNS = {
+    "model": pl.String,
+    "task": pl.String,
+    "lr": pl.Float64,
+    "rep": pl.Int64,
+    "val_acc": pl.Float64,
+    "test_acc": pl.Float64,
+    "head_val_acc": pl.Float64,
+    "steps": pl.Int64,
+    "steps_run": pl.Int64,  # steps the final attempt ran (the rest came from a checkpoint)
+    "resumed_from": pl.Int64,
+    "seconds": pl.Float64,
+}
+
+SELECTIONS = {
+    "pool": pl.String,
+    "strategy": pl.String,
+    "budget": pl.Int64,
+    "task": pl.String,
+    "rank": pl.Int64,
+    "model": pl.String,
+}
+
+REGRET = {
+    "pool": pl.String,
+    "strategy": pl.String,
+    "budget": pl.Int64,
+    "task": pl.String,
+    "oracle_acc": pl.Float64,
+    "picked_acc": pl.Float64,
+    "abs_regret": pl.Float64,
+    "rel_regret": pl.Float64,
+}
+
+CURVES = {
+    "pool": pl.String,
+    "strategy": pl.String,
+    "budget": pl.Int64,
+    "frac_zero_regret": pl.Float64,
+    "mean_rel_regret": pl.Float64,
+}
+
+# Per task, the smallest budget whose picks contain a best model (paper Tables 4/5).
+ZERO_REGRET_BUDGET = {
+    "pool": pl.String,
+    "strategy": pl.String,
+    "task": pl.String,
+    "category": pl.String,
+    "min_budget": pl.Float64,  # float: for `random` it is the exact expectation (n+1)/(k+1)
+}
+
+
+def empty(schema: dict) -> pl.DataFrame:
+    """An empty frame with the given schema."""
+    return pl.DataFrame(schema=schema)
+
+
+# What successive halving writes (engine.stages.halving): one row per (task, arm); an arm is one
+# (model, lr, rep) fine-tune of the ranking's top K. `steps` is the last step the arm reached,
+# `status` full | asha | budget (what stopped it), `test_acc` only for fully trained arms,
+# `seconds` its device-seconds over every attempt; `chosen` marks each task's pick.
+HALVING = {
+    "task": pl.String,
+    "strategy": pl.String,
+    "rank": pl.Int64,
+    "model": pl.String,
+    "lr": pl.Float64,
+    "rep": pl.Int64,
+    "steps": pl.Int64,
+    "status": pl.String,
+    "val_acc": pl.Float64,
+    "test_acc": pl.Float64,
+    "seconds": pl.Float64,
+    "chosen": pl.Boolean,
+    "budget": pl.Int64,  # the task's budget in fine-tune steps
+    "eta": pl.Int64,
+    "grace": pl.Int64,
+}

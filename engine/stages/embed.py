@@ -1,0 +1,602 @@
+"""The embedding stage, driver side: plan what is missing from the store, stream each task's
+images through Ray Data — decoded once, then one actor-pool stage per model — and write the
+(model, task, split) partitions.
+
+Decoding happens once per image per run whatever the pool size: the decode stage crops every
+image to one geometry (the run's ``image_size`` if set, else the largest input size among the
+models that need work) and every model stage reads those pixels, resizing them itself when its
+own input size differs and normalising with its own mean/std.
+
+Each task's partitions are written as soon as all its rows are embedded (a run that dies keeps the
+tasks it finished); Ray Data restarts dead actors and retries their batches by itself, and a Ray
+failure it gives up on reruns the stage for the partitions still missing (docs/faults.md). A
+ledger actor on the driver's node counts the images decoded and the rows each model embedded per
+Ray node; the run's entry in the store's metadata records them.
+"""
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import ray
+import torch
+
+from actors.embedder import (
+    Embedder,
+    PoolEmbedder,
+    emb_column,
+    probs_column,
+    seconds_column,
+)
+from actors.models import (
+    ModelSource,
+    check_source,
+    data_config,
+    has_source_head,
+    parse_source,
+    resize_for,
+    weights_fingerprint,
+)
+from actors.pipeline import RunLedger, decode_stage
+from engine.cluster.connect import cluster_cpus_gpus, ensure_ray
+from engine.core.catalog import Catalogue
+from engine.core.errors import UserError
+from engine.core.presets import preset_resources
+from engine.core.resources import Resources
+from engine.stages.store import (
+    SPLITS,
+    Partition,
+    check_name,
+    partition_key,
+    record_run,
+    write_partition,
+)
+from engine.tasks.loader import TaskData, TaskSpec, load_task, task_fingerprint
+
+log = logging.getLogger("whichmodel")
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """Numbers of the embedding stage (a preset changes these, never the code path).
+
+    ``image_size`` set: every model sees that size, cropped with ``crop_pct`` and
+    ``interpolation``; unset: each model's own timm eval geometry.
+    """
+
+    image_size: int | None = None
+    crop_pct: float = 0.875
+    interpolation: str = "bicubic"
+    batch_size: int = 64
+    gpus_per_actor: float = 1.0  # used only where the cluster has GPUs; fractions allowed
+    cpus_per_actor: float = 0.25  # small, so actor pools never starve the decode tasks
+    decode_cpus: float = 0.5
+    cpu_threads_per_actor: int = 4  # CPU-only clusters: torch threads of each all-models actor
+    # None: forward passes in the driver where the cluster is the driver's own node without
+    # GPUs (no actor process to start: a laptop); False: always actor pools; True: always here
+    forward_in_driver: bool | None = None
+    gpu_calls_per_actor: int = 2  # concurrent batches per GPU actor (copy/compute overlap)
+    rows_per_block: int = 256
+    keep_probs: bool = True
+    retries: int = 2  # reruns of the stage for the partitions still missing after a Ray failure
+
+    def with_resources(self, res: Resources) -> "EmbedConfig":
+        """This config with a preset's actor and decode requests (``[NAME.resources]``)."""
+        return replace(
+            self,
+            gpus_per_actor=res.embed_gpus_per_actor,
+            cpus_per_actor=res.embed_cpus_per_actor,
+            decode_cpus=res.decode_cpus,
+        )
+
+
+def embed_config(preset: dict, **overrides) -> EmbedConfig:
+    """The embedding stage's numbers from a loaded preset (its ``[embed]`` image_size and
+    batch_size, its ``[resources]``), with ``overrides`` on top."""
+    numbers = {
+        "image_size": preset["embed"]["image_size"] or None,
+        "batch_size": preset["embed"]["batch_size"],
+    }
+    return EmbedConfig(**(numbers | overrides)).with_resources(preset_resources(preset))
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """One model of the run with its preprocessing and the fingerprints of both."""
+
+    name: str
+    source: ModelSource
+    size: int
+    resize: int
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    with_probs: bool
+    weights_fp: str
+
+    @property
+    def preprocessing_fp(self) -> str:
+        keys = ("size", "resize", "interpolation", "mean", "std", "with_probs")
+        return json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True)
+
+
+@dataclass
+class EmbedSummary:
+    """What a run computed and reused, and the device-seconds it spent per model."""
+
+    computed: list[tuple[str, str]] = field(default_factory=list)  # (model, task)
+    reused: list[tuple[str, str]] = field(default_factory=list)
+    device_seconds: dict[str, float] = field(default_factory=dict)
+    images_decoded: int = 0
+    rows: int = 0
+    # rows each model's actors embedded, per Ray node id (retried batches count again)
+    nodes: dict[str, dict[str, int]] = field(default_factory=dict)
+    retries: int = 0  # stage reruns after a Ray failure
+
+
+def plan_model(name: str, source: str, base_dir: Path, cfg: EmbedConfig) -> ModelPlan:
+    """Resolve a catalogue entry to its preprocessing (from timm's config) and fingerprints."""
+    check_name(name, "model")
+    src = parse_source(source, base_dir)
+    check_source(src, name)
+    dc = data_config_for(src, cfg)
+    return ModelPlan(
+        name=name,
+        source=src,
+        size=int(dc["input_size"][-1]),
+        resize=resize_for(dc),
+        interpolation=str(dc["interpolation"]),
+        mean=tuple(float(v) for v in dc["mean"]),
+        std=tuple(float(v) for v in dc["std"]),
+        with_probs=cfg.keep_probs and has_source_head(src),
+        weights_fp=weights_fingerprint(src, name),
+    )
+
+
+def data_config_for(src: ModelSource, cfg: EmbedConfig) -> dict:
+    """The model's timm eval config, with the run's geometry when ``image_size`` is set."""
+    dc = dict(data_config(src))
+    if cfg.image_size:
+        dc.update(
+            input_size=(3, cfg.image_size, cfg.image_size),
+            crop_pct=cfg.crop_pct,
+            interpolation=cfg.interpolation,
+        )
+    return dc
+
+
+def _partitions(store: Path, plan: ModelPlan, task: str, task_fp: str) -> list[Partition]:
+    return [
+        Partition(
+            store,
+            plan.name,
+            task,
+            split,
+            partition_key(plan.weights_fp, plan.preprocessing_fp, task_fp, split),
+        )
+        for split in SPLITS
+    ]
+
+
+def _decode_geometry(plans: list[ModelPlan]) -> tuple[int, int, str]:
+    """The one geometry images are decoded to: the largest input size among ``plans``."""
+    top = max(plans, key=lambda p: p.size)
+    return top.size, top.resize, top.interpolation
+
+
+def _rows(data: TaskData) -> pa.Table:
+    """A task's rows in the run's common layout: task, index, label, split, image, path."""
+    t = data.table
+    n = t.num_rows
+    image = t["image"] if "image" in t.column_names else pa.nulls(n, pa.binary())
+    path = t["path"] if "path" in t.column_names else pa.nulls(n, pa.string())
+    return pa.table(
+        {
+            "task": pa.array([data.name] * n, pa.string()),
+            "index": t["index"],
+            "label": t["label"],
+            "split": t["split"],
+            "image": image.cast(pa.binary()),
+            "path": path.cast(pa.string()),
+        }
+    )
+
+
+def _dataset(tasks: list[TaskData], cfg: EmbedConfig) -> ray.data.Dataset:
+    """Every task's rows as one Ray dataset, in blocks small enough to decode in parallel; the
+    first block is one batch, so the models start within a second."""
+    table = pa.concat_tables([_rows(d) for d in tasks])
+    step = max(1, min(cfg.rows_per_block, math.ceil(table.num_rows / 4)))
+    starts = [0, *range(min(cfg.batch_size, step), table.num_rows, step)]
+    ends = [*starts[1:], table.num_rows]
+    return ray.data.from_arrow([table.slice(a, b - a) for a, b in zip(starts, ends, strict=True)])
+
+
+def _run_pipeline(
+    tasks: list[TaskData],
+    plans: list[ModelPlan],
+    needs: dict[str, list[str]],
+    cfg: EmbedConfig,
+    ledger: "ray.actor.ActorHandle",
+) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+    """Decode every image once, embed it with every model that needs its task; yield each
+    task's columns as soon as all its rows are through (``complete_tasks``)."""
+    cpus, gpus = cluster_cpus_gpus()
+    # Errors in a stage (a corrupt image, bad weights) surface as the worker's own exception.
+    ray.data.DataContext.get_current().raise_original_map_exception = True
+    here = gpus == 0 and forward_in_driver(cfg)
+    # Here the driver's forward passes take the cores Ray does not see: one CPU per decode task
+    # (half as many decoders at once, each a whole core; measured faster on 2 cores).
+    decode_cfg = replace(cfg, decode_cpus=max(1.0, cfg.decode_cpus)) if here else cfg
+    ds = decoded_dataset(tasks, _decode_geometry(plans), decode_cfg, ledger)
+    specs = [
+        dict(
+            position=i,
+            model=plan.name,
+            source=plan.source,
+            size=plan.size,
+            mean=plan.mean,
+            std=plan.std,
+            with_probs=plan.with_probs,
+            tasks=needs[plan.name],
+            ledger=ledger,
+        )
+        for i, plan in enumerate(plans)
+    ]
+    rows = {d.name: d.table.num_rows for d in tasks}
+    if here:
+        # One CPU node (a laptop): the driver, which has torch and timm imported already, runs
+        # every model on the decoded blocks while Ray Data decodes ahead; no actor start-up.
+        yield from _forward_here(ds, specs, cpus, cfg, rows)
+        return
+    if gpus == 0:
+        # CPU only: one actor pool holding every model (torch and timm imported once per actor)
+        threads, actors = cpu_actor_threads(cpus, cfg)
+        ds = ds.map_batches(
+            PoolEmbedder,
+            fn_constructor_kwargs=dict(models=specs, threads=threads),
+            batch_size=cfg.batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+            num_cpus=cfg.cpus_per_actor,
+        )
+    else:
+        resources, max_actors = actor_resources(cpus, gpus, len(plans), cfg)
+        # Two calls at once per GPU actor, each on its own CUDA stream: one batch's
+        # host-to-device copy overlaps the other's forward pass (benchmarks/RESULTS.md).
+        for spec in specs:
+            ds = ds.map_batches(
+                Embedder,
+                fn_constructor_kwargs=spec,
+                batch_size=cfg.batch_size,
+                batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(
+                    min_size=1,
+                    max_size=max_actors,
+                    max_concurrent_calls_per_actor=cfg.gpu_calls_per_actor,
+                    enable_true_multi_threading=cfg.gpu_calls_per_actor > 1,
+                ),
+                **resources,
+            )
+    yield from complete_tasks(ds.drop_columns(["pixels"]), rows)
+
+
+def forward_in_driver(cfg: EmbedConfig) -> bool:
+    """Whether the driver runs the forward passes itself (``cfg.forward_in_driver``; by
+    default where the cluster is one node, the driver's, and the driver is not a Ray client)."""
+    if cfg.forward_in_driver is not None:
+        return cfg.forward_in_driver
+    from ray.util.client import ray as client
+
+    if client.is_connected():
+        return False
+    alive = [n for n in ray.nodes() if n["Alive"]]
+    return len(alive) == 1 and alive[0]["NodeID"] == ray.get_runtime_context().get_node_id()
+
+
+def _forward_here(
+    ds: ray.data.Dataset, specs: list[dict], cpus: float, cfg: EmbedConfig, rows: dict[str, int]
+) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+    """``complete_tasks`` of the decoded ``ds`` embedded in this process by every model."""
+    threads = torch.get_num_threads()
+    embedder = PoolEmbedder(models=specs, threads=cpu_actor_threads(cpus, cfg)[0])
+    try:
+        batches = ds.iter_batches(batch_size=cfg.batch_size, batch_format="numpy")
+        embedded = ({k: v for k, v in embedder(b).items() if k != "pixels"} for b in batches)
+        yield from complete_tasks(embedded, rows)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def complete_tasks(
+    batches: "ray.data.Dataset | Iterable[dict[str, np.ndarray]]", rows: dict[str, int]
+) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+    """Each task's columns, concatenated in the driver, as soon as all ``rows[task]`` of its
+    rows have come through ``batches`` (a dataset or its batches); an error if a row arrives
+    twice or never."""
+    chunks: dict[str, dict[str, list[np.ndarray]]] = {}
+    seen = dict.fromkeys(rows, 0)
+    if isinstance(batches, ray.data.Dataset):
+        batches = batches.iter_batches(batch_size=None, batch_format="numpy")
+    for batch in batches:
+        names = np.asarray(batch["task"])
+        for task in np.unique(names).tolist():
+            mine = names == task
+            parts = chunks.setdefault(task, {})
+            for key, value in batch.items():
+                parts.setdefault(key, []).append(np.asarray(value)[mine])
+            seen[task] += int(mine.sum())
+            if seen[task] < rows[task]:
+                continue
+            cols = {k: np.concatenate(v) for k, v in chunks.pop(task).items()}
+            if seen[task] > rows[task]:
+                raise RuntimeError(
+                    f"task {task}: {seen[task]} rows came out of the embedding pipeline for its "
+                    f"{rows[task]} rows (a row was duplicated)"
+                )
+            distinct = np.unique(cols["index"]).size
+            if distinct != rows[task]:
+                raise RuntimeError(
+                    f"task {task}: its {rows[task]} rows came out of the embedding pipeline with "
+                    f"only {distinct} distinct indices (a row was duplicated, another lost)"
+                )
+            yield task, cols
+    missing = {t: rows[t] - n for t, n in seen.items() if n < rows[t]}
+    if missing:
+        raise RuntimeError(f"rows never came out of the embedding pipeline: {missing}")
+
+
+def cpu_actor_threads(cpus: float, cfg: EmbedConfig) -> tuple[int, int]:
+    """(torch threads per actor, most actors) of the all-models actor pool on a CPU-only cluster:
+    ``cfg.cpu_threads_per_actor`` threads (at most the cluster's CPUs) and as many actors as
+    the CPUs hold at that width."""
+    threads = max(1, min(int(cpus), cfg.cpu_threads_per_actor))
+    return threads, max(1, int(cpus) // threads)
+
+
+def actor_resources(
+    cpus: float, gpus: float, n_models: int, cfg: EmbedConfig
+) -> tuple[dict[str, float], int]:
+    """Ray resources of one Embedder actor and the most actors per model.
+
+    Every model stage needs at least one actor alive at once (the stages stream into each
+    other), so on GPUs each actor asks for at most ``1 / ceil(n_models / gpus)`` of a GPU: Ray
+    packs shares into whole devices, so that many actors fit on the cluster's GPUs at once
+    (with more models than GPUs, whole-GPU actors would wait for each other forever).
+    """
+    if gpus > 0:
+        fit = 1 / math.ceil(n_models / int(gpus)) if gpus >= 1 else gpus / n_models
+        share = min(cfg.gpus_per_actor, fit)
+        return dict(num_gpus=share, num_cpus=cfg.cpus_per_actor), max(1, int(gpus / share))
+    return dict(num_cpus=cfg.cpus_per_actor), max(1, int(cpus) // n_models)
+
+
+def decoded_dataset(
+    tasks: list[TaskData],
+    geometry: tuple[int, int, str],
+    cfg: EmbedConfig,
+    ledger: "ray.actor.ActorHandle | None" = None,
+) -> ray.data.Dataset:
+    """The tasks' rows decoded once to ``geometry`` (size, short-side resize, interpolation)."""
+    size, resize, interpolation = geometry
+    return _dataset(tasks, cfg).map_batches(
+        decode_stage,
+        fn_kwargs=dict(size=size, resize=resize, interpolation=interpolation, ledger=ledger),
+        batch_size=cfg.batch_size,
+        batch_format="numpy",
+        num_cpus=cfg.decode_cpus,
+    )
+
+
+def gather(ds: ray.data.Dataset) -> dict[str, np.ndarray]:
+    """A dataset's columns, concatenated in the driver."""
+    chunks: dict[str, list[np.ndarray]] = {}
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for key, value in batch.items():
+            chunks.setdefault(key, []).append(np.asarray(value))
+    return {k: np.concatenate(v) for k, v in chunks.items()}
+
+
+def _write_task(
+    store: Path,
+    task: str,
+    fingerprint: str,
+    plans: list[ModelPlan],
+    needs: dict[str, list[str]],
+    cols: dict[str, np.ndarray],
+    summary: EmbedSummary,
+) -> None:
+    """Write the (model, task, split) partitions of one task for every model that needed it."""
+    for i, plan in enumerate(plans):
+        if task not in needs[plan.name]:
+            continue
+        emb, probs = cols[emb_column(i)], cols.get(probs_column(i))
+        for part in _partitions(store, plan, task, fingerprint):
+            rows = cols["split"] == part.split
+            write_partition(
+                part,
+                cols["index"][rows],
+                cols["label"][rows],
+                emb[rows],
+                None if probs is None else probs[rows],
+            )
+        summary.computed.append((plan.name, task))
+        seconds = float(cols[seconds_column(i)].sum())
+        summary.device_seconds[plan.name] = summary.device_seconds.get(plan.name, 0.0) + seconds
+
+
+def worker_error(exc: BaseException) -> BaseException:
+    """The user-facing error inside a Ray exception chain (bad image, bad weights), or ``exc``."""
+    from ray.exceptions import RayError
+
+    from actors.decode import ImageDecodeError
+
+    seen = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        # Ray re-raises worker errors as subclasses of both RayError and the original type,
+        # with the traceback as their text; the original instance is their ``cause``.
+        if isinstance(cause, UserError | ImageDecodeError) and not isinstance(cause, RayError):
+            return UserError(str(cause))
+        cause = getattr(cause, "cause", None) or cause.__cause__ or cause.__context__
+    # Last resort: the worker's traceback text names the original error on a line of its own.
+    for line in reversed(str(exc).splitlines()):
+        for prefix in ("actors.decode.ImageDecodeError: ", "engine.core.errors.UserError: "):
+            if line.strip().startswith(prefix):
+                return UserError(line.strip()[len(prefix) :])
+    return exc
+
+
+def is_ray_failure(exc: BaseException) -> bool:
+    """Whether a Ray system failure (a dead actor, worker or node, a lost object) is in the
+    exception chain, as opposed to an error raised by the stage's own code."""
+    from ray.exceptions import RayError, RayTaskError
+
+    seen = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, RayError) and not isinstance(cause, RayTaskError):
+            return True
+        cause = getattr(cause, "cause", None) or cause.__cause__ or cause.__context__
+    return False
+
+
+def _missing(
+    store: Path, plans: list[ModelPlan], fingerprints: dict[str, str]
+) -> dict[str, list[str]]:
+    """Per model, the tasks with a partition missing from the store."""
+    return {
+        p.name: [
+            t
+            for t, fp in fingerprints.items()
+            if not all(x.exists() for x in _partitions(store, p, t, fp))
+        ]
+        for p in plans
+    }
+
+
+def _here() -> "ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy":
+    """Schedule on the driver's node: the run's ledger must outlive any other node. (Soft
+    affinity is not enough: measured, it placed the ledger on a worker node that then died.)"""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+
+
+def _accounts(ledger: "ray.actor.ActorHandle", summary: EmbedSummary) -> None:
+    """The run's decode and embedding counts from its ledger (left empty, with a warning, if
+    the ledger was lost: the partitions are written, only the accounting is gone)."""
+    from ray.exceptions import RayError
+
+    try:
+        summary.images_decoded = ray.get(ledger.decoded.remote())
+        summary.nodes = ray.get(ledger.embedded_rows.remote())
+    except RayError as exc:
+        log.warning("embedding: the run's ledger was lost (%s); counts unknown", type(exc).__name__)
+
+
+def embed(
+    catalogue: Catalogue,
+    pool: str,
+    tasks: list[TaskSpec],
+    store: str | Path,
+    cfg: EmbedConfig | None = None,
+) -> EmbedSummary:
+    """Embed every (model of ``pool``, task, split) missing from ``store``; reuse the rest.
+
+    Each task's partitions are written as soon as all its rows are embedded, so a run that dies
+    keeps the tasks it finished. If Ray itself fails the stage (an actor, worker or node lost
+    beyond what Ray Data recovers), it reruns for the partitions still missing, up to
+    ``cfg.retries`` times.
+    """
+    cfg = cfg or EmbedConfig()
+    store = Path(store)
+    members = catalogue.pool(pool)
+    plans = [
+        plan_model(name, source, catalogue.path.parent, cfg)
+        for name, source in members.select("model", "source").iter_rows()
+    ]
+    summary = EmbedSummary()
+    task_meta, fingerprints, data = {}, {}, {}
+    for spec in tasks:
+        check_name(spec.name, "task")
+        data[spec.name] = load_task(spec)
+        fingerprints[spec.name] = fp = task_fingerprint(data[spec.name])
+        task_meta[spec.name] = {
+            "category": spec.category,
+            "classes": data[spec.name].classes,
+            "fingerprint": fp,
+            "rows": data[spec.name].table.num_rows,
+        }
+    needs = _missing(store, plans, fingerprints)
+    summary.reused = [(p.name, t) for p in plans for t in data if t not in needs[p.name]]
+    if any(needs.values()):
+        ensure_ray()
+        ledger = RunLedger.options(scheduling_strategy=_here()).remote()
+        start = time.perf_counter()
+        log.info(
+            "embedding %d (model, task) pairs: %d task(s), %d model(s); reusing %d",
+            sum(len(v) for v in needs.values()),
+            len({t for v in needs.values() for t in v}),
+            sum(1 for v in needs.values() if v),
+            len(summary.reused),
+        )
+        while True:
+            work = [p for p in plans if needs[p.name]]
+            loaded = [data[t] for t in data if any(t in v for v in needs.values())]
+            try:
+                for task, cols in _run_pipeline(loaded, work, needs, cfg, ledger):
+                    summary.rows += len(cols["index"])
+                    _write_task(store, task, fingerprints[task], work, needs, cols, summary)
+                break
+            except Exception as exc:  # errors raised in workers arrive wrapped by Ray
+                if summary.retries >= cfg.retries or not is_ray_failure(exc):
+                    raise worker_error(exc) from exc
+                summary.retries += 1
+                needs = _missing(store, plans, fingerprints)
+                log.warning(
+                    "embedding stage failed (%s); rerunning it for the %d (model, task) pair(s) "
+                    "still missing (retry %d of %d)",
+                    type(exc).__name__,
+                    sum(len(v) for v in needs.values()),
+                    summary.retries,
+                    cfg.retries,
+                )
+        _accounts(ledger, summary)
+        log.info("embedding done in %.1f s", time.perf_counter() - start)
+    else:
+        log.info("every (model, task) pair reused from the store")
+    models_meta = {
+        p.name: {
+            "source": str(asdict(p.source)),
+            "weights_fingerprint": p.weights_fp,
+            "preprocessing": json.loads(p.preprocessing_fp),
+            "device_seconds": summary.device_seconds.get(p.name, 0.0),
+        }
+        for p in plans
+    }
+    record_run(
+        store,
+        models_meta,
+        task_meta,
+        {
+            "pool": pool,
+            "computed": [list(x) for x in summary.computed],
+            "reused": len(summary.reused),
+            "images_decoded": summary.images_decoded,
+            "device_seconds": summary.device_seconds,
+            "rows": summary.rows,
+            "rows_embedded": {m: sum(n.values()) for m, n in summary.nodes.items()},
+            "nodes": summary.nodes,
+            "retries": summary.retries,
+        },
+    )
+    return summary

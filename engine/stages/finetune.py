@@ -1,0 +1,260 @@
+"""The fine-tune stage, driver side: a Ray Tune experiment over (model, task) × lr × repetition,
+one trial per fine-tune, checkpointed and resumable, written to the finetune table.
+
+Modes: every model of a pool (``--all``: the oracle of a benchmark study) or the B models a
+strategy picks per task (``--select``: the practitioner's case, whose best model per task — by
+validation accuracy — is exported as safetensors + timm config). Pixels come from the embedding
+stage's decoder (Ray Data, decoded once per geometry), by object reference.
+"""
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import ray
+from ray import tune
+
+from actors.finetune import split_pixels
+from actors.finetune_trial import finetune_trial
+from engine.analysis.strategies import HYBRID_PREFIX, PoolData, strategies_for
+from engine.cluster.connect import ensure_ray
+from engine.core import schema
+from engine.core.catalog import Catalogue
+from engine.core.errors import UserError
+from engine.core.presets import preset_resources
+from engine.core.resources import cluster_nodes, trial_resources
+from engine.stages.embed import EmbedConfig, decoded_dataset, gather, plan_model
+from engine.tasks.loader import TaskSpec, load_task
+
+log = logging.getLogger("whichmodel")
+
+NEEDS_FINETUNE = ("oracle", "random", "task_agnostic_oracle", "task_agnostic_loo")
+
+
+@dataclass(frozen=True)
+class FinetuneSummary:
+    runs: pl.DataFrame  # one row per (model, task, lr, rep): the finetune table
+    trials_run: int
+    trials_reused: int
+    winners: dict[str, Path]  # task → exported model folder (``select`` mode)
+    # wall seconds of the stage's phases: prepare (plans, decode, ray.put), tune (the
+    # experiment), collect (table and winners)
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+def select_pairs(
+    catalogue: Catalogue,
+    pool: str,
+    tasks: list[str],
+    strategy: str,
+    budget: int,
+    scores: pl.DataFrame | None,
+) -> list[tuple[str, str]]:
+    """The (model, task) pairs a strategy picks with ``budget`` per task, without fine-tuning."""
+    meta = catalogue.pool(pool)
+    if budget < 1 or budget > meta.height:
+        raise UserError(f"budget {budget} is not in 1..{meta.height} (pool {pool})")
+    if strategy in NEEDS_FINETUNE:
+        raise UserError(
+            f"strategy {strategy!r} needs fine-tune results of every model; choose "
+            "task_agnostic, a proxy or hybrid_<proxy>"
+        )
+    models = meta["model"].to_list()
+    proxy_scores = {}
+    if scores is not None:
+        for proxy in scores["proxy"].unique().sort():
+            sub = scores.filter(pl.col("proxy") == proxy)
+            lookup = {(m, t): s for m, t, s in sub.select("model", "task", "score").iter_rows()}
+            proxy_scores[proxy] = np.array(
+                [
+                    [np.nan if lookup.get((m, t)) is None else lookup[(m, t)] for m in models]
+                    for t in tasks
+                ]
+            )
+    data = PoolData(
+        pool,
+        models,
+        tasks,
+        ["unknown"] * len(tasks),
+        np.zeros((len(tasks), len(models))),
+        meta,
+        proxy_scores,
+    )
+    available = strategies_for(data)
+    if strategy not in available:
+        proxies = sorted(proxy_scores) or ["(no scores table given)"]
+        raise UserError(
+            f"unknown strategy {strategy!r}: use task_agnostic, a proxy of the scores table "
+            f"({', '.join(proxies)}) or {HYBRID_PREFIX}<proxy>"
+        )
+    order = available[strategy](data)
+    return [(models[m], t) for t, row in zip(tasks, order, strict=True) for m in row[:budget]]
+
+
+def _experiment_name(keys: list, settings: dict, lrs, reps) -> str:
+    blob = json.dumps([sorted(keys), settings, list(lrs), reps], sort_keys=True, default=str)
+    return "finetune-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def trial_inputs(
+    catalogue: Catalogue, pool: str, wanted: list[str], specs: list[TaskSpec], preset: dict
+) -> tuple[dict[str, "ray.ObjectRef"], dict[str, dict]]:
+    """What every fine-tune trial reads: each task's decoded pixels by object reference, keyed
+    ``"<geometry>\x1f<task>"`` (decoded once per input geometry), and the table of ``wanted``
+    models (source, mean, std, geometry)."""
+    ft = preset["finetune"]
+    embed_cfg = EmbedConfig(image_size=ft["image_size"] or None)
+    embed_cfg = embed_cfg.with_resources(preset_resources(preset))
+    sources = dict(catalogue.pool(pool).select("model", "source").iter_rows())
+    plans = {m: plan_model(m, sources[m], catalogue.path.parent, embed_cfg) for m in wanted}
+    data = {s.name: load_task(s) for s in specs}
+    pixels = {}
+    for geometry in sorted({(p.size, p.resize, p.interpolation) for p in plans.values()}):
+        cols = gather(decoded_dataset(list(data.values()), geometry, embed_cfg))
+        for name, task in data.items():
+            rows = {k: v[cols["task"] == name] for k, v in cols.items()}
+            tp = split_pixels(rows, len(task.classes), tuple(task.classes))
+            pixels[f"{geometry}\x1f{name}"] = ray.put(tp)
+    models = {
+        m: {
+            "source": p.source,
+            "mean": p.mean,
+            "std": p.std,
+            "geometry": str((p.size, p.resize, p.interpolation)),
+        }
+        for m, p in plans.items()
+    }
+    return pixels, models
+
+
+def run_finetune(
+    catalogue: Catalogue,
+    pool: str,
+    specs: list[TaskSpec],
+    preset: dict,
+    out: str | Path,
+    pairs: list[tuple[str, str]] | None = None,
+    export_winners: bool = False,
+    fault: dict | None = None,
+) -> FinetuneSummary:
+    """Fine-tune ``pairs`` (default: every pool model on every task) by the preset's protocol.
+
+    With ``export_winners``, each trial keeps its fine-tuned model and, per task, the run with
+    the best validation accuracy is exported to ``OUT/winners/<task>/`` (safetensors + timm
+    config). ``fault`` injects one failure per trial at a step (tests and soak checks).
+    """
+    start = time.perf_counter()
+    ft = preset["finetune"]
+    out = Path(out).resolve()
+    members = catalogue.pool(pool)
+    task_names = [s.name for s in specs]
+    if pairs is None:
+        pairs = [(m, t) for m in members["model"] for t in task_names]
+    wanted = sorted({m for m, _ in pairs})
+    settings = {
+        k: ft[k]
+        for k in (
+            "steps",
+            "batch_size",
+            "head_steps",
+            "head_lr",
+            "checkpoint_every",
+            "augment",
+            "precision",
+        )
+    }
+    settings["head_lr"] = float(settings["head_lr"])
+    ensure_ray()
+    needed = [s for s in specs if s.name in {t for _, t in pairs}]
+    pixels, models = trial_inputs(catalogue, pool, wanted, needed, preset)
+    token = uuid.uuid4().hex
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            finetune_trial,
+            pixels=pixels,
+            models=models,
+            settings=settings,
+            token=token,
+            save_model=export_winners,
+        ),
+        trial_resources(preset_resources(preset), cluster_nodes()),
+    )
+    name = _experiment_name([list(p) for p in pairs], settings, ft["lrs"], ft["reps"])
+    path = out / "tune" / name
+    if tune.Tuner.can_restore(str(path)):
+        log.info("finetune: resuming experiment %s", path)
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+    else:
+        space = {
+            "pair": tune.grid_search([list(p) for p in pairs]),
+            "lr": tune.grid_search([float(x) for x in ft["lrs"]]),
+            "rep": tune.grid_search(list(range(int(ft["reps"])))),
+        }
+        if fault:
+            space["fault"] = fault
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space,
+            tune_config=tune.TuneConfig(reuse_actors=True),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=str(path.parent),
+                failure_config=tune.FailureConfig(max_failures=2),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                verbose=1,
+            ),
+        )
+    fitted = time.perf_counter()
+    results = tuner.fit()
+    collected = time.perf_counter()
+    rows, ran = [], 0
+    best: dict[str, tuple[float, Path]] = {}
+    for result in results:
+        if result.error:
+            lines = [x for x in str(result.error).splitlines() if x.strip()]
+            raise UserError(f"fine-tune trial failed: {lines[-1] if lines else result.error}")
+        m, c = result.metrics, result.config
+        model, task = c["pair"]
+        ran += m.get("token") == token
+        rows.append(
+            {
+                "model": model,
+                "task": task,
+                "lr": float(c["lr"]),
+                "rep": int(c["rep"]),
+                "val_acc": m["val_acc"],
+                "test_acc": m["test_acc"],
+                "head_val_acc": m["head_val_acc"],
+                "steps": m["step"],
+                "steps_run": m["steps_run"],
+                "resumed_from": m["resumed_from"],
+                "seconds": m["seconds"],
+            }
+        )
+        if (
+            export_winners
+            and result.checkpoint
+            and (task not in best or m["val_acc"] > best[task][0])
+        ):
+            best[task] = (m["val_acc"], Path(result.checkpoint.path) / "model")
+    winners = {}
+    for task, (_, folder) in best.items():
+        target = out / "winners" / task
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(folder, target)
+        winners[task] = target
+    runs = pl.DataFrame(rows, schema=schema.FINETUNE_RUNS).sort("model", "task", "lr", "rep")
+    phases = {
+        "prepare": fitted - start,
+        "tune": collected - fitted,
+        "collect": time.perf_counter() - collected,
+    }
+    return FinetuneSummary(runs, ran, len(rows) - ran, winners, phases)

@@ -1,0 +1,172 @@
+"""The probe stage, driver side: a Ray Tune experiment over the store's (model, task) pairs,
+each trial running every requested proxy on that pair, gathered into the scores table.
+
+Tune's experiment directory (under ``STORE/probes/``, named by a fingerprint of the pairs, their
+embeddings, the proxies and their options) makes the stage resumable: run again after an
+interruption, it restores the experiment and runs only the trials that did not finish.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import ray
+from ray import tune
+
+from actors.probe_trial import probe_trial
+from actors.proxies import PROXIES
+from engine.cluster.connect import ensure_ray
+from engine.core import schema
+from engine.core.errors import UserError
+from engine.core.presets import preset_resources
+from engine.core.resources import cluster_nodes, trial_resources
+from engine.stages.store import read_metadata, read_partition, stored_pairs
+
+log = logging.getLogger("whichmodel")
+
+
+@dataclass(frozen=True)
+class ProbeSummary:
+    scores: pl.DataFrame
+    trials_run: int
+    trials_reused: int
+    compute_seconds: float
+    wall_seconds: float
+
+
+def proxy_options(preset: dict, proxies: list[str]) -> dict[str, dict]:
+    """The preset's options for each proxy that has a section in it."""
+    out: dict[str, dict] = {}
+    for proxy in proxies:
+        if proxy in preset:
+            opts = dict(preset[proxy])
+            if "lrs" in opts:
+                opts["lrs"] = tuple(float(x) for x in opts["lrs"])
+            out[proxy] = opts
+    return out
+
+
+def _experiment_name(pairs: dict, proxies: list[str], options: dict) -> str:
+    parts = [
+        f"{m}/{t}/" + ",".join(p.key for _, p in sorted(s.items())) for (m, t), s in pairs.items()
+    ]
+    blob = json.dumps([sorted(parts), proxies, options], sort_keys=True)
+    return "probe-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _load_pair(parts: dict, num_classes: int) -> dict:
+    return {
+        "train": read_partition(parts["train"]),
+        "val": read_partition(parts["val"]),
+        "num_classes": num_classes,
+    }
+
+
+def probe(
+    store: str | Path,
+    proxies: list[str],
+    preset: dict,
+    models: list[str] | None = None,
+    tasks: list[str] | None = None,
+) -> ProbeSummary:
+    """Run ``proxies`` on every stored (model, task) pair; resume a previous interrupted run."""
+    start, token = time.perf_counter(), uuid.uuid4().hex
+    unknown = [p for p in proxies if p not in PROXIES]
+    if unknown or not proxies:
+        raise UserError(
+            f"unknown proxy {unknown[0]!r} (available: {', '.join(PROXIES)})"
+            if unknown
+            else "no proxy given"
+        )
+    store = Path(store).resolve()
+    pairs = {
+        k: v
+        for k, v in stored_pairs(store).items()
+        if (models is None or k[0] in models) and (tasks is None or k[1] in tasks)
+    }
+    if not pairs:
+        raise UserError(f"{store}: no embeddings in the store (run `whichmodel embed` first)")
+    for (model, task), parts in pairs.items():
+        missing = [s for s in ("train", "val") if s not in parts]
+        if missing:
+            raise UserError(f"{store}: model {model}, task {task} has no {missing[0]} embeddings")
+    meta = read_metadata(store)
+    options = proxy_options(preset, proxies)
+    name = _experiment_name(pairs, proxies, options)
+    path = store / "probes" / name
+    ensure_ray()
+    refs = {
+        f"{m}\x1f{t}": ray.put(_load_pair(parts, _num_classes(meta, t, parts)))
+        for (m, t), parts in pairs.items()
+    }
+    trainable = tune.with_resources(
+        tune.with_parameters(probe_trial, embeddings=refs, token=token),
+        trial_resources(preset_resources(preset), cluster_nodes(), "probe"),
+    )
+    if tune.Tuner.can_restore(str(path)):
+        log.info("probe: resuming experiment %s", path)
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={
+                "pair": tune.grid_search([list(k) for k in pairs]),
+                "proxies": list(proxies),
+                "options": options,
+            },
+            tune_config=tune.TuneConfig(reuse_actors=True),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=str(path.parent),
+                # a trial whose actor or node dies is run again (from the start: it is short)
+                failure_config=tune.FailureConfig(max_failures=2),
+                verbose=1,
+            ),
+        )
+    results = tuner.fit()
+    rows, compute, ran = [], 0.0, 0
+    for result in results:
+        if result.error:
+            raise UserError(f"probe trial failed: {_last_line(result.error)}")
+        rows += json.loads(result.metrics["rows"])
+        if result.metrics.get("token") == token:
+            ran += 1
+            compute += float(result.metrics["compute_seconds"])
+    scores = pl.DataFrame(rows, schema=schema.SCORES_DETAIL).sort("model", "task", "proxy")
+    wall = time.perf_counter() - start
+    return ProbeSummary(scores, ran, len(results) - ran, compute, wall)
+
+
+def _last_line(error: BaseException) -> str:
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else repr(error)
+
+
+def _num_classes(meta: dict, task: str, parts: dict) -> int:
+    """The task's class count from the store metadata, else from the stored labels."""
+    classes = meta["tasks"].get(task, {}).get("classes")
+    if classes:
+        return len(classes)
+    labels = np.concatenate([read_partition(p)["label"] for p in parts.values()])
+    return int(labels.max()) + 1
+
+
+def write_scores(scores: pl.DataFrame, out: str | Path) -> None:
+    """Write the scores table (.parquet or .csv) under a temporary name, then rename."""
+    out = Path(out)
+    if out.suffix not in (".parquet", ".csv"):
+        raise UserError(f"{out}: the scores table must end in .parquet or .csv")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex}")
+    try:
+        scores.write_parquet(tmp) if out.suffix == ".parquet" else scores.write_csv(tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,172 @@
+"""The embedding store: Parquet partitioned by model, task and split, content-addressed.
+
+Layout::
+
+    STORE/embeddings/model=<model>/task=<task>/split=<split>/<key>.parquet
+    STORE/metadata.json
+
+``key`` is a fingerprint of the model weights, the preprocessing and the task data, so a
+partition whose file exists under the current key is reused as is, and a changed model or task
+simply gets a new key. Each file holds ``index``, ``label``, ``embedding`` (fixed-size list of
+float32) and, for models with a source head, ``probs`` (source-class probabilities). Files are
+written under a temporary name and renamed into place, so an interrupted run never leaves a
+partition that a later run would trust.
+"""
+
+import hashlib
+import json
+import os
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from engine.core.errors import UserError
+
+SPLITS = ("train", "val", "test")
+_SAFE = re.compile(r"^[A-Za-z0-9_.+-]+$")
+
+
+def check_name(name: str, what: str) -> str:
+    """A model or task name that is safe as a path component (no separators, no '..')."""
+    if not _SAFE.match(name) or name in (".", "..") or ".." in name:
+        raise UserError(
+            f"{what} name {name!r} cannot be used in the store: use letters, digits, '_', '-', "
+            "'.', '+' only"
+        )
+    return name
+
+
+def partition_key(*parts: str) -> str:
+    """A short content key from fingerprints (weights, preprocessing, task data, split)."""
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One (model, task, split) of the store, under one content key."""
+
+    store: Path
+    model: str
+    task: str
+    split: str
+    key: str
+
+    @property
+    def directory(self) -> Path:
+        return (
+            self.store
+            / "embeddings"
+            / f"model={self.model}"
+            / f"task={self.task}"
+            / (f"split={self.split}")
+        )
+
+    @property
+    def path(self) -> Path:
+        return self.directory / f"{self.key}.parquet"
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+
+def write_partition(
+    part: Partition,
+    index: np.ndarray,
+    label: np.ndarray,
+    embedding: np.ndarray,
+    probs: np.ndarray | None = None,
+) -> None:
+    """Write one partition atomically and remove files of older keys in its directory."""
+    if not np.isfinite(embedding).all():
+        bad = int(index[~np.isfinite(embedding).all(axis=1)][0])
+        raise UserError(
+            f"model {part.model}: embedding of task {part.task} ({part.split} index {bad}) is "
+            "not finite (NaN or inf); nothing written for this partition"
+        )
+    order = np.argsort(index, kind="stable")
+    emb = np.ascontiguousarray(embedding[order], dtype=np.float32)
+    columns = {
+        "index": pa.array(index[order], pa.int64()),
+        "label": pa.array(label[order], pa.int64()),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), emb.shape[1]),
+    }
+    if probs is not None:
+        p = np.ascontiguousarray(probs[order], dtype=np.float32)
+        columns["probs"] = pa.FixedSizeListArray.from_arrays(pa.array(p.ravel()), p.shape[1])
+    part.directory.mkdir(parents=True, exist_ok=True)
+    tmp = part.directory / f".{part.key}.tmp-{uuid.uuid4().hex}"
+    try:
+        pq.write_table(pa.table(columns), tmp)
+        os.replace(tmp, part.path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    for old in part.directory.glob("*.parquet"):
+        if old != part.path:
+            old.unlink(missing_ok=True)
+
+
+def read_partition(part: Partition) -> dict[str, np.ndarray]:
+    """``index``, ``label``, ``embedding`` (N × dim float32) and, if stored, ``probs``."""
+    table = pq.read_table(part.path)
+    out = {
+        "index": table["index"].to_numpy(),
+        "label": table["label"].to_numpy(),
+        "embedding": _matrix(table["embedding"]),
+    }
+    if "probs" in table.column_names:
+        out["probs"] = _matrix(table["probs"])
+    return out
+
+
+def _matrix(column: pa.ChunkedArray) -> np.ndarray:
+    arr = column.combine_chunks()
+    return arr.flatten().to_numpy().reshape(len(arr), arr.type.list_size)
+
+
+def read_metadata(store: Path) -> dict:
+    path = store / "metadata.json"
+    return (
+        json.loads(path.read_text()) if path.exists() else {"models": {}, "tasks": {}, "runs": []}
+    )
+
+
+def write_metadata(store: Path, meta: dict) -> None:
+    """Replace the store's metadata.json atomically."""
+    store.mkdir(parents=True, exist_ok=True)
+    tmp = store / f".metadata.json.tmp-{uuid.uuid4().hex}"
+    tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
+    os.replace(tmp, store / "metadata.json")
+
+
+def record_run(store: Path, models: dict, tasks: dict, run: dict) -> None:
+    """Merge one run's model/task facts into the metadata; accumulate device-seconds."""
+    meta = read_metadata(store)
+    for name, info in models.items():
+        prev = meta["models"].get(name, {})
+        info = dict(info)
+        info["device_seconds"] = prev.get("device_seconds", 0.0) + info.get("device_seconds", 0.0)
+        meta["models"][name] = info
+    meta["tasks"].update(tasks)
+    meta["runs"].append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **run})
+    write_metadata(store, meta)
+
+
+def stored_pairs(store: Path) -> dict[tuple[str, str], dict[str, Partition]]:
+    """Every (model, task) in the store with its split partitions (the current file of each)."""
+    pairs: dict[tuple[str, str], dict[str, Partition]] = {}
+    for path in sorted((store / "embeddings").glob("model=*/task=*/split=*/*.parquet")):
+        split_dir, task_dir, model_dir = path.parent, path.parent.parent, path.parent.parent.parent
+        model = model_dir.name.removeprefix("model=")
+        task = task_dir.name.removeprefix("task=")
+        split = split_dir.name.removeprefix("split=")
+        parts = pairs.setdefault((model, task), {})
+        if split in parts:
+            raise UserError(f"{split_dir}: more than one partition file; rerun `whichmodel embed`")
+        parts[split] = Partition(store, model, task, split, path.stem)
+    return pairs
