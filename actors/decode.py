@@ -78,7 +78,13 @@ def decode_image(
 ) -> np.ndarray:
     """Decode one image to uint8 (size, size, 3): RGB, short side resized to ``resize``
     (torchvision, antialiased), centre-cropped to ``size``."""
-    img = resize_short_side(to_rgb(open_image(data, path, where)), resize, interpolation)
+    return crop_pixels(open_image(data, path, where), size, resize, interpolation)
+
+
+def crop_pixels(img: Image.Image, size: int, resize: int, interpolation: str) -> np.ndarray:
+    """The one geometry of every decoder here: ``img`` as RGB, short side resized to ``resize``,
+    centre-cropped to ``size``; uint8 (size, size, 3)."""
+    img = resize_short_side(to_rgb(img), resize, interpolation)
     return np.array(center_crop(img, size), dtype=np.uint8)
 
 

@@ -22,9 +22,14 @@ import warnings
 import numpy as np
 import ray
 import torch
-import torch.nn.functional as F
 
-from actors.models import ModelSource, build_model, embed_dim, embed_forward
+from actors.models import (
+    ModelSource,
+    PixelNormalizer,
+    build_model,
+    embed_dim,
+    embed_forward,
+)
 
 # Batches from Ray's object store are read-only arrays; this module only reads them, so torch's
 # warning about tensors over non-writable memory says nothing here.
@@ -77,8 +82,7 @@ class Embedder:
         self.model = net.to(memory_format=torch.channels_last).eval()
         self.dim = embed_dim(net)
         self.n_classes = int(getattr(net, "num_classes", 0) or 0) if with_probs else 0
-        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+        self.normalize = PixelNormalizer(mean, std, self.device, size)
 
     def _to_device(self, pixels: np.ndarray) -> torch.Tensor:
         """The uint8 batch on the model's device; on CUDA through this thread's pinned staging
@@ -94,14 +98,7 @@ class Embedder:
         return host.to(self.device, non_blocking=True)
 
     def _prepare(self, pixels: np.ndarray) -> torch.Tensor:
-        x = self._to_device(pixels)
-        x = x.permute(0, 3, 1, 2).float().div_(255.0)
-        if x.shape[-1] != self.size or x.shape[-2] != self.size:
-            x = F.interpolate(
-                x, size=(self.size, self.size), mode="bicubic", antialias=True, align_corners=False
-            ).clamp_(0.0, 1.0)
-        x = (x - self.mean) / self.std
-        return x.contiguous(memory_format=torch.channels_last)
+        return self.normalize(self._to_device(pixels))
 
     @contextlib.contextmanager
     def _stream_scope(self):

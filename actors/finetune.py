@@ -1,4 +1,4 @@
-"""The fine-tune trainable's core (design.md §1 "Protocol"), framework-free: no Ray here.
+"""The fine-tune trainable's core (docs/design.md §1 "Protocol"), framework-free: no Ray here.
 
 One call fine-tunes one model on one task for one (lr, repetition), the paper's way:
 
@@ -52,8 +52,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -68,8 +66,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from actors.decode import decode_batch
-from actors.models import ModelSource, build_model, embed_dim, embed_forward
+from actors.models import ModelSource, PixelNormalizer, build_model, embed_dim, embed_forward
 from actors.proxies import batch_indices
+from engine.core.outputs import atomic_file
+from engine.core.schema import SPLITS
 
 # Pixels fetched from Ray's object store are read-only arrays; this module only ever reads them,
 # so torch's warning about tensors over non-writable memory says nothing here.
@@ -79,7 +79,6 @@ STATE_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 PRECISIONS = ("bf16", "fp16", "fp32")
-_SPLITS = ("train", "val", "test")
 # fields that shape the training trajectory: a resumed run must use the same values
 _TRAJECTORY = (
     *("lr", "steps", "batch_size", "seed", "momentum"),
@@ -183,7 +182,7 @@ def check_pixels(data: TaskPixels) -> None:
     if int(data.num_classes) < 2:
         raise ValueError(f"num_classes must be >= 2, got {data.num_classes}")
     shape = None
-    for name in _SPLITS:
+    for name in SPLITS:
         x, y = data.split(name)
         if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3:
             got = f"{x.dtype} {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
@@ -219,7 +218,7 @@ def split_pixels(
     split = np.asarray(batch["split"]).astype(str)
     index = np.asarray(batch["index"])
     parts: dict[str, np.ndarray] = {}
-    for name in _SPLITS:
+    for name in SPLITS:
         rows = np.flatnonzero(split == name)
         rows = rows[np.argsort(index[rows], kind="stable")]
         parts[f"{name}_x"] = np.ascontiguousarray(batch["pixels"][rows])
@@ -264,24 +263,6 @@ def _autocast(device: torch.device, precision: str) -> Any:
     return torch.autocast(device.type, dtype=dtype, enabled=enabled)
 
 
-class _Normalize:
-    """uint8 NHWC pixels -> normalised float NCHW (channels_last) on the model's device, exactly
-    as ``actors.embedder.Embedder._prepare`` (without its resize: pixels come at model size)."""
-
-    def __init__(self, mean: Any, std: Any, device: torch.device) -> None:
-        if len(mean) != 3 or len(std) != 3:
-            raise ValueError(f"mean and std need 3 values each, got {mean!r} and {std!r}")
-        self.device = device
-        self.mean = torch.tensor([float(v) for v in mean], device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor([float(v) for v in std], device=device).view(1, 3, 1, 1)
-
-    def __call__(self, pixels: torch.Tensor | np.ndarray) -> torch.Tensor:
-        x = torch.as_tensor(pixels).to(self.device, non_blocking=True)
-        x = x.permute(0, 3, 1, 2).float().div_(255.0)
-        x = (x - self.mean) / self.std
-        return x.contiguous(memory_format=torch.channels_last)
-
-
 def _model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -324,7 +305,7 @@ def predict(
     """Predicted classes (argmax of the logits) of uint8 NHWC pixels; the model runs in eval
     mode and channels_last on its own device (its train/eval mode is restored after)."""
     device = _model_device(model)
-    norm = _Normalize(mean, std, device)
+    norm = PixelNormalizer(mean, std, device)
     was_training = model.training
     model.to(memory_format=torch.channels_last).eval()
     preds = []
@@ -381,7 +362,7 @@ def check_input_size(model: nn.Module, size: tuple[int, int], who: str) -> None:
 
 
 def frozen_embeddings(
-    model: nn.Module, x_uint8: np.ndarray, norm: _Normalize, batch_size: int, precision: str
+    model: nn.Module, x_uint8: np.ndarray, norm: PixelNormalizer, batch_size: int, precision: str
 ) -> torch.Tensor:
     """Pre-logits embeddings (N, D) float32 of the frozen model (eval mode, inference)."""
     model.eval()
@@ -394,7 +375,7 @@ def frozen_embeddings(
 
 
 def calibrate_batchnorm(
-    model: nn.Module, x_uint8: np.ndarray, norm: _Normalize, batch_size: int, precision: str
+    model: nn.Module, x_uint8: np.ndarray, norm: PixelNormalizer, batch_size: int, precision: str
 ) -> int:
     """Re-estimate every BatchNorm's running statistics on ``x_uint8`` (one pass in train mode,
     no gradient, cumulative average); returns how many layers were calibrated.
@@ -460,7 +441,7 @@ def train_head(
 def _fit_head(
     model: nn.Module,
     data: TaskPixels,
-    norm: _Normalize,
+    norm: PixelNormalizer,
     cfg: FinetuneConfig,
     mean: Any,
     std: Any,
@@ -525,7 +506,7 @@ def _train(
     scaler: torch.amp.GradScaler,
     gen: torch.Generator,
     data: TaskPixels,
-    norm: _Normalize,
+    norm: PixelNormalizer,
     cfg: FinetuneConfig,
     step: int,
     emit: Callable[[int], None] | None,
@@ -628,7 +609,7 @@ def finetune(
     }
     if state is not None:
         _check_state(state, cfg, meta)
-    norm = _Normalize(mean, std, dev)
+    norm = PixelNormalizer(mean, std, dev)
     with _rng_scope(dev):
         model = prepare_model(src, model_name, data.num_classes, dev)
         check_input_size(model, data.train_x.shape[1:3], model_name or str(src))
@@ -692,23 +673,10 @@ def _restore(model, opt, scaler, gen, device: torch.device, state: dict[str, Any
 # ------------------------------------------------------------------------- state persistence
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write ``path`` through a temporary file in its folder, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_state(state: dict[str, Any], path: str | Path) -> Path:
     """Persist a checkpoint state atomically (``torch.save``)."""
     path = Path(path)
-    _atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic_file(path, lambda tmp: torch.save(state, tmp))
     return path
 
 
@@ -738,7 +706,7 @@ def save_finetuned(
     tensors = {
         k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()
     }
-    _atomic_write(path / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp))
+    atomic_file(path / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp))
     model_config: dict[str, Any] = {
         "pretrained_cfg": {"tag": "whichmodel"},
         "whichmodel": json.loads(json.dumps(meta or {})),
@@ -747,7 +715,7 @@ def save_finetuned(
         model_config["label_names"] = list(label_names)
     keys = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
     data = {k: data_cfg[k] for k in keys if k in data_cfg}
-    _atomic_write(
+    atomic_file(
         path / CONFIG_FILE,
         lambda tmp: save_config_for_hf(model, tmp, model_config=model_config, data_config=data),
     )

@@ -1,4 +1,5 @@
-"""timm models behind one interface: parse a catalogue ``source``, build, embed (design.md §3, §4).
+"""timm models behind one interface: parse a catalogue ``source``, build, embed
+(docs/design.md §3, §4).
 
 A catalogue entry's ``source`` is one of
 
@@ -400,3 +401,27 @@ def _sha256_file(path: str, size: int, mtime_ns: int) -> str:
         while chunk := f.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+class PixelNormalizer:
+    """The one model-side preprocessing: uint8 NHWC pixels -> float NCHW in [0, 1] on the model's
+    device -> bicubic resize to ``size`` when the pixels come at another size -> normalised with
+    the model's own mean/std, channels-last. Used by the embedder and the fine-tune loop."""
+
+    def __init__(self, mean: Any, std: Any, device: torch.device, size: int | None = None) -> None:
+        if len(mean) != 3 or len(std) != 3:
+            raise ValueError(f"mean and std need 3 values each, got {mean!r} and {std!r}")
+        self.device = device
+        self.size = size
+        self.mean = torch.tensor([float(v) for v in mean], device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor([float(v) for v in std], device=device).view(1, 3, 1, 1)
+
+    def __call__(self, pixels: torch.Tensor | Any) -> torch.Tensor:
+        x = torch.as_tensor(pixels).to(self.device, non_blocking=True)
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        if self.size is not None and (x.shape[-1] != self.size or x.shape[-2] != self.size):
+            x = torch.nn.functional.interpolate(
+                x, size=(self.size, self.size), mode="bicubic", antialias=True, align_corners=False
+            ).clamp_(0.0, 1.0)
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last)

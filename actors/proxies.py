@@ -1,4 +1,4 @@
-"""Task-aware proxies behind one interface (design.md §1 task-aware, §5 more proxies).
+"""Task-aware proxies behind one interface (docs/design.md §1 task-aware, §5 more proxies).
 
 A proxy takes the train/validation embeddings and labels of one (model, task), plus the
 source-class probabilities where it needs them, and returns a score where higher is better and
@@ -630,14 +630,38 @@ def nce(inp: ProxyInput, *, split: str = "train") -> ProxyResult:
 # registry and the checked entry point
 
 
-PROXIES: dict[str, Callable[..., ProxyResult]] = {
-    "knn": knn,
-    "linear": linear,
-    "logme": logme,
-    "hscore_reg": hscore_reg,
-    "gbc": gbc,
-    "leep": leep,
-    "nce": nce,
+@dataclass(frozen=True)
+class ProxySpec:
+    """A task-aware proxy and what the rest of the engine needs to know about it.
+
+    ``fn(inp, **options) -> ProxyResult``; ``label``: its name in reports and search output;
+    ``needs_val``: scores on the validation split (refused without one); ``needs_source_probs``:
+    needs the model's source-class probabilities (other models get "not applicable");
+    ``preset_section``: the preset table its options come from (``[NAME.<section>]``), if any;
+    ``default``: run by a benchmark whose config names no proxies."""
+
+    name: str
+    fn: Callable[..., ProxyResult]
+    label: str
+    needs_val: bool = False
+    needs_source_probs: bool = False
+    preset_section: str | None = None
+    default: bool = False
+
+
+PROXIES: dict[str, ProxySpec] = {
+    spec.name: spec
+    for spec in (
+        ProxySpec("knn", knn, "kNN", needs_val=True, preset_section="knn", default=True),
+        ProxySpec(
+            "linear", linear, "linear-probe", needs_val=True, preset_section="linear", default=True
+        ),
+        ProxySpec("logme", logme, "LogME"),
+        ProxySpec("hscore_reg", hscore_reg, "H-score"),
+        ProxySpec("gbc", gbc, "GBC"),
+        ProxySpec("leep", leep, "LEEP", needs_source_probs=True),
+        ProxySpec("nce", nce, "NCE", needs_source_probs=True),
+    )
 }
 
 
@@ -689,9 +713,6 @@ def validate_input(inp: ProxyInput) -> None:
     _check_probs("val", inp.val_probs, len(inp.val_y), k)
 
 
-_NEEDS_VAL = {"knn", "linear"}
-
-
 def run_proxy(name: str, inp: ProxyInput, **options) -> ProxyResult:
     """Validate ``inp``, run proxy ``name`` with ``options``, time it; the score is finite or None.
 
@@ -700,10 +721,11 @@ def run_proxy(name: str, inp: ProxyInput, **options) -> ProxyResult:
     if name not in PROXIES:
         raise ValueError(f"unknown proxy {name!r}; known: {', '.join(PROXIES)}")
     validate_input(inp)
-    if name in _NEEDS_VAL and len(inp.val_y) == 0:
+    spec = PROXIES[name]
+    if spec.needs_val and len(inp.val_y) == 0:
         raise ValueError(f"{name} needs a non-empty validation split")
     start = time.perf_counter()
-    result = PROXIES[name](inp, **options)
+    result = spec.fn(inp, **options)
     seconds = time.perf_counter() - start
     if result.score is not None:
         if not math.isfinite(result.score):

@@ -58,7 +58,8 @@ from make_photos import count_images, make_photos  # noqa: E402
 
 from actors.decode import decode_image  # noqa: E402
 from actors.models import build_model, embed_forward, parse_source  # noqa: E402
-from engine.stages.store import SPLITS, Partition, read_partition  # noqa: E402
+from engine.core.schema import SPLITS  # noqa: E402
+from engine.stages.store import Partition, read_partition  # noqa: E402
 
 POOL = "Bench"
 TASK = "photos"

@@ -44,7 +44,8 @@ import ray  # noqa: F401  (puts the psutil that Ray bundles on sys.path)
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from engine.stages.store import SPLITS, read_metadata, read_partition, stored_pairs  # noqa: E402
+from engine.core.schema import SPLITS  # noqa: E402
+from engine.stages.store import read_metadata, read_partition, stored_pairs  # noqa: E402
 
 MODELS = [
     ("r10", "timm:resnet10t@random"),

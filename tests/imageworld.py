@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from engine.core.catalog import load_catalogue
+from engine.core.schema import SPLITS
 from engine.demo.convert import convert_efficientnet_lite
 from engine.stages.embed import EmbedConfig, embed
-from engine.stages.store import SPLITS
 from engine.tasks.loader import load_tasks
 
 SIZE = 64

@@ -16,8 +16,9 @@ from actors.decode import to_rgb
 from actors.models import build_model, embed_forward, parse_source
 from engine.core.catalog import load_catalogue
 from engine.core.errors import UserError
+from engine.core.schema import SPLITS
 from engine.stages.embed import embed
-from engine.stages.store import SPLITS, Partition, read_metadata, read_partition
+from engine.stages.store import Partition, read_metadata, read_partition
 from engine.tasks.loader import load_tasks
 
 

@@ -70,7 +70,7 @@ def test_unsafe_name_is_refused_naming_file_kind_and_name(tmp_path, kind, name):
 
 
 def test_hidden_task_name_is_refused_by_the_path_rule(tmp_path):
-    # ".hidden" passes the tasks file's character rule; the path rule refuses it
+    # one rule for models, tasks and the store (engine.core.names)
     with pytest.raises(UserError, match=r"task name '\.hidden': must not start with '\.'"):
         load_tasks(write_tasks(tmp_path, ".hidden"))
 
@@ -81,7 +81,7 @@ def test_safe_model_names_load(tmp_path, name):
     assert catalogue.models["model"].to_list() == [name]
 
 
-@pytest.mark.parametrize("name", ["flowers", "vtab.dtd", "a-b_c", "x" * 200])
+@pytest.mark.parametrize("name", ["flowers", "vtab.dtd", "a-b_c", "x" * 200, *SAFE])
 def test_safe_task_names_load(tmp_path, name):
     assert [s.name for s in load_tasks(write_tasks(tmp_path, name))] == [name]
 
@@ -99,3 +99,24 @@ def test_cli_exits_2_and_writes_nothing_for_an_escaping_model_name(tmp_path, cap
     assert str(catalogue) in err and "'../../escape'" in err
     assert not store.exists() and not (tmp_path / "escape").exists()
     assert sorted(p.name for p in work.iterdir()) == ["catalog.toml", "tasks.toml"]
+
+
+def test_names_the_loaders_accept_embed_into_the_store(tmp_path, ray_session):
+    """One name rule: a model and a task named as pools/paper.toml names them ('Home & garden')
+    load, embed into the store under those names, and read back."""
+    from imageworld import write_folder
+
+    from engine.stages.embed import EmbedConfig, embed
+    from engine.stages.store import read_partition, stored_pairs
+
+    n = write_folder(tmp_path / "images", per_split=(2, 1, 1))
+    catalogue = load_catalogue(write_catalogue(tmp_path, "Home & garden"))
+    tasks = load_tasks(write_tasks(tmp_path, "Mode of transport"))
+    embed(catalogue, "All", tasks, tmp_path / "store", EmbedConfig(image_size=32, batch_size=8))
+    pairs = stored_pairs(tmp_path / "store")
+    assert list(pairs) == [("Home & garden", "Mode of transport")]
+    rows = sum(
+        len(read_partition(p)["index"])
+        for p in pairs["Home & garden", "Mode of transport"].values()
+    )
+    assert rows == n

@@ -5,6 +5,7 @@ shares no code path with ``actors.proxies``. "Real embeddings" come from a rando
 ResNet on scikit-learn digits upsampled to 32 px: real image features, cheap to compute.
 """
 
+import dataclasses
 import math
 
 import numpy as np
@@ -531,6 +532,7 @@ def test_run_proxy_rejects_bad_inputs():
 
 
 def test_run_proxy_refuses_nan_scores(monkeypatch):
-    monkeypatch.setitem(PROXIES, "knn", lambda inp, **kw: ProxyResult(float("nan")))
+    nan = dataclasses.replace(PROXIES["knn"], fn=lambda inp, **kw: ProxyResult(float("nan")))
+    monkeypatch.setitem(PROXIES, "knn", nan)
     with pytest.raises(ValueError, match="non-finite"):
         run_proxy("knn", blobs(18, 10, 4, 3, 2))

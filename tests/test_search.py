@@ -148,7 +148,7 @@ def finetuned(setup, first):
 
 
 def expected_rankings(scores: dict[str, float]) -> tuple[list[str], list[str]]:
-    """(task-agnostic order, linear-probe order) of MODELS, by design.md §1."""
+    """(task-agnostic order, linear-probe order) of MODELS, by docs/design.md §1."""
     agnostic = sorted(
         range(len(MODELS)), key=lambda i: (-MODELS[i][2], -MODELS[i][3], -MODELS[i][4], i)
     )

@@ -17,6 +17,7 @@ from PIL import Image
 
 from actors.decode import decode_batch
 from engine.core.errors import UserError
+from engine.tasks import builtin as builtin_tasks
 from engine.tasks.builtin import BUILTINS, builtin_names, read_idx
 from engine.tasks.loader import (
     SOURCES,
@@ -28,7 +29,6 @@ from engine.tasks.loader import (
     task_fingerprint,
     task_summary,
 )
-from engine.tasks.loader import builtin as builtin_tasks
 
 MODES = ("RGB", "L", "RGBA", "P", "I;16")
 
@@ -127,7 +127,7 @@ def test_load_tasks_reads_entries_and_options(tmp_path: Path) -> None:
     [
         ('name = "../up"\nsource = "builtin"', r"entry #1: 'name' must be"),
         ('name = "a/b"\nsource = "builtin"', r"'name' must be"),
-        ('name = "a..b"\nsource = "builtin"', r"'name' must be"),
+        ('name = ".hidden"\nsource = "builtin"', r"'name' must be"),
         ('name = ""\nsource = "builtin"', r"'name' must be"),
         ('source = "builtin"', r"'name' must be"),
         ('name = "x"\nsource = "ftp"', r"task 'x': unknown source 'ftp' \(available: folder, "),

@@ -1,5 +1,5 @@
 """The analysis driver: from catalogue, finetune and scores tables to the selections, regret,
-curves and zero-regret-budget tables of design.md §2, for every pool. Pure Polars/NumPy."""
+curves and zero-regret-budget tables of docs/design.md §2, for every pool. Pure Polars/NumPy."""
 
 import logging
 from collections.abc import Sequence

@@ -1,4 +1,4 @@
-"""Search strategies (paper §3, design.md §1) and their one registry.
+"""Search strategies (paper §3, docs/design.md §1) and their one registry.
 
 A strategy ranks the models of one pool for every task: ``rank(pool) -> order`` with ``order`` an
 int array of shape (tasks, models) holding model indices, best first. A selection at budget B

@@ -12,7 +12,7 @@ rerunning the same config computes nothing new. A RUN.toml (paths relative to th
     catalog = "catalog.toml"      # required
     pools = ["All"]               # default: every pool of the catalogue
     tasks = "tasks.toml"          # required
-    preset = "quick"              # engine/presets.toml section, or FILE.toml[:NAME]
+    preset = "quick"              # engine/core/presets.toml section, or FILE.toml[:NAME]
     proxies = ["linear", "knn"]   # default linear, knn; [] skips the probe stage
     budgets = "1-3"               # default: 1 to each pool's size (at most 50)
     store = "store"               # embedding store (default RUN/store); may be shared
@@ -47,6 +47,7 @@ from typing import Any
 import polars as pl
 import pyarrow.parquet as pq
 
+from actors.proxies import PROXIES
 from engine.analysis import tables
 from engine.analysis.analyze import Analysis, analyze
 from engine.analysis.plots import write_plots
@@ -72,7 +73,7 @@ KEYS = (
     "store",
     "log_odds",
 )
-DEFAULT_PROXIES = ("linear", "knn")
+DEFAULT_PROXIES = tuple(name for name, spec in PROXIES.items() if spec.default)
 
 
 @dataclass(frozen=True)
@@ -228,8 +229,6 @@ def load_config(path: Path) -> BenchmarkConfig:
 
 def _check_names(config: BenchmarkConfig) -> None:
     """Fail before any work: pools, tasks, preset and proxies must all resolve."""
-    from actors.proxies import PROXIES
-
     catalogue = load_catalogue(config.catalog)
     for pool in config.pools or catalogue.pool_names():
         if catalogue.pool(pool).height == 0:

@@ -5,7 +5,7 @@ import time
 from pathlib import Path
 
 from engine.apps.benchmark import load_config, run_benchmark
-from engine.demo.pool import demo_run_config, ensure_demo_pool, say
+from engine.demo.pool import demo_run_config, ensure_demo_pool, print_progress
 
 
 def run_demo(out: Path | str, cache: Path | None = None) -> Path:
@@ -15,5 +15,6 @@ def run_demo(out: Path | str, cache: Path | None = None) -> Path:
     catalog, _ = ensure_demo_pool(cache)
     config = load_config(demo_run_config(catalog, out))
     run = run_benchmark(config, out)
-    say(f"demo done in {math.ceil(time.perf_counter() - start)} s: {run / 'report.html'}")
+    seconds = math.ceil(time.perf_counter() - start)
+    print_progress(f"demo done in {seconds} s: {run / 'report.html'}")
     return run

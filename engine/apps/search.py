@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from actors.proxies import PROXIES
 from engine.analysis.strategies import (
     AGNOSTIC_SLOT,
     HYBRID_PREFIX,
@@ -32,6 +33,7 @@ from engine.analysis.strategies import (
 )
 from engine.core.catalog import Catalogue, load_catalogue
 from engine.core.errors import UserError
+from engine.core.names import MAX_NAME_BYTES, check_name
 from engine.core.outputs import atomic_directory, write_table
 from engine.tasks.loader import IMAGE_EXTENSIONS, SOURCES, TaskData, TaskSpec, check_task
 
@@ -41,15 +43,6 @@ DEFAULT_WORK_ROOT = Path("whichmodel-search")
 VTAB_TRAIN, VTAB_VAL = 800, 200
 VTAB_MIN_IMAGES = 1250  # below this, a 60/20/20 split instead of VTAB-1k's 800/200/rest
 SPLIT_NAMES = {"train", "val", "validation", "test"}
-PROXY_LABELS = {
-    "linear": "linear-probe",
-    "knn": "kNN",
-    "logme": "LogME",
-    "hscore_reg": "H-score",
-    "gbc": "GBC",
-    "leep": "LEEP",
-    "nce": "NCE",
-}
 FACTS = ("family", "upstream_dataset", "upstream_size", "imagenet_top1", "params", "dim")
 
 
@@ -104,11 +97,12 @@ class SearchResult:
 
 
 def task_name(data: Path) -> str:
-    """The task name: the folder's or file's name, as a safe path component."""
+    """The task name: the folder's or file's name in letters, digits, '_', '.', '-' (runs of
+    anything else become '_'), so that it also makes a tidy folder name under the work dir."""
     path = data.resolve()
     stem = path.name if path.is_dir() else path.stem
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("._") or "task"
-    return name
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("._")[:MAX_NAME_BYTES] or "task"
+    return check_name("task", name, str(data))  # the one rule (engine.core.names) holds
 
 
 def _visible(path: Path, top: Path) -> bool:
@@ -213,8 +207,6 @@ def _quiet_repeats() -> Iterator[None]:
 
 def strategy_proxies(strategy: str) -> list[str]:
     """The proxies a strategy needs: none for ``task_agnostic``, else its one proxy."""
-    from actors.proxies import PROXIES
-
     if strategy == "task_agnostic":
         return []
     proxy = strategy.removeprefix(HYBRID_PREFIX)
@@ -295,7 +287,7 @@ def aware_reason(
     na_reason: str | None,
 ) -> str:
     """Why the ``k``-th task-aware pick ``order[i]`` is where it is in the proxy's ranking."""
-    label = PROXY_LABELS.get(proxy, proxy)
+    label = PROXIES[proxy].label
     model = order[i]
     score = scores.get(model)
     if score is None:

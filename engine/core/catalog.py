@@ -1,4 +1,4 @@
-"""Model catalogue and pools, loaded from a TOML file (design.md §1 "Pools", §2).
+"""Model catalogue and pools, loaded from a TOML file (docs/design.md §1 "Pools", §2).
 
 A catalogue file lists models as ``[[models]]`` tables whose keys are the columns of
 ``engine.core.schema.CATALOGUE``, and defines pools in a ``[pools]`` table. A pool is data, never

@@ -1,4 +1,4 @@
-"""Presets as data (engine/presets.toml): the numbers of each stage, validated on load.
+"""Presets as data (engine/core/presets.toml): the numbers of each stage, validated on load.
 
 A user's own presets live in a TOML file of the same layout (``[NAME.section]`` tables), passed
 as ``FILE.toml`` (the file must hold exactly one preset) or ``FILE.toml:NAME``. The

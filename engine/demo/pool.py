@@ -1,5 +1,5 @@
 """The embedded default, ``whichmodel demo``: a whole benchmark on data and weights that install
-offline (design.md §4), no network.
+offline (docs/design.md §4), no network.
 
 The pool (``ensure_demo_pool``), built once into a cache directory and reused:
 
@@ -156,7 +156,7 @@ def demo_fingerprint(
     return recipe_fingerprint((*experts, extra), size)
 
 
-def say(text: str) -> None:
+def print_progress(text: str) -> None:
     print(f"[demo] {text}", file=sys.stderr, flush=True)
 
 
@@ -255,7 +255,8 @@ def _write_parquet_task(path: Path, images: list[np.ndarray], labels: list[str])
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from engine.tasks.loader import SPLITS, encode_png, stratified_split
+    from engine.core.schema import SPLITS
+    from engine.tasks.loader import encode_png, stratified_split
 
     names = sorted(set(labels))
     codes = stratified_split(np.array([names.index(v) for v in labels]), 800, 200, 0)
@@ -432,7 +433,7 @@ def _pretrain_all(
 def ensure_demo_pool(
     cache: Path | None = None,
     experts: tuple[ExpertRecipe, ...] = EXPERTS,
-    say: Callable[[str], None] = say,
+    say: Callable[[str], None] = print_progress,
 ) -> tuple[Path, str]:
     """Build (once) the demo's model pool and tasks in the cache; return (catalogue, pool).
 

@@ -47,12 +47,12 @@ from actors.pipeline import RunLedger, decode_stage
 from engine.cluster.connect import cluster_cpus_gpus, ensure_ray
 from engine.core.catalog import Catalogue
 from engine.core.errors import UserError
+from engine.core.names import check_name
 from engine.core.presets import preset_resources
 from engine.core.resources import Resources
+from engine.core.schema import SPLITS
 from engine.stages.store import (
-    SPLITS,
     Partition,
-    check_name,
     partition_key,
     record_run,
     write_partition,
@@ -142,7 +142,7 @@ class EmbedSummary:
 
 def plan_model(name: str, source: str, base_dir: Path, cfg: EmbedConfig) -> ModelPlan:
     """Resolve a catalogue entry to its preprocessing (from timm's config) and fingerprints."""
-    check_name(name, "model")
+    check_name("model", name, "embed")
     src = parse_source(source, base_dir)
     check_source(src, name)
     dc = data_config_for(src, cfg)
@@ -527,7 +527,7 @@ def embed(
     summary = EmbedSummary()
     task_meta, fingerprints, data = {}, {}, {}
     for spec in tasks:
-        check_name(spec.name, "task")
+        check_name("task", spec.name, "embed")
         data[spec.name] = load_task(spec)
         fingerprints[spec.name] = fp = task_fingerprint(data[spec.name])
         task_meta[spec.name] = {

@@ -49,6 +49,24 @@ class FinetuneSummary:
     phases: dict[str, float] = field(default_factory=dict)
 
 
+SETTINGS = (
+    "steps",
+    "batch_size",
+    "head_steps",
+    "head_lr",
+    "checkpoint_every",
+    "augment",
+    "precision",
+)
+
+
+def finetune_settings(preset: dict) -> dict:
+    """The fields of ``actors.finetune.FinetuneConfig`` a preset's ``[finetune]`` sets (all but
+    the trial's lr and seed)."""
+    ft = preset["finetune"]
+    return {k: ft[k] for k in SETTINGS} | {"head_lr": float(ft["head_lr"])}
+
+
 def select_pairs(
     catalogue: Catalogue,
     pool: str,
@@ -158,19 +176,7 @@ def run_finetune(
     if pairs is None:
         pairs = [(m, t) for m in members["model"] for t in task_names]
     wanted = sorted({m for m, _ in pairs})
-    settings = {
-        k: ft[k]
-        for k in (
-            "steps",
-            "batch_size",
-            "head_steps",
-            "head_lr",
-            "checkpoint_every",
-            "augment",
-            "precision",
-        )
-    }
-    settings["head_lr"] = float(settings["head_lr"])
+    settings = finetune_settings(preset)
     ensure_ray()
     needed = [s for s in specs if s.name in {t for _, t in pairs}]
     pixels, models = trial_inputs(catalogue, pool, wanted, needed, preset)

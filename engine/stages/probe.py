@@ -9,7 +9,6 @@ interruption, it restores the experiment and runs only the trials that did not f
 import hashlib
 import json
 import logging
-import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from actors.proxies import PROXIES
 from engine.cluster.connect import ensure_ray
 from engine.core import schema
 from engine.core.errors import UserError
+from engine.core.outputs import atomic_file
 from engine.core.presets import preset_resources
 from engine.core.resources import cluster_nodes, trial_resources
 from engine.stages.store import read_metadata, read_partition, stored_pairs
@@ -163,10 +163,5 @@ def write_scores(scores: pl.DataFrame, out: str | Path) -> None:
     out = Path(out)
     if out.suffix not in (".parquet", ".csv"):
         raise UserError(f"{out}: the scores table must end in .parquet or .csv")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex}")
-    try:
-        scores.write_parquet(tmp) if out.suffix == ".parquet" else scores.write_csv(tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write = scores.write_parquet if out.suffix == ".parquet" else scores.write_csv
+    atomic_file(out, write)

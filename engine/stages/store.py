@@ -15,10 +15,7 @@ partition that a later run would trust.
 
 import hashlib
 import json
-import os
-import re
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,19 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine.core.errors import UserError
-
-SPLITS = ("train", "val", "test")
-_SAFE = re.compile(r"^[A-Za-z0-9_.+-]+$")
-
-
-def check_name(name: str, what: str) -> str:
-    """A model or task name that is safe as a path component (no separators, no '..')."""
-    if not _SAFE.match(name) or name in (".", "..") or ".." in name:
-        raise UserError(
-            f"{what} name {name!r} cannot be used in the store: use letters, digits, '_', '-', "
-            "'.', '+' only"
-        )
-    return name
+from engine.core.outputs import atomic_file, atomic_text
 
 
 def partition_key(*parts: str) -> str:
@@ -99,13 +84,7 @@ def write_partition(
     if probs is not None:
         p = np.ascontiguousarray(probs[order], dtype=np.float32)
         columns["probs"] = pa.FixedSizeListArray.from_arrays(pa.array(p.ravel()), p.shape[1])
-    part.directory.mkdir(parents=True, exist_ok=True)
-    tmp = part.directory / f".{part.key}.tmp-{uuid.uuid4().hex}"
-    try:
-        pq.write_table(pa.table(columns), tmp)
-        os.replace(tmp, part.path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_file(part.path, lambda tmp: pq.write_table(pa.table(columns), tmp))
     for old in part.directory.glob("*.parquet"):
         if old != part.path:
             old.unlink(missing_ok=True)
@@ -138,10 +117,7 @@ def read_metadata(store: Path) -> dict:
 
 def write_metadata(store: Path, meta: dict) -> None:
     """Replace the store's metadata.json atomically."""
-    store.mkdir(parents=True, exist_ok=True)
-    tmp = store / f".metadata.json.tmp-{uuid.uuid4().hex}"
-    tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
-    os.replace(tmp, store / "metadata.json")
+    atomic_text(store / "metadata.json", json.dumps(meta, indent=1, sort_keys=True))
 
 
 def record_run(store: Path, models: dict, tasks: dict, run: dict) -> None:

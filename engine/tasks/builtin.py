@@ -1,4 +1,4 @@
-"""Built-in offline tasks: labelled images from data that installs as packages (design.md §4).
+"""Built-in offline tasks: labelled images from data that installs as packages (docs/design.md §4).
 
 Each built-in returns raw pixels (:class:`BuiltinData`); the ``builtin`` source of
 ``engine.tasks.loader`` splits them (seeded, stratified) and PNG-encodes the rows it keeps.

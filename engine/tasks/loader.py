@@ -40,7 +40,6 @@ import hashlib
 import io
 import json
 import logging
-import re
 import struct
 import tomllib
 from collections.abc import Callable
@@ -53,15 +52,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.core.errors import UserError
-from engine.core.names import check_name
+from engine.core.names import name_problem
+from engine.core.schema import SPLITS
 from engine.tasks.builtin import BUILTINS, BuiltinData, builtin_names, load_builtin
 
 log = logging.getLogger("whichmodel")
 
-SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 DEFAULT_BUILTIN_MAX_TEST = 2000
-_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _SPLIT_ALIASES = {"train": "train", "val": "val", "validation": "val", "test": "test"}
 
 # option name -> (type, minimum); every source accepts the common ones
@@ -161,12 +159,12 @@ def parse_tasks(entries: Any, base_dir: Path, where: str) -> list[TaskSpec]:
 
 def _parse_task(entry: dict[str, Any], i: int, base_dir: Path, where: str) -> TaskSpec:
     name = entry.get("name")
-    if not isinstance(name, str) or not _NAME.match(name) or ".." in name or name == ".":
+    problem = name_problem(name)
+    if problem is not None:
         raise UserError(
-            f"{where}: [[tasks]] entry #{i}: 'name' must be a non-empty string of letters, "
-            f"digits, '_', '.', '-' (no '..'), got {name!r}"
+            f"{where}: [[tasks]] entry #{i}: 'name' must be usable as one path component: "
+            f"task name {name!r}: {problem}"
         )
-    check_name("task", name, where)
     here = f"{where}: task {name!r}"
     category = entry.get("category", "unknown")
     if not isinstance(category, str) or not category.strip():

@@ -1,0 +1,143 @@
+"""One contract test per registry, over every member: every proxy, every task source and
+built-in, every shipped preset, every shipped catalogue. A new member that breaks the contract
+fails here before it reaches a user."""
+
+import math
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from imageworld import write_folder, write_parquet_task
+
+from actors.finetune import FinetuneConfig, check_config
+from actors.proxies import PROXIES, ProxyInput, run_proxy
+from engine.core.catalog import load_catalogue
+from engine.core.names import name_problem
+from engine.core.presets import PRESETS_FILE, load_preset, preset_resources
+from engine.core.schema import SPLITS
+from engine.stages.embed import embed_config
+from engine.stages.finetune import finetune_settings
+from engine.stages.probe import proxy_options
+from engine.tasks.builtin import BUILTINS
+from engine.tasks.loader import SOURCES, TaskSpec, check_task, load_task
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_PRESETS = list(tomllib.loads(PRESETS_FILE.read_text()))
+CATALOGUES = sorted(p for p in (ROOT / "pools").glob("*.toml") if p.name != "demo_run.toml")
+
+
+def tiny_input(with_probs: bool, seed: int = 0) -> ProxyInput:
+    """Three Gaussian classes in 6 dimensions, with source-class probabilities if asked."""
+    rng = np.random.default_rng(seed)
+    means = rng.normal(0, 3, (3, 6))
+    ty, vy = np.arange(30) % 3, np.arange(12) % 3
+    tx = (means[ty] + rng.normal(0, 1, (30, 6))).astype(np.float32)
+    vx = (means[vy] + rng.normal(0, 1, (12, 6))).astype(np.float32)
+    if not with_probs:
+        return ProxyInput(tx, ty, vx, vy, 3)
+    tp, vp = rng.dirichlet(np.ones(5), 30), rng.dirichlet(np.ones(5), 12)
+    return ProxyInput(tx, ty, vx, vy, 3, tp, vp)
+
+
+# --------------------------------------------------------------------------------- proxies
+
+
+@pytest.mark.parametrize("name", list(PROXIES))
+def test_every_proxy_keeps_the_contract(name):
+    spec = PROXIES[name]
+    assert spec.name == name and spec.label.strip() and callable(spec.fn)
+    small = {"steps": 20, "reps": 2, "batch_size": 8} if name == "linear" else {}
+    scored = run_proxy(name, tiny_input(with_probs=True), **small)
+    assert isinstance(scored.score, float) and math.isfinite(scored.score)
+    assert scored.seconds >= 0
+    no_head = run_proxy(name, tiny_input(with_probs=False), **small)
+    if spec.needs_source_probs:
+        assert no_head.score is None and "source" in no_head.reason
+    else:
+        assert isinstance(no_head.score, float) and math.isfinite(no_head.score)
+    inp = tiny_input(with_probs=False)
+    empty_val = ProxyInput(inp.train_x, inp.train_y, inp.val_x[:0], inp.val_y[:0], 3)
+    if spec.needs_val:
+        with pytest.raises(ValueError, match="validation"):
+            run_proxy(name, empty_val, **small)
+
+
+def test_default_proxies_are_the_papers():
+    assert sorted(n for n, s in PROXIES.items() if s.default) == ["knn", "linear"]
+
+
+# --------------------------------------------------------------------------------- presets
+
+
+@pytest.mark.parametrize("name", SHIPPED_PRESETS)
+def test_every_shipped_preset_builds_every_stage_config(name):
+    preset = load_preset(name)
+    cfg = embed_config(preset)
+    assert cfg.batch_size >= 1 and (cfg.image_size is None or cfg.image_size >= 1)
+    preset_resources(preset)
+    settings = finetune_settings(preset)
+    for rep, lr in enumerate(preset["finetune"]["lrs"]):
+        check_config(FinetuneConfig(lr=float(lr), seed=rep, **settings))
+    options = proxy_options(preset, list(PROXIES))
+    for proxy, opts in options.items():
+        assert PROXIES[proxy].preset_section == proxy
+        if "steps" in opts:  # the paper's grid is too slow for a contract test: shorten only that
+            opts = dict(opts, steps=min(opts["steps"], 20))
+        result = run_proxy(proxy, tiny_input(with_probs=False), **opts)
+        assert result.score is not None and math.isfinite(result.score), (name, proxy)
+
+
+# ------------------------------------------------------------------------------ catalogues
+
+
+@pytest.mark.parametrize("path", CATALOGUES, ids=[p.name for p in CATALOGUES])
+def test_every_shipped_catalogue_loads_and_every_pool_resolves(path):
+    catalogue = load_catalogue(path)
+    models = catalogue.models["model"].to_list()
+    assert models and len(set(models)) == len(models)
+    assert all(name_problem(m) is None for m in models)
+    assert catalogue.pool_names()
+    for pool in catalogue.pool_names():
+        members = catalogue.pool(pool)["model"].to_list()
+        assert members and set(members) <= set(models), (path.name, pool)
+
+
+# ---------------------------------------------------------------------------- task sources
+
+
+def _source_spec(source: str, root: Path) -> TaskSpec:
+    if source == "folder":
+        write_folder(root / "images", per_split=(2, 1, 1))
+        return TaskSpec("folder_task", "natural", "folder", {"root": "images"}, root)
+    if source == "parquet":
+        write_parquet_task(root / "task.parquet")
+        return TaskSpec("parquet_task", "natural", "parquet", {"path": "task.parquet"}, root)
+    options = {"builtin": "digits", "train": 20, "val": 10, "max_test": 10}
+    return TaskSpec("builtin_task", "natural", "builtin", options, root)
+
+
+def _assert_valid(data, name: str) -> None:
+    check_task(data)
+    assert data.name == name and len(data.classes) >= 2
+    table = data.table
+    assert {"index", "label", "split", data.column_for_image} <= set(table.column_names)
+    assert set(table["split"].to_pylist()) == set(SPLITS)
+    labels = table["label"].to_numpy()
+    assert labels.min() >= 0 and labels.max() < len(data.classes)
+    assert len(set(table["index"].to_pylist())) == table.num_rows
+
+
+@pytest.mark.parametrize("source", list(SOURCES))
+def test_every_task_source_returns_a_valid_task(tmp_path, source):
+    spec = _source_spec(source, tmp_path)
+    _assert_valid(load_task(spec), spec.name)
+
+
+@pytest.mark.parametrize("builtin", list(BUILTINS))
+def test_every_builtin_task_returns_a_valid_task(tmp_path, builtin):
+    if builtin == "fashion_mnist" and not Path("/usr/share/datasets/fashion-mnist").is_dir():
+        pytest.skip("Debian package dataset-fashion-mnist not installed")
+    options = {"builtin": builtin, "train": 20, "val": 10, "max_test": 10}
+    spec = TaskSpec(builtin, "natural", "builtin", options, tmp_path)
+    _assert_valid(load_task(spec), builtin)
