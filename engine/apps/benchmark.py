@@ -51,12 +51,17 @@ from actors.proxies import PROXIES
 from engine.analysis import tables
 from engine.analysis.analyze import Analysis, analyze
 from engine.analysis.plots import write_plots
+from engine.analysis.report import ReportData, write_report
 from engine.analysis.summary import summary_text
 from engine.core import schema
 from engine.core.catalog import Catalogue, load_catalogue
 from engine.core.errors import UserError
 from engine.core.outputs import atomic_directory, atomic_text, is_uri, run_directory, write_table
 from engine.core.presets import load_preset
+from engine.stages.embed import embed, embed_config
+from engine.stages.finetune import run_finetune
+from engine.stages.probe import probe, write_scores
+from engine.stages.store import read_metadata, stored_pairs
 from engine.tasks.loader import TaskSpec, load_tasks
 
 log = logging.getLogger("whichmodel")
@@ -73,6 +78,7 @@ KEYS = (
     "store",
     "log_odds",
 )
+
 DEFAULT_PROXIES = tuple(name for name, spec in PROXIES.items() if spec.default)
 
 
@@ -324,7 +330,6 @@ def _study(config: BenchmarkConfig, run: Path) -> Path:
     driver.say(records[-1].line())
     compute = _compute(run, records, finetune_path, scores_path)
     tasks_df, models_df = _write_tables(run, study, union, store, specs, analysis, pools)
-    from engine.analysis.report import ReportData, write_report
 
     report = write_report(
         ReportData(
@@ -349,8 +354,6 @@ def _study(config: BenchmarkConfig, run: Path) -> Path:
 
 
 def _embed_stage(study, union, specs, store, preset, driver) -> StageRecord:
-    from engine.stages.embed import embed, embed_config
-
     start = time.perf_counter()
     cfg = embed_config(preset)
     driver.say(f"embed: {store}")
@@ -373,7 +376,6 @@ def _probe_stage(store, run, proxies, preset, models, task_names, driver) -> Sta
         record = StageRecord("probe", "skipped (no proxies)", 0, 0, 0.0, 0.0)
         driver.say(record.line())
         return record
-    from engine.stages.probe import probe, write_scores
 
     driver.say(f"probe: {', '.join(proxies)} on every stored (model, task) pair")
     summary = probe(store, list(proxies), preset, models=models, tasks=task_names)
@@ -391,8 +393,6 @@ def _probe_stage(store, run, proxies, preset, models, task_names, driver) -> Sta
 
 
 def _finetune_stage(study, union, specs, preset, run, driver) -> tuple[StageRecord, Path]:
-    from engine.stages.finetune import run_finetune
-
     start = time.perf_counter()
     out = run / "finetune"
     ft = preset["finetune"]
@@ -458,8 +458,6 @@ def _analyze(
 
 def _tasks_table(store: Path, models: list[str], specs: list[TaskSpec]) -> pl.DataFrame:
     """task, category, num_classes and split sizes, read from the store's partitions."""
-    from engine.stages.store import read_metadata, stored_pairs
-
     meta = read_metadata(store)["tasks"]
     pairs = stored_pairs(store)
     rows = []

@@ -17,13 +17,14 @@ import contextlib
 import logging
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
+from actors.finetune import finetuned_meta
 from actors.proxies import PROXIES
 from engine.analysis.strategies import (
     AGNOSTIC_SLOT,
@@ -35,6 +36,11 @@ from engine.core.catalog import Catalogue, load_catalogue
 from engine.core.errors import UserError
 from engine.core.names import MAX_NAME_BYTES, check_name
 from engine.core.outputs import atomic_directory, write_table
+from engine.core.presets import load_preset
+from engine.demo.pool import ensure_demo_pool
+from engine.stages.embed import embed, embed_config
+from engine.stages.finetune import run_finetune, select_pairs
+from engine.stages.probe import probe, write_scores
 from engine.tasks.loader import IMAGE_EXTENSIONS, SOURCES, TaskData, TaskSpec, check_task
 
 log = logging.getLogger("whichmodel")
@@ -224,8 +230,6 @@ def resolve_catalogue(
     """The catalogue (default: the embedded demo pool, pre-trained on first use) and the pool:
     the one given, else the default's pool, a catalogue's only pool, or its pool ``All``."""
     if catalogue is None:
-        from engine.demo.pool import ensure_demo_pool
-
         path, default_pool = ensure_demo_pool()
         catalogue, pool = path, pool or default_pool
     cat = catalogue if isinstance(catalogue, Catalogue) else load_catalogue(catalogue)
@@ -363,11 +367,6 @@ def search(
 ) -> SearchResult:
     """Embed, probe and rank a pool's models for DATA and return the ``budget`` picks, each
     with its slot and reason; with ``finetune``, fine-tune the picks and export the winner."""
-    from engine.core.presets import load_preset
-    from engine.stages.embed import embed, embed_config
-    from engine.stages.finetune import select_pairs
-    from engine.stages.probe import probe, write_scores
-
     data = Path(data).expanduser()
     proxies = strategy_proxies(strategy)
     spec = task_spec(data)
@@ -434,11 +433,6 @@ def _check_applicable(scores: pl.DataFrame, proxy: str, pool: str) -> None:
 
 def _finetune(result: SearchResult, cat: Catalogue, spec: TaskSpec, numbers: dict) -> SearchResult:
     """Fine-tune the picks (select mode) and read the exported winner's record."""
-    from dataclasses import replace
-
-    from actors.finetune import finetuned_meta
-    from engine.stages.finetune import run_finetune
-
     out = result.work_dir / "finetune"
     pairs = [(p.model, spec.name) for p in result.picks]
     summary = run_finetune(cat, result.pool, [spec], numbers, out, pairs, export_winners=True)

@@ -6,6 +6,7 @@ any) stay as they were.
 """
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -14,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+from pyarrow import fs as pafs
+
+from engine.core.errors import UserError
 
 
 @contextlib.contextmanager
@@ -76,8 +80,6 @@ def is_uri(target: str | Path) -> bool:
 def staging_dir(uri: str) -> Path:
     """The local working copy of a run directory published at ``uri``:
     ``$WHICHMODEL_CACHE/runs/<digest>`` (default ``~/.cache/whichmodel/runs/<digest>``)."""
-    import hashlib
-
     root = os.environ.get("WHICHMODEL_CACHE")
     base = Path(root).expanduser() if root else Path.home() / ".cache" / "whichmodel"
     return base / "runs" / hashlib.sha256(uri.encode()).hexdigest()[:16]
@@ -85,10 +87,6 @@ def staging_dir(uri: str) -> Path:
 
 def _filesystem(uri: str) -> tuple[Any, str]:
     """(pyarrow filesystem, path inside it) of ``uri``; UserError when pyarrow cannot open it."""
-    from pyarrow import fs as pafs
-
-    from engine.core.errors import UserError
-
     try:
         return pafs.FileSystem.from_uri(uri)
     except (ValueError, OSError) as exc:  # ArrowInvalid (unknown scheme) is a ValueError
@@ -109,7 +107,6 @@ def run_directory(target: str | Path) -> Iterator[Path]:
         path.mkdir(parents=True, exist_ok=True)
         yield path
         return
-    from pyarrow import fs as pafs
 
     uri = str(target)
     fs, remote = _filesystem(uri)

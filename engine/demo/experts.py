@@ -30,8 +30,12 @@ import numpy as np
 from PIL import Image
 
 from actors.decode import crop_pixels
+from actors.finetune import FinetuneConfig, TaskPixels, finetune
+from actors.models import ModelSource, data_config
 from engine.core.errors import UserError
 from engine.core.outputs import atomic_file
+from engine.tasks.builtin import FASHION_CLASSES, _skimage_image, grid_patches, load_builtin
+from engine.tasks.loader import stratified_split
 
 RECIPE_VERSION = 1  # bump when the pre-training code changes what a recipe produces
 CROP_PCT = 0.875  # the run geometry of engine.stages.embed.EmbedConfig (image_size set)
@@ -117,8 +121,6 @@ def recipe_fingerprint(recipes: Iterable[ExpertRecipe], image_size: int) -> str:
 
 
 def _fashion(classes: tuple[str, ...]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    from engine.tasks.builtin import FASHION_CLASSES, load_builtin
-
     data = load_builtin("fashion_mnist", {})
     unknown = [c for c in classes if c not in FASHION_CLASSES]
     if unknown:
@@ -131,8 +133,6 @@ def _fashion(classes: tuple[str, ...]) -> tuple[list[str], np.ndarray, np.ndarra
 
 
 def _mnist(classes: tuple[str, ...]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    from engine.tasks.builtin import load_builtin
-
     data = load_builtin("mnist5k", {})
     wanted = [int(c) for c in classes] or list(range(10))
     keep = np.isin(data.labels, wanted)
@@ -142,8 +142,6 @@ def _mnist(classes: tuple[str, ...]) -> tuple[list[str], np.ndarray, np.ndarray]
 
 
 def _skimage(up: Upstream) -> tuple[list[str], np.ndarray, np.ndarray]:
-    from engine.tasks.builtin import _skimage_image, grid_patches
-
     images, labels = [], []
     for label, name in enumerate(up.classes):
         try:
@@ -161,8 +159,6 @@ def _skimage(up: Upstream) -> tuple[list[str], np.ndarray, np.ndarray]:
 def upstream_samples(up: Upstream, exclude: frozenset[bytes], seed: int = 0) -> UpstreamData:
     """The upstream's samples minus any whose pixels hash into ``exclude``, at most
     ``max_images`` (stratified, seeded), split into train and ``val`` rows."""
-    from engine.tasks.loader import stratified_split
-
     loaders: dict[str, Callable[[], tuple[list[str], np.ndarray, np.ndarray]]] = {
         "fashion_mnist": lambda: _fashion(up.classes),
         "mnist5k": lambda: _mnist(up.classes),
@@ -227,9 +223,6 @@ def pretrain(
     lr decayed at 1/3 and 2/3) and write its weights, upstream head included, to ``out``
     (safetensors, atomically)."""
     from safetensors.torch import save_file
-
-    from actors.finetune import FinetuneConfig, TaskPixels, finetune
-    from actors.models import ModelSource, data_config
 
     start = time.perf_counter()
     src = ModelSource(recipe.arch, "random", recipe.seed)

@@ -28,6 +28,7 @@ so a changed recipe builds afresh; files are written atomically, the catalogue l
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -38,9 +39,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
 
+from engine.cluster.connect import ensure_ray
 from engine.core.errors import UserError
 from engine.core.outputs import atomic_file, atomic_text, is_uri
+from engine.core.presets import load_preset
+from engine.core.schema import SPLITS
+from engine.demo.convert import VARIANTS, convert_efficientnet_lite, lite_catalogue_entry
 from engine.demo.experts import (
     ExpertRecipe,
     Upstream,
@@ -50,6 +58,8 @@ from engine.demo.experts import (
     sample_hash,
     upstream_samples,
 )
+from engine.tasks.builtin import grid_patches, load_builtin
+from engine.tasks.loader import encode_png, load_task, load_tasks, parse_tasks, stratified_split
 
 DEMO_PRESET = "demo"
 POOL = "All"
@@ -134,8 +144,6 @@ def default_cache() -> Path:
 
 def demo_image_size(preset: dict | None = None) -> int:
     """The demo preset's input size (embed and fine-tune must agree: experts train at it)."""
-    from engine.core.presets import load_preset
-
     preset = preset or load_preset(DEMO_PRESET)
     sizes = {int(preset["embed"]["image_size"]), int(preset["finetune"]["image_size"])}
     if len(sizes) != 1 or 0 in sizes:
@@ -190,8 +198,6 @@ def _science_images() -> tuple[list[np.ndarray], list[str]]:
     dropped, at most ``SCIENCE_PER_CLASS`` per picture (evenly spaced)."""
     import skimage.data
 
-    from engine.tasks.builtin import grid_patches
-
     images, labels, seen = [], [], set()
     for name in SCIENCE:
         pic = np.asarray(getattr(skimage.data, name)())
@@ -214,8 +220,6 @@ def _science_images() -> tuple[list[np.ndarray], list[str]]:
 
 def _fashion_test_items(used: set[int]) -> tuple[np.ndarray, np.ndarray]:
     """Fashion-MNIST official test items (images, labels) that no other demo task shows."""
-    from engine.tasks.builtin import load_builtin
-
     data = load_builtin("fashion_mnist", {})
     rows = np.flatnonzero(data.test_mask)
     rows = rows[~np.isin(rows, sorted(used))]
@@ -252,12 +256,6 @@ def _count(items: np.ndarray) -> tuple[list[np.ndarray], list[str]]:
 
 def _write_parquet_task(path: Path, images: list[np.ndarray], labels: list[str]) -> None:
     """Image (PNG bytes), label (class name) and split (800 / 200 / rest, stratified) columns."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from engine.core.schema import SPLITS
-    from engine.tasks.loader import encode_png, stratified_split
-
     names = sorted(set(labels))
     codes = stratified_split(np.array([names.index(v) for v in labels]), 800, 200, 0)
     table = pa.table(
@@ -287,8 +285,6 @@ no task."""
 
 def write_demo_tasks(folder: Path) -> Path:
     """Write the demo's tasks TOML (and the generated tasks' Parquet files) into ``folder``."""
-    from engine.tasks.loader import load_task, parse_tasks, stratified_split
-
     folder = Path(folder)
     entries = [{k: v for k, v in t.items() if k != "generate"} for t in TASKS]
     fashion = next(e for e in entries if e.get("builtin") == "fashion_mnist")
@@ -312,12 +308,6 @@ def write_demo_tasks(folder: Path) -> Path:
 
 def task_images(tasks_toml: Path) -> dict[str, list[np.ndarray]]:
     """Every image of every task of a tasks file, decoded to its stored pixels, per task."""
-    import io
-
-    from PIL import Image
-
-    from engine.tasks.loader import load_task, load_tasks
-
     out = {}
     for spec in load_tasks(tasks_toml):
         data = load_task(spec)
@@ -332,8 +322,6 @@ def task_images(tasks_toml: Path) -> dict[str, list[np.ndarray]]:
 def excluded_hashes(tasks_toml: Path) -> frozenset[bytes]:
     """What no expert may see: every task image and every Fashion-MNIST official test item
     (the generated tasks' parts)."""
-    from engine.tasks.builtin import load_builtin
-
     hashes = {sample_hash(x) for images in task_images(tasks_toml).values() for x in images}
     fashion = load_builtin("fashion_mnist", {})
     hashes |= {sample_hash(x) for x in fashion.images[fashion.test_mask]}
@@ -344,8 +332,6 @@ def excluded_hashes(tasks_toml: Path) -> frozenset[bytes]:
 
 
 def _lite_entries(weights: Path, folder: Path) -> list[dict[str, Any]]:
-    from engine.demo.convert import VARIANTS, convert_efficientnet_lite, lite_catalogue_entry
-
     entries = []
     for v in VARIANTS:
         path = convert_efficientnet_lite(v, weights)
@@ -408,8 +394,6 @@ def _pretrain_all(
     if not todo:
         return
     import ray
-
-    from engine.cluster.connect import ensure_ray
 
     ensure_ray()
     task = ray.remote(num_cpus=1)(_pretrain_task)

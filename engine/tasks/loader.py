@@ -50,6 +50,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
+from PIL import Image
 
 from engine.core.errors import UserError
 from engine.core.names import name_problem
@@ -475,8 +477,6 @@ def _seed(spec: TaskSpec) -> int:
 
 
 def _parquet_source(spec: TaskSpec) -> TaskData:
-    import pyarrow.dataset as pads
-
     path = spec.resolve(spec.options["path"])
     where = f"task {spec.name!r}: {path}"
     if not path.exists():
@@ -610,8 +610,6 @@ def _builtin_split(spec: TaskSpec, data: BuiltinData, train: int, val: int) -> n
 
 def encode_png(pixels: np.ndarray) -> bytes:
     """PNG bytes of a uint8 (H, W) grey or (H, W, 3) RGB image."""
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG")
     return buf.getvalue()
