@@ -117,7 +117,7 @@ def test_pretrained_expert_loads_and_beats_random_init(tmp_path):
     assert abs(acc - done.val_acc) <= 2 / len(data.val_y)  # pretrain's own figure agrees
 
 
-def test_tiny_pool_catalogue_and_run_config(tmp_path):
+def test_tiny_pool_catalogue_and_run_config(tmp_path, ray_session):
     experts = tuple(_tiny(r) for r in demo.EXPERTS)
     lines = []
     catalog, pool = demo.ensure_demo_pool(tmp_path / "cache", experts, say=lines.append)

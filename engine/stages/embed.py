@@ -45,8 +45,8 @@ from actors.models import (
 )
 from actors.pipeline import RunLedger, decode_stage
 from engine.cluster.connect import cluster_cpus_gpus, ensure_ray
+from engine.cluster.failures import is_ray_failure, worker_error
 from engine.core.catalog import Catalogue
-from engine.core.errors import UserError
 from engine.core.names import check_name
 from engine.core.presets import preset_resources
 from engine.core.resources import Resources
@@ -255,6 +255,15 @@ def _run_pipeline(
         # every model on the decoded blocks while Ray Data decodes ahead; no actor start-up.
         yield from _forward_here(ds, specs, cpus, cfg, rows)
         return
+    ds = _embed_stages(ds, specs, cpus, gpus, cfg)
+    yield from complete_tasks(ds.drop_columns(["pixels"]), rows)
+
+
+def _embed_stages(
+    ds: "ray.data.Dataset", specs: list[dict], cpus: float, gpus: float, cfg: EmbedConfig
+) -> "ray.data.Dataset":
+    """The embedding stages on actor pools: on a CPU-only cluster one pool whose actors hold
+    every model; with GPUs one pool per model."""
     if gpus == 0:
         # CPU only: one actor pool holding every model (torch and timm imported once per actor)
         threads, actors = cpu_actor_threads(cpus, cfg)
@@ -267,7 +276,7 @@ def _run_pipeline(
             num_cpus=cfg.cpus_per_actor,
         )
     else:
-        resources, max_actors = actor_resources(cpus, gpus, len(plans), cfg)
+        resources, max_actors = actor_resources(cpus, gpus, len(specs), cfg)
         # Two calls at once per GPU actor, each on its own CUDA stream: one batch's
         # host-to-device copy overlaps the other's forward pass (benchmarks/RESULTS.md).
         for spec in specs:
@@ -284,7 +293,7 @@ def _run_pipeline(
                 ),
                 **resources,
             )
-    yield from complete_tasks(ds.drop_columns(["pixels"]), rows)
+    return ds
 
 
 def forward_in_driver(cfg: EmbedConfig) -> bool:
@@ -431,44 +440,6 @@ def _write_task(
         summary.device_seconds[plan.name] = summary.device_seconds.get(plan.name, 0.0) + seconds
 
 
-def worker_error(exc: BaseException) -> BaseException:
-    """The user-facing error inside a Ray exception chain (bad image, bad weights), or ``exc``."""
-    from ray.exceptions import RayError
-
-    from actors.decode import ImageDecodeError
-
-    seen = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        # Ray re-raises worker errors as subclasses of both RayError and the original type,
-        # with the traceback as their text; the original instance is their ``cause``.
-        if isinstance(cause, UserError | ImageDecodeError) and not isinstance(cause, RayError):
-            return UserError(str(cause))
-        cause = getattr(cause, "cause", None) or cause.__cause__ or cause.__context__
-    # Last resort: the worker's traceback text names the original error on a line of its own.
-    for line in reversed(str(exc).splitlines()):
-        for prefix in ("actors.decode.ImageDecodeError: ", "engine.core.errors.UserError: "):
-            if line.strip().startswith(prefix):
-                return UserError(line.strip()[len(prefix) :])
-    return exc
-
-
-def is_ray_failure(exc: BaseException) -> bool:
-    """Whether a Ray system failure (a dead actor, worker or node, a lost object) is in the
-    exception chain, as opposed to an error raised by the stage's own code."""
-    from ray.exceptions import RayError, RayTaskError
-
-    seen = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, RayError) and not isinstance(cause, RayTaskError):
-            return True
-        cause = getattr(cause, "cause", None) or cause.__cause__ or cause.__context__
-    return False
-
-
 def _missing(
     store: Path, plans: list[ModelPlan], fingerprints: dict[str, str]
 ) -> dict[str, list[str]]:
@@ -524,8 +495,21 @@ def embed(
         plan_model(name, source, catalogue.path.parent, cfg)
         for name, source in members.select("model", "source").iter_rows()
     ]
+    data, fingerprints, task_meta = _load_tasks(tasks)
     summary = EmbedSummary()
-    task_meta, fingerprints, data = {}, {}, {}
+    needs = _missing(store, plans, fingerprints)
+    summary.reused = [(p.name, t) for p in plans for t in data if t not in needs[p.name]]
+    if any(needs.values()):
+        _embed_missing(store, plans, data, fingerprints, needs, cfg, summary)
+    else:
+        log.info("every (model, task) pair reused from the store")
+    _record(store, pool, plans, task_meta, summary)
+    return summary
+
+
+def _load_tasks(tasks: list[TaskSpec]) -> tuple[dict[str, TaskData], dict[str, str], dict]:
+    """Each task's rows, fingerprint and the facts the store's metadata keeps about it."""
+    data, fingerprints, task_meta = {}, {}, {}
     for spec in tasks:
         check_name("task", spec.name, "embed")
         data[spec.name] = load_task(spec)
@@ -536,44 +520,59 @@ def embed(
             "fingerprint": fp,
             "rows": data[spec.name].table.num_rows,
         }
-    needs = _missing(store, plans, fingerprints)
-    summary.reused = [(p.name, t) for p in plans for t in data if t not in needs[p.name]]
-    if any(needs.values()):
-        ensure_ray()
-        ledger = RunLedger.options(scheduling_strategy=_here()).remote()
-        start = time.perf_counter()
-        log.info(
-            "embedding %d (model, task) pairs: %d task(s), %d model(s); reusing %d",
-            sum(len(v) for v in needs.values()),
-            len({t for v in needs.values() for t in v}),
-            sum(1 for v in needs.values() if v),
-            len(summary.reused),
-        )
-        while True:
-            work = [p for p in plans if needs[p.name]]
-            loaded = [data[t] for t in data if any(t in v for v in needs.values())]
-            try:
-                for task, cols in _run_pipeline(loaded, work, needs, cfg, ledger):
-                    summary.rows += len(cols["index"])
-                    _write_task(store, task, fingerprints[task], work, needs, cols, summary)
-                break
-            except Exception as exc:  # errors raised in workers arrive wrapped by Ray
-                if summary.retries >= cfg.retries or not is_ray_failure(exc):
-                    raise worker_error(exc) from exc
-                summary.retries += 1
-                needs = _missing(store, plans, fingerprints)
-                log.warning(
-                    "embedding stage failed (%s); rerunning it for the %d (model, task) pair(s) "
-                    "still missing (retry %d of %d)",
-                    type(exc).__name__,
-                    sum(len(v) for v in needs.values()),
-                    summary.retries,
-                    cfg.retries,
-                )
-        _accounts(ledger, summary)
-        log.info("embedding done in %.1f s", time.perf_counter() - start)
-    else:
-        log.info("every (model, task) pair reused from the store")
+    return data, fingerprints, task_meta
+
+
+def _embed_missing(
+    store: Path,
+    plans: list[ModelPlan],
+    data: dict[str, TaskData],
+    fingerprints: dict[str, str],
+    needs: dict[str, list[str]],
+    cfg: EmbedConfig,
+    summary: EmbedSummary,
+) -> None:
+    """Run the pipeline over what ``needs`` lists; after a Ray failure, rerun it for what is
+    still missing, up to ``cfg.retries`` times."""
+    ensure_ray()
+    ledger = RunLedger.options(scheduling_strategy=_here()).remote()
+    start = time.perf_counter()
+    log.info(
+        "embedding %d (model, task) pairs: %d task(s), %d model(s); reusing %d",
+        sum(len(v) for v in needs.values()),
+        len({t for v in needs.values() for t in v}),
+        sum(1 for v in needs.values() if v),
+        len(summary.reused),
+    )
+    while True:
+        work = [p for p in plans if needs[p.name]]
+        loaded = [data[t] for t in data if any(t in v for v in needs.values())]
+        try:
+            for task, cols in _run_pipeline(loaded, work, needs, cfg, ledger):
+                summary.rows += len(cols["index"])
+                _write_task(store, task, fingerprints[task], work, needs, cols, summary)
+            break
+        except Exception as exc:  # errors raised in workers arrive wrapped by Ray
+            if summary.retries >= cfg.retries or not is_ray_failure(exc):
+                raise worker_error(exc) from exc
+            summary.retries += 1
+            needs = _missing(store, plans, fingerprints)
+            log.warning(
+                "embedding stage failed (%s); rerunning it for the %d (model, task) pair(s) "
+                "still missing (retry %d of %d)",
+                type(exc).__name__,
+                sum(len(v) for v in needs.values()),
+                summary.retries,
+                cfg.retries,
+            )
+    _accounts(ledger, summary)
+    log.info("embedding done in %.1f s", time.perf_counter() - start)
+
+
+def _record(
+    store: Path, pool: str, plans: list[ModelPlan], task_meta: dict, summary: EmbedSummary
+) -> None:
+    """Add this run's models, tasks and counts to the store's metadata."""
     models_meta = {
         p.name: {
             "source": str(asdict(p.source)),
@@ -583,20 +582,15 @@ def embed(
         }
         for p in plans
     }
-    record_run(
-        store,
-        models_meta,
-        task_meta,
-        {
-            "pool": pool,
-            "computed": [list(x) for x in summary.computed],
-            "reused": len(summary.reused),
-            "images_decoded": summary.images_decoded,
-            "device_seconds": summary.device_seconds,
-            "rows": summary.rows,
-            "rows_embedded": {m: sum(n.values()) for m, n in summary.nodes.items()},
-            "nodes": summary.nodes,
-            "retries": summary.retries,
-        },
-    )
-    return summary
+    run = {
+        "pool": pool,
+        "computed": [list(x) for x in summary.computed],
+        "reused": len(summary.reused),
+        "images_decoded": summary.images_decoded,
+        "device_seconds": summary.device_seconds,
+        "rows": summary.rows,
+        "rows_embedded": {m: sum(n.values()) for m, n in summary.nodes.items()},
+        "nodes": summary.nodes,
+        "retries": summary.retries,
+    }
+    record_run(store, models_meta, task_meta, run)
