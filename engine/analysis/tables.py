@@ -6,7 +6,6 @@ or column.
 """
 
 import math
-import tomllib
 from pathlib import Path
 
 import polars as pl
@@ -14,6 +13,7 @@ import polars as pl
 from engine.analysis.strategies import HYBRID_PREFIX, reserved_names
 from engine.core import schema
 from engine.core.errors import UserError
+from engine.core.files import read_toml
 
 
 def read_table(path: str | Path) -> pl.DataFrame:
@@ -149,10 +149,7 @@ def load_task_categories(path: str | Path) -> pl.DataFrame:
     """task → category from a tasks file: TOML ``[[tasks]]`` with name and category, or a table."""
     path = Path(path)
     if path.suffix == ".toml":
-        try:
-            entries = tomllib.loads(path.read_text()).get("tasks", [])
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise UserError(f"{path}: cannot read tasks file: {exc}") from exc
+        entries = read_toml(path, "tasks").get("tasks", [])
         rows = []
         for i, entry in enumerate(entries):
             name = entry.get("name", entry.get("task"))

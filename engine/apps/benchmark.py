@@ -39,7 +39,6 @@ import dataclasses
 import json
 import logging
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +55,7 @@ from engine.analysis.summary import summary_text
 from engine.core import schema
 from engine.core.catalog import Catalogue, load_catalogue
 from engine.core.errors import UserError
+from engine.core.files import read_toml
 from engine.core.outputs import atomic_directory, atomic_text, is_uri, run_directory, write_table
 from engine.core.presets import load_preset
 from engine.stages.embed import embed, embed_config
@@ -187,15 +187,8 @@ def _preset_spec(path: Path, value: str) -> str:
 def load_config(path: Path) -> BenchmarkConfig:
     """Read and check a RUN.toml; every file it names must exist, every name must resolve."""
     path = Path(path).resolve()
-    try:
-        text = path.read_text()
-        doc = tomllib.loads(text)
-    except FileNotFoundError:
-        raise UserError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read config: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{path}: not valid TOML: {' '.join(str(exc).split())}") from None
+    doc = read_toml(path, "config")
+    text = path.read_text()
     extra = [k for k in doc if k != "run"]
     if extra:
         raise UserError(f"{path}: unknown top-level key {extra[0]!r} (expected a [run] table)")

@@ -15,7 +15,6 @@ so that a bad predicate surfaces there, not halfway through a study.
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import polars as pl
 
 from engine.core.errors import UserError
+from engine.core.files import read_toml
 from engine.core.names import check_name
 from engine.core.schema import CATALOGUE, CATALOGUE_REQUIRED
 
@@ -58,7 +58,7 @@ class Catalogue:
 def load_catalogue(path: str | Path) -> Catalogue:
     """Read and validate a catalogue TOML file; evaluate every pool once to surface errors."""
     path = Path(path)
-    doc = _read_toml(path)
+    doc = read_toml(path, "catalogue")
     unknown = [k for k in doc if k not in _TOP_LEVEL_KEYS]
     if unknown:
         raise UserError(
@@ -77,20 +77,6 @@ def load_catalogue(path: str | Path) -> Catalogue:
 def _one_line(text: str) -> str:
     """Collapse whitespace (Polars errors span several lines) so a message stays on one line."""
     return " ".join(str(text).split())
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        raise UserError(f"{path}: catalogue file not found") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: catalogue path is a directory, not a TOML file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid TOML: {_one_line(str(exc))}") from None
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read catalogue: {_one_line(str(exc))}") from None
 
 
 # ---------------------------------------------------------------------------------------------

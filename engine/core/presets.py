@@ -6,11 +6,11 @@ as ``FILE.toml`` (the file must hold exactly one preset) or ``FILE.toml:NAME``. 
 of its fields: ``engine.core.resources`` has the defaults.
 """
 
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from engine.core.errors import UserError
+from engine.core.files import read_toml
 from engine.core.resources import Resources, parse_resources
 
 PRESETS_FILE = Path(__file__).with_name("presets.toml")
@@ -44,10 +44,7 @@ def load_preset(name: str, path: str | Path | None = None) -> dict[str, dict[str
     if path is None:
         path, name = _split_preset_file(name)
     path = Path(path) if path else PRESETS_FILE
-    try:
-        presets = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise UserError(f"{path}: cannot read presets: {exc}") from exc
+    presets = read_toml(path, "presets")
     if name is None:
         if len(presets) != 1:
             raise UserError(

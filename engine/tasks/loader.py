@@ -41,7 +41,6 @@ import io
 import json
 import logging
 import struct
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +53,7 @@ import pyarrow.dataset as pads
 from PIL import Image
 
 from engine.core.errors import UserError
+from engine.core.files import read_toml
 from engine.core.names import name_problem
 from engine.core.schema import SPLITS
 from engine.tasks.builtin import BUILTINS, BuiltinData, builtin_names, load_builtin
@@ -132,15 +132,7 @@ class TaskData:
 def load_tasks(path: str | Path) -> list[TaskSpec]:
     """Read and validate a tasks TOML file (``[[tasks]]`` entries), in file order."""
     path = Path(path)
-    try:
-        with path.open("rb") as fh:
-            doc = tomllib.load(fh)
-    except FileNotFoundError:
-        raise UserError(f"{path}: tasks file not found") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid TOML: {' '.join(str(exc).split())}") from None
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read tasks file: {exc}") from None
+    doc = read_toml(path, "tasks")
     return parse_tasks(doc.get("tasks"), path.resolve().parent, str(path))
 
 
