@@ -1,8 +1,9 @@
 """Estimator quality (engine.analysis.quality) on constructed cases, checked against scipy.stats
-computed here on the hand-filtered arrays and against hit rates worked out by hand; and
-`whichmodel analyze` writing quality.{parquet,csv} on the published VTAB-1k matrix."""
+computed here on the hand-filtered arrays and against hit rates worked out by hand; `whichmodel
+analyze` writing quality.{parquet,csv} on the published VTAB-1k matrix; the report's section."""
 
 import math
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from scipy import stats
 from engine import cli
 from engine.analysis.analyze import analyze
 from engine.analysis.quality import estimator_quality
+from engine.analysis.report import ReportData, render
 from engine.analysis.strategies import PoolData
 from engine.core import schema
 from engine.core.catalog import load_catalogue
@@ -222,3 +224,39 @@ def test_cli_writes_quality_next_to_regret(tmp_path):
     assert row["weighted_tau"] == pytest.approx(stats.weightedtau(s, a)[0], abs=1e-12)
     assert row["kendall_tau"] == pytest.approx(stats.kendalltau(s, a)[0], abs=1e-12)
     assert row["pearson"] == pytest.approx(stats.pearsonr(s, a)[0], abs=1e-12)
+
+
+class QualityCells(HTMLParser):
+    """(pool, proxy, column) → data-value of every cell of the report's quality tables."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = self.proxy = None
+        self.cells: dict[tuple[str, str, str], str] = {}
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        a = dict(attrs)
+        if tag == "table":
+            self.pool = a.get("data-pool") if a.get("class") == "quality" else None
+        elif tag == "tr" and self.pool is not None:
+            self.proxy = a.get("data-proxy")
+        elif tag == "td" and self.pool is not None and "data-col" in a:
+            self.cells[(self.pool, self.proxy, a["data-col"])] = a["data-value"]
+
+
+def test_report_section_shows_the_mean_rows():
+    catalogue = load_catalogue(VTAB_CATALOG)
+    a = analyze(catalogue, pl.read_csv(VTAB_FT), vtab_scores(), budgets=[1, 2, 3])
+    parser = QualityCells()
+    parser.feed(render(ReportData(title="t", config_text="", analysis=a)))
+    cols = ("weighted_tau", "kendall_tau", "pearson", "top1_hit", "top3_hit")
+    expected = {
+        (r["pool"], r["proxy"], c): repr(r[c])
+        for r in a.quality.filter(pl.col("task").is_null()).iter_rows(named=True)
+        for c in cols
+    }
+    assert len(expected) == len(catalogue.pool_names()) * 2 * len(cols)
+    assert parser.cells == expected
+    without = analyze(catalogue, pl.read_csv(VTAB_FT), budgets=[1])
+    page = render(ReportData(title="t", config_text="", analysis=without))
+    assert "No proxy scores in this run" in page and 'class="quality"' not in page
