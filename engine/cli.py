@@ -65,6 +65,7 @@ def cmd_analyze(args: argparse.Namespace) -> None:
         write_table(result.regret, tmp, "regret")
         write_table(result.curves, tmp, "curves")
         write_table(result.zero_regret_budget, tmp, "zero_regret_budget")
+        write_table(result.quality, tmp, "quality")
         plots = tmp / "plots"
         plots.mkdir()
         figures = write_plots(result.pools, result.regret, result.curves, plots, pairs)

@@ -33,6 +33,7 @@ TABLES = (
     "regret",
     "curves",
     "zero_regret_budget",
+    "quality",
 )
 PROXIES = ("linear", "knn")
 PRESET = """
@@ -187,6 +188,9 @@ def test_run_directory_holds_every_table_plot_and_the_report(study):
     tables = parse_report(report).table_ids
     assert {"tasks-table", "models-table", "compute-table"} <= set(tables)
     assert tables.count("regret") == 2
+    assert tables.count("quality") == 2  # estimator quality of linear and knn, per pool
+    quality = pl.read_parquet(run / "tables" / "quality.parquet")
+    assert set(quality["proxy"]) == set(PROXIES) and set(quality["pool"]) == {"All", "Two"}
 
 
 def test_report_numbers_equal_the_regret_table(study):

@@ -3,12 +3,13 @@ curves and zero-regret-budget tables of docs/design.md §2, for every pool. Pure
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
 
 from engine.analysis.curves import StrategyOutcome, pool_outcomes
+from engine.analysis.quality import estimator_quality
 from engine.analysis.strategies import PoolData
 from engine.core import schema
 from engine.core.catalog import Catalogue
@@ -30,6 +31,7 @@ class Analysis:
     regret: pl.DataFrame
     curves: pl.DataFrame
     zero_regret_budget: pl.DataFrame
+    quality: pl.DataFrame = field(default_factory=lambda: schema.empty(schema.QUALITY))
 
 
 def _category_key(category: str) -> tuple[int, str]:
@@ -260,4 +262,11 @@ def analyze(
             len(pool.tasks),
             len(outcomes),
         )
-    return Analysis(pools, pl.concat(sel), pl.concat(reg), pl.concat(cur), pl.concat(zero))
+    return Analysis(
+        pools,
+        pl.concat(sel),
+        pl.concat(reg),
+        pl.concat(cur),
+        pl.concat(zero),
+        estimator_quality(pools),
+    )

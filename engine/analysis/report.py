@@ -230,6 +230,52 @@ def pool_table(regret: pl.DataFrame, pool: PoolData) -> str:
     )
 
 
+QUALITY_COLUMNS = {
+    "weighted_tau": "weighted τ",
+    "kendall_tau": "Kendall τ",
+    "pearson": "Pearson r",
+    "top1_hit": "top-1 hit",
+    "top3_hit": "top-3 hit",
+}
+
+
+def quality_table(quality: pl.DataFrame, pool: PoolData) -> str:
+    """Proxies × estimator quality of one pool: the quality table's mean rows (over tasks); each
+    cell carries its exact value in ``data-value`` (empty where undefined)."""
+    means = quality.filter(pl.col("pool") == pool.name, pl.col("task").is_null())
+    head = "".join(f"<th>{_e(label)}</th>" for label in QUALITY_COLUMNS.values())
+    rows = []
+    for row in means.iter_rows(named=True):
+        tds = "".join(
+            f'<td data-col="{c}" data-value="{"" if row[c] is None else repr(row[c])}">'
+            f"{_fmt(row[c])}</td>"
+            for c in QUALITY_COLUMNS
+        )
+        rows.append(f'<tr data-proxy="{_e(row["proxy"])}"><td>{_e(row["proxy"])}</td>{tds}</tr>')
+    return (
+        f'<table class="quality" data-pool="{_e(pool.name)}"><thead><tr><th>proxy</th>{head}'
+        f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def quality_html(quality: pl.DataFrame, pools: list[PoolData]) -> str:
+    """The estimator-quality section: one table per pool with proxy scores, or a note."""
+    if quality.is_empty():
+        return '<p class="note">No proxy scores in this run, so no estimator quality.</p>'
+    tables = "".join(
+        f"<h3>Pool {_e(p.name)}</h3>{quality_table(quality, p)}"
+        for p in pools
+        if (quality["pool"] == p.name).any()
+    )
+    return (
+        '<p class="note">Per proxy, the mean over tasks of how well its scores rank the models by '
+        "fine-tune accuracy, as the transferability literature reports it: weighted Kendall τ "
+        "(as LogME and SFDA compute it), Kendall τ-b and Pearson r over the models the proxy "
+        "applies to; and the fraction of tasks whose top 1 / top 3 by the proxy contain a best "
+        f"model (zero regret at B = 1 / 3). Per task: quality.csv.</p>{tables}"
+    )
+
+
 CAPTIONS = {
     "regret_per_task": "Relative regret per task at B=1 and B=2, tasks grouped by category "
     "(paper Fig. 3/4).",
@@ -324,6 +370,7 @@ that fine-tunes every model (Renggli et al., "Which Model to Transfer?", CVPR 20
 <ul id="finding-list">{"".join(_finding_html(f) for f in items)}{notes_html}</ul>
 </section>
 <section id="pools"><h2>Regret per pool</h2>{"".join(pool_sections)}</section>
+<section id="quality"><h2>Estimator quality</h2>{quality_html(a.quality, a.pools)}</section>
 <section id="compute"><h2>Compute per stage</h2>{compute_html(data.compute)}</section>
 <section id="tasks"><h2>Tasks</h2>{frame_html(tasks, "tasks-table")}</section>
 <section id="models"><h2>Models</h2>{frame_html(models, "models-table")}</section>

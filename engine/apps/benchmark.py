@@ -440,6 +440,7 @@ def _analyze(
         regret=pl.concat([a.regret for a in parts]),
         curves=pl.concat([a.curves for a in parts]),
         zero_regret_budget=pl.concat([a.zero_regret_budget for a in parts]),
+        quality=pl.concat([a.quality for a in parts]),
     )
     plots: dict[str, list[Path]] = {}
     with atomic_directory(run / "plots") as tmp:
@@ -505,6 +506,7 @@ def _write_tables(run, study, union, store, specs, analysis, pools):
         write_table(analysis.regret, tmp, "regret")
         write_table(analysis.curves, tmp, "curves")
         write_table(analysis.zero_regret_budget, tmp, "zero_regret_budget")
+        write_table(analysis.quality, tmp, "quality")
     return tasks_df, models_df
 
 

@@ -100,6 +100,23 @@ ZERO_REGRET_BUDGET = {
     "min_budget": pl.Float64,  # float: for `random` it is the exact expectation (n+1)/(k+1)
 }
 
+# Estimator quality (engine.analysis.quality): per pool, proxy and task, how well the proxy's
+# scores rank the models by fine-tune accuracy; each (pool, proxy) ends in a mean row whose
+# `task` is null. Correlations use only the `n_scored` models; a hit is 1.0 or 0.0 per task and
+# the hit rate in the mean row; null where undefined.
+QUALITY = {
+    "pool": pl.String,
+    "proxy": pl.String,
+    "task": pl.String,
+    "n_scored": pl.Int64,
+    "n_not_applicable": pl.Int64,
+    "weighted_tau": pl.Float64,
+    "kendall_tau": pl.Float64,
+    "pearson": pl.Float64,
+    "top1_hit": pl.Float64,
+    "top3_hit": pl.Float64,
+}
+
 
 def empty(schema: dict) -> pl.DataFrame:
     """An empty frame with the given schema."""
