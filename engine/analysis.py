@@ -12,7 +12,7 @@ from engine import schema
 from engine.catalog import Catalogue
 from engine.curves import StrategyOutcome, pool_outcomes
 from engine.errors import UserError
-from engine.strategies import PoolData
+from engine.strategies import PoolData, dense_scores
 
 log = logging.getLogger("whichmodel")
 
@@ -84,11 +84,7 @@ def build_pool(
             f"pool {name}: no fine-tune result for model {models[m]!r} on task {tasks[t]!r} "
             f"({len(gaps)} missing); regret needs every pool model on every task"
         )
-    proxy_scores = {}
-    if scores is not None:
-        for proxy in scores["proxy"].unique().sort():
-            rows = scores.filter(pl.col("proxy") == proxy)
-            proxy_scores[proxy] = _dense(rows, "score", models, tasks)
+    proxy_scores = {} if scores is None else dense_scores(scores, models, tasks, name)
     return PoolData(
         name=name,
         models=models,
