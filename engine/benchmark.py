@@ -225,13 +225,21 @@ def load_config(path: Path) -> BenchmarkConfig:
 
 
 def _check_names(config: BenchmarkConfig) -> None:
-    """Fail before any work: pools, tasks, preset and proxies must all resolve."""
+    """Fail before any work: pools, tasks, preset and proxies must all resolve, and every budget
+    must fit every pool."""
     from actors.proxies import PROXIES
 
     catalogue = load_catalogue(config.catalog)
     for pool in config.pools or catalogue.pool_names():
-        if catalogue.pool(pool).height == 0:
+        size = catalogue.pool(pool).height
+        if size == 0:
             raise UserError(f"{config.catalog}: pool {pool!r} has no models")
+        too_big = [b for b in config.budgets or [] if b > size]
+        if too_big:
+            raise UserError(
+                f"{config.path}: [run] budgets: budget {too_big[0]} is larger than pool "
+                f"{pool!r} ({size} models)"
+            )
     load_tasks(config.tasks)
     load_preset(config.preset)
     for proxy in config.proxies:

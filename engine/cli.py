@@ -20,6 +20,33 @@ from engine.raycluster import connection_options
 log = logging.getLogger("whichmodel")
 
 
+def positive_int(text: str) -> int:
+    """argparse ``type=``: an integer >= 1 (checked before any work starts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return value
+
+
+def int_at_least_2(text: str) -> int:
+    """argparse ``type=``: an integer >= 2 (a reduction factor)."""
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 2")
+    return value
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (``whichmodel: error: ...``) and exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"whichmodel: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def parse_budgets(text: str) -> list[int]:
     """'1,2,5' or '1-5' or '1-3,10' → sorted distinct budgets."""
     out: set[int] = set()
@@ -43,6 +70,22 @@ def parse_pairs(items: Sequence[str]) -> list[tuple[str, str]]:
             raise UserError(f"--compare {item!r}: expected STRATEGY_A:STRATEGY_B")
         pairs.append((a, b))
     return pairs
+
+
+def check_compare(pairs: Sequence[tuple[str, str]], scores: pl.DataFrame | None) -> None:
+    """Every strategy named by --compare exists: a reference strategy, or a proxy of the scores
+    table as ``<proxy>`` or ``hybrid_<proxy>``."""
+    from engine.strategies import HYBRID_PREFIX, STRATEGIES
+
+    proxies = sorted(set(scores["proxy"])) if scores is not None else []
+    known = [*STRATEGIES, *proxies, *(HYBRID_PREFIX + p for p in proxies)]
+    for a, b in pairs:
+        for name in (a, b):
+            if name not in known:
+                raise UserError(
+                    f"--compare {a}:{b}: unknown strategy {name!r} (known with these inputs: "
+                    f"{', '.join(known)})"
+                )
 
 
 def summary_text(result: Analysis) -> str:
@@ -76,6 +119,8 @@ def cmd_analyze(args: argparse.Namespace) -> None:
         catalogue.pool(name)  # unknown pool names fail before any work
     budgets = parse_budgets(args.budgets) if args.budgets else None
     pairs = parse_pairs(args.compare) if args.compare else DELTA_PAIRS
+    if args.compare:
+        check_compare(pairs, scores)
     result = analyze(catalogue, finetune, scores, pools, budgets, categories, args.log_odds)
     summary = summary_text(result)
     with atomic_directory(args.out) as tmp:
@@ -116,11 +161,21 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
 def cmd_probe(args: argparse.Namespace) -> None:
     """Run task-aware proxies on every (model, task) of the store into a scores table."""
+    from actors.proxies import PROXIES
     from engine.presets import load_preset
     from engine.probe import probe, write_scores
 
+    if args.out.suffix not in (".parquet", ".csv"):
+        raise UserError(f"--out {args.out}: the scores table must end in .parquet or .csv")
     preset = load_preset(args.preset)
     proxies = [p.strip() for p in args.proxies.split(",") if p.strip()]
+    if not proxies:
+        raise UserError(f"--proxies {args.proxies!r}: no proxy given")
+    unknown = [p for p in proxies if p not in PROXIES]
+    if unknown:
+        raise UserError(
+            f"--proxies: unknown proxy {unknown[0]!r} (available: {', '.join(PROXIES)})"
+        )
     summary = probe(args.store, proxies, preset)
     write_scores(summary.scores, args.out)
     na = summary.scores.filter(pl.col("score").is_null())
@@ -218,8 +273,21 @@ def cmd_search(args: argparse.Namespace) -> None:
     --finetune, fine-tune the picks and export the winner. Without --catalog the embedded demo
     pool is used (works offline; the first such run pre-trains the demo's experts, a few minutes).
     """
-    from engine.search import format_result, search
+    from engine.presets import load_preset
+    from engine.search import format_result, resolve_catalogue, search, strategy_proxies
 
+    load_preset(args.preset)
+    strategy_proxies(args.strategy)
+    if args.catalog is not None:
+        cat, pool = resolve_catalogue(args.catalog, args.pool)
+        size = cat.pool(pool).height
+    else:
+        from engine.convert import VARIANTS
+        from engine.demo import CONTROLS, EXPERTS
+
+        pool, size = "All of the demo", len(VARIANTS) + len(EXPERTS) + len(CONTROLS)
+    if args.budget > size:
+        raise UserError(f"--budget {args.budget} is larger than pool {pool} ({size} models)")
     result = search(
         args.data,
         catalogue=args.catalog,
@@ -253,7 +321,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="whichmodel",
         description="Which pre-trained models to fine-tune: model search and regret analysis.",
     )
@@ -310,9 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", required=True, type=Path, help="tasks TOML")
     p.add_argument("--store", required=True, type=Path, help="embedding store directory")
     p.add_argument(
-        "--image-size", type=int, help="input size for every model (default: each model's own)"
+        "--image-size",
+        type=positive_int,
+        help="input size for every model (default: each model's own)",
     )
-    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=64, help="images per batch (default 64)"
+    )
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser(
@@ -342,17 +414,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="successive halving (ASHA) over a ranking's top K under a budget of steps",
     )
-    p.add_argument("--budget", type=int, help="models per task with --select")
+    p.add_argument("--budget", type=positive_int, help="models per task with --select")
     p.add_argument("--scores", type=Path, help="scores table for task-aware/hybrid strategies")
-    p.add_argument("--top-k", type=int, help="--halving: candidates per task (ranking's top K)")
     p.add_argument(
-        "--total-steps", type=int, help="--halving: budget per task in fine-tune steps (all arms)"
+        "--top-k", type=positive_int, help="--halving: candidates per task (ranking's top K)"
+    )
+    p.add_argument(
+        "--total-steps",
+        type=positive_int,
+        help="--halving: budget per task in fine-tune steps (all arms)",
     )
     p.add_argument("--rank", help="--halving: ranking strategy (default hybrid_linear)")
-    p.add_argument("--eta", type=int, help="--halving: reduction factor (default 2)")
+    p.add_argument("--eta", type=int_at_least_2, help="--halving: reduction factor (default 2)")
     p.add_argument(
         "--grace",
-        type=int,
+        type=positive_int,
         help="--halving: first rung in steps (default: the preset's checkpoint_every)",
     )
     p.add_argument(
@@ -376,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="catalogue TOML (default: the embedded demo pool; first use pre-trains it)",
     )
     p.add_argument("--pool", help="pool name (default: the catalogue's only pool, or All)")
-    p.add_argument("--budget", required=True, type=int, help="how many models to pick (B)")
+    p.add_argument("--budget", required=True, type=positive_int, help="how many models to pick (B)")
     p.add_argument(
         "--strategy",
         default="hybrid_linear",
@@ -425,7 +501,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``whichmodel`` console script."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a bad option (2, one line): no work started
+        return exc.code if isinstance(exc.code, int) else 2
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="whichmodel: %(levelname)s: %(message)s",
