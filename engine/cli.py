@@ -47,6 +47,27 @@ class OneLineParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+URI_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
+
+
+def check_directory(target: str | Path | None, flag: str) -> None:
+    """An output/cache directory given on the command line can be one: a local path that is not
+    an existing file, or a URI of a scheme pyarrow's filesystems open (checked without I/O)."""
+    if target is None:
+        return
+    text = str(target)
+    if "://" in text:
+        scheme = text.split("://", 1)[0].lower()
+        if scheme not in URI_SCHEMES:
+            raise UserError(
+                f"{flag} {text}: unknown URI scheme {scheme!r} (use {', '.join(URI_SCHEMES)})"
+            )
+        return
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {text}: exists and is not a directory")
+
+
 def parse_budgets(text: str) -> list[int]:
     """'1,2,5' or '1-5' or '1-3,10' → sorted distinct budgets."""
     out: set[int] = set()
@@ -110,6 +131,7 @@ def summary_text(result: Analysis) -> str:
 def cmd_analyze(args: argparse.Namespace) -> None:
     """Strategies, regret and budget curves from a finetune table (and optional scores)."""
     start = time.perf_counter()
+    check_directory(args.out, "--out")
     catalogue = load_catalogue(args.catalog)
     finetune = tables.load_finetune(args.finetune)
     scores = tables.load_scores(args.scores) if args.scores else None
@@ -145,6 +167,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
     from engine.tasks import load_tasks
 
     start = time.perf_counter()
+    check_directory(args.store, "--store")
     catalogue = load_catalogue(args.catalog)
     catalogue.pool(args.pool)
     tasks = load_tasks(args.tasks)
@@ -197,6 +220,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     from engine.presets import load_preset
     from engine.tasks import load_tasks
 
+    check_directory(args.out, "--out")
     catalogue = load_catalogue(args.catalog)
     catalogue.pool(args.pool)
     specs = load_tasks(args.tasks)
@@ -276,6 +300,7 @@ def cmd_search(args: argparse.Namespace) -> None:
     from engine.presets import load_preset
     from engine.search import format_result, resolve_catalogue, search, strategy_proxies
 
+    check_directory(args.out, "--out")
     load_preset(args.preset)
     strategy_proxies(args.strategy)
     if args.catalog is not None:
@@ -307,7 +332,9 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     a rerun reuses everything already computed."""
     from engine.benchmark import load_config, run_benchmark
 
+    check_directory(args.out, "--out")
     config = load_config(args.config)
+    check_directory(config.out, f"{config.path}: [run] out")
     run_benchmark(config, args.out)
 
 
@@ -317,6 +344,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     tasks from bundled data), into one run directory with an HTML report."""
     from engine.demo import run_demo
 
+    check_directory(args.out, "--out")
+    check_directory(args.cache, "--cache")
     run_demo(args.out, args.cache)
 
 
