@@ -225,8 +225,8 @@ def load_config(path: Path) -> BenchmarkConfig:
 
 
 def _check_names(config: BenchmarkConfig) -> None:
-    """Fail before any work: pools, tasks, preset and proxies must all resolve, and every budget
-    must fit every pool."""
+    """Fail before any work: pools, tasks, preset and proxies must all resolve, and some budget
+    must fit each pool (budgets above a pool's size are left out for it)."""
     from actors.proxies import PROXIES
 
     catalogue = load_catalogue(config.catalog)
@@ -234,11 +234,9 @@ def _check_names(config: BenchmarkConfig) -> None:
         size = catalogue.pool(pool).height
         if size == 0:
             raise UserError(f"{config.catalog}: pool {pool!r} has no models")
-        too_big = [b for b in config.budgets or [] if b > size]
-        if too_big:
+        if config.budgets and min(config.budgets) > size:  # the rule of analyse_pools
             raise UserError(
-                f"{config.path}: [run] budgets: budget {too_big[0]} is larger than pool "
-                f"{pool!r} ({size} models)"
+                f"{config.path}: [run] budgets: none is within pool {pool!r} ({size} models)"
             )
     load_tasks(config.tasks)
     load_preset(config.preset)

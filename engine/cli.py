@@ -305,14 +305,14 @@ def cmd_search(args: argparse.Namespace) -> None:
     strategy_proxies(args.strategy)
     if args.catalog is not None:
         cat, pool = resolve_catalogue(args.catalog, args.pool)
-        size = cat.pool(pool).height
-    else:
+        size, where = cat.pool(pool).height, f"pool {pool} of {cat.path}"
+    else:  # checked before the demo pool is built (minutes, the first time)
         from engine.convert import VARIANTS
         from engine.demo import CONTROLS, EXPERTS
 
-        pool, size = "All of the demo", len(VARIANTS) + len(EXPERTS) + len(CONTROLS)
+        size, where = len(VARIANTS) + len(EXPERTS) + len(CONTROLS), "pool All of the demo"
     if args.budget > size:
-        raise UserError(f"--budget {args.budget} is larger than pool {pool} ({size} models)")
+        raise UserError(f"budget {args.budget} is not in 1..{size} ({where})")
     result = search(
         args.data,
         catalogue=args.catalog,

@@ -145,8 +145,8 @@ PRESET_CASES: list[tuple[str, str, object, str]] = [
 
 RUN_CASES: list[tuple[dict, str]] = [
     ({"budgets": "0"}, "every budget must be at least 1"),
-    ({"budgets": "3"}, "budget 3 is larger than pool 'Two' (2 models)"),
-    ({"budgets": [1, 5]}, "budget 5 is larger than pool 'Two'"),
+    ({"budgets": "3"}, "[run] budgets: none is within pool 'Two' (2 models)"),
+    ({"budgets": [3, 5]}, "none is within pool 'Two'"),
     ({"budgets": "x"}, "[run] budgets must look like"),
     ({"pools": ["Nope"]}, "'Nope'"),
     ({"proxies": ["magic"]}, "unknown proxy 'magic'"),
@@ -292,11 +292,15 @@ CASES: dict[str, Case] = {
     ),
     # search
     "search --budget 0": ([*SEARCH, "--budget", "0"], {}, "--budget: '0'"),
-    "search --budget 3 > pool": ([*SEARCH, "--budget", "3"], {}, "--budget 3 is larger than pool"),
+    "search --budget 3 > pool": (
+        [*SEARCH, "--budget", "3"],
+        {},
+        "budget 3 is not in 1..2 (pool Two",
+    ),
     "search --budget 99 > demo pool": (
         ["search", "{in}/imgs", "--out", "{out}", "--budget", "99"],
         {},
-        "--budget 99 is larger than pool All of the demo (10 models)",
+        "budget 99 is not in 1..10 (pool All of the demo)",
     ),
     "search --strategy magic": (
         [*SEARCH, "--budget", "1", "--strategy", "magic"],
