@@ -47,7 +47,7 @@ class OneLineParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-URI_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
+URI_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "mock")
 
 
 def check_directory(target: str | Path | None, flag: str) -> None:
