@@ -21,6 +21,54 @@ from engine.core.outputs import atomic_directory, write_table
 log = logging.getLogger("whichmodel")
 
 
+def positive_int(text: str) -> int:
+    """argparse ``type=``: an integer >= 1 (checked before any work starts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return value
+
+
+def int_at_least_2(text: str) -> int:
+    """argparse ``type=``: an integer >= 2 (a reduction factor)."""
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 2")
+    return value
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (``whichmodel: error: ...``) and exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"whichmodel: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+URI_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "mock")
+
+
+def check_directory(target: str | Path | None, flag: str) -> None:
+    """An output/cache directory given on the command line can be one: a local path that is not
+    an existing file, or a URI of a scheme pyarrow's filesystems open (checked without I/O)."""
+    if target is None:
+        return
+    text = str(target)
+    if "://" in text:
+        scheme = text.split("://", 1)[0].lower()
+        if scheme not in URI_SCHEMES:
+            raise UserError(
+                f"{flag} {text}: unknown URI scheme {scheme!r} (use {', '.join(URI_SCHEMES)})"
+            )
+        return
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {text}: exists and is not a directory")
+
+
 def parse_budgets(text: str) -> list[int]:
     """'1,2,5' or '1-5' or '1-3,10' → sorted distinct budgets."""
     out: set[int] = set()
@@ -46,9 +94,26 @@ def parse_pairs(items: Sequence[str]) -> list[tuple[str, str]]:
     return pairs
 
 
+def check_compare(pairs: Sequence[tuple[str, str]], scores: pl.DataFrame | None) -> None:
+    """Every strategy named by --compare exists: a reference strategy, or a proxy of the scores
+    table as ``<proxy>`` or ``hybrid_<proxy>``."""
+    from engine.analysis.strategies import HYBRID_PREFIX, STRATEGIES
+
+    proxies = sorted(set(scores["proxy"])) if scores is not None else []
+    known = [*STRATEGIES, *proxies, *(HYBRID_PREFIX + p for p in proxies)]
+    for a, b in pairs:
+        for name in (a, b):
+            if name not in known:
+                raise UserError(
+                    f"--compare {a}:{b}: unknown strategy {name!r} (known with these inputs: "
+                    f"{', '.join(known)})"
+                )
+
+
 def cmd_analyze(args: argparse.Namespace) -> None:
     """Strategies, regret and budget curves from a finetune table (and optional scores)."""
     start = time.perf_counter()
+    check_directory(args.out, "--out")
     catalogue = load_catalogue(args.catalog)
     finetune = tables.load_finetune(args.finetune)
     scores = tables.load_scores(args.scores) if args.scores else None
@@ -58,6 +123,8 @@ def cmd_analyze(args: argparse.Namespace) -> None:
         catalogue.pool(name)  # unknown pool names fail before any work
     budgets = parse_budgets(args.budgets) if args.budgets else None
     pairs = parse_pairs(args.compare) if args.compare else DELTA_PAIRS
+    if args.compare:
+        check_compare(pairs, scores)
     result = analyze(catalogue, finetune, scores, pools, budgets, categories, args.log_odds)
     summary = summary_text(result)
     with atomic_directory(args.out) as tmp:
@@ -83,6 +150,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
     from engine.tasks.loader import load_tasks
 
     start = time.perf_counter()
+    check_directory(args.store, "--store")
     catalogue = load_catalogue(args.catalog)
     catalogue.pool(args.pool)
     tasks = load_tasks(args.tasks)
@@ -99,11 +167,21 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
 def cmd_probe(args: argparse.Namespace) -> None:
     """Run task-aware proxies on every (model, task) of the store into a scores table."""
+    from actors.proxies import PROXIES
     from engine.core.presets import load_preset
     from engine.stages.probe import probe, write_scores
 
+    if args.out.suffix not in (".parquet", ".csv"):
+        raise UserError(f"--out {args.out}: the scores table must end in .parquet or .csv")
     preset = load_preset(args.preset)
     proxies = [p.strip() for p in args.proxies.split(",") if p.strip()]
+    if not proxies:
+        raise UserError(f"--proxies {args.proxies!r}: no proxy given")
+    unknown = [p for p in proxies if p not in PROXIES]
+    if unknown:
+        raise UserError(
+            f"--proxies: unknown proxy {unknown[0]!r} (available: {', '.join(PROXIES)})"
+        )
     summary = probe(args.store, proxies, preset)
     write_scores(summary.scores, args.out)
     na = summary.scores.filter(pl.col("score").is_null())
@@ -125,6 +203,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     from engine.stages.finetune import run_finetune, select_pairs
     from engine.tasks.loader import load_tasks
 
+    check_directory(args.out, "--out")
     catalogue = load_catalogue(args.catalog)
     catalogue.pool(args.pool)
     specs = load_tasks(args.tasks)
@@ -201,8 +280,22 @@ def cmd_search(args: argparse.Namespace) -> None:
     --finetune, fine-tune the picks and export the winner. Without --catalog the embedded demo
     pool is used (works offline; the first such run pre-trains the demo's experts, a few minutes).
     """
-    from engine.apps.search import format_result, search
+    from engine.apps.search import format_result, resolve_catalogue, search, strategy_proxies
+    from engine.core.presets import load_preset
 
+    check_directory(args.out, "--out")
+    load_preset(args.preset)
+    strategy_proxies(args.strategy)
+    if args.catalog is not None:
+        cat, pool = resolve_catalogue(args.catalog, args.pool)
+        size, where = cat.pool(pool).height, f"pool {pool} of {cat.path}"
+    else:  # checked before the demo pool is built (minutes, the first time)
+        from engine.demo.convert import VARIANTS
+        from engine.demo.pool import CONTROLS, EXPERTS
+
+        size, where = len(VARIANTS) + len(EXPERTS) + len(CONTROLS), "pool All of the demo"
+    if args.budget > size:
+        raise UserError(f"budget {args.budget} is not in 1..{size} ({where})")
     result = search(
         args.data,
         catalogue=args.catalog,
@@ -222,7 +315,9 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     a rerun reuses everything already computed."""
     from engine.apps.benchmark import load_config, run_benchmark
 
+    check_directory(args.out, "--out")
     config = load_config(args.config)
+    check_directory(config.out, f"{config.path}: [run] out")
     run_benchmark(config, args.out)
 
 
@@ -232,11 +327,13 @@ def cmd_demo(args: argparse.Namespace) -> None:
     tasks from bundled data), into one run directory with an HTML report."""
     from engine.apps.demo import run_demo
 
+    check_directory(args.out, "--out")
+    check_directory(args.cache, "--cache")
     run_demo(args.out, args.cache)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="whichmodel",
         description="Which pre-trained models to fine-tune: model search and regret analysis.",
     )
@@ -293,9 +390,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", required=True, type=Path, help="tasks TOML")
     p.add_argument("--store", required=True, type=Path, help="embedding store directory")
     p.add_argument(
-        "--image-size", type=int, help="input size for every model (default: each model's own)"
+        "--image-size",
+        type=positive_int,
+        help="input size for every model (default: each model's own)",
     )
-    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=64, help="images per batch (default 64)"
+    )
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser(
@@ -325,17 +426,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="successive halving (ASHA) over a ranking's top K under a budget of steps",
     )
-    p.add_argument("--budget", type=int, help="models per task with --select")
+    p.add_argument("--budget", type=positive_int, help="models per task with --select")
     p.add_argument("--scores", type=Path, help="scores table for task-aware/hybrid strategies")
-    p.add_argument("--top-k", type=int, help="--halving: candidates per task (ranking's top K)")
     p.add_argument(
-        "--total-steps", type=int, help="--halving: budget per task in fine-tune steps (all arms)"
+        "--top-k", type=positive_int, help="--halving: candidates per task (ranking's top K)"
+    )
+    p.add_argument(
+        "--total-steps",
+        type=positive_int,
+        help="--halving: budget per task in fine-tune steps (all arms)",
     )
     p.add_argument("--rank", help="--halving: ranking strategy (default hybrid_linear)")
-    p.add_argument("--eta", type=int, help="--halving: reduction factor (default 2)")
+    p.add_argument("--eta", type=int_at_least_2, help="--halving: reduction factor (default 2)")
     p.add_argument(
         "--grace",
-        type=int,
+        type=positive_int,
         help="--halving: first rung in steps (default: the preset's checkpoint_every)",
     )
     p.add_argument(
@@ -359,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="catalogue TOML (default: the embedded demo pool; first use pre-trains it)",
     )
     p.add_argument("--pool", help="pool name (default: the catalogue's only pool, or All)")
-    p.add_argument("--budget", required=True, type=int, help="how many models to pick (B)")
+    p.add_argument("--budget", required=True, type=positive_int, help="how many models to pick (B)")
     p.add_argument(
         "--strategy",
         default="hybrid_linear",
@@ -410,7 +515,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``whichmodel`` console script."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a bad option (2, one line): no work started
+        return exc.code if isinstance(exc.code, int) else 2
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="whichmodel: %(levelname)s: %(message)s",

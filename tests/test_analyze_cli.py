@@ -158,6 +158,58 @@ def test_scores_add_task_aware_and_hybrid_strategies(tmp_path):
     assert (out / "plots" / "delta_hybrid_linear_vs_linear_All.png").exists()
 
 
+def _linear_scores(tmp_path, keep=lambda m, t: True, rename=lambda t: t, empty=()) -> Path:
+    """A linear-proxy scores table over the VTAB matrix: score = accuracy + a model offset;
+    ``keep`` drops rows, ``rename`` renames tasks, models in ``empty`` get an empty score."""
+    acc = raw_vtab()
+    rows = [
+        {
+            "model": m,
+            "task": rename(t),
+            "proxy": "linear",
+            "score": None if m in empty else a + 0.01 * i,
+        }
+        for i, (m, by_task) in enumerate(acc.items())
+        for t, a in by_task.items()
+        if keep(m, t)
+    ]
+    path = tmp_path / "scores.parquet"
+    pl.DataFrame(rows, schema=schema.SCORES).write_parquet(path)
+    return path
+
+
+def test_scores_for_some_tasks_only_are_an_error_naming_the_first_missing_pairs(tmp_path, capsys):
+    tasks = sorted({t for by_task in raw_vtab().values() for t in by_task})
+    scores = _linear_scores(tmp_path, keep=lambda m, t: t in tasks[:3])
+    err = _bad(tmp_path, capsys, extra=["--scores", str(scores)])
+    assert "proxy 'linear' has no row for (model, task)" in err
+    assert "of 285 missing" in err and "of pool " in err
+    first = err.split("(model, task) ", 1)[1]
+    assert first.startswith("('") and not any(f"'{t}')" in first[:200] for t in tasks[:3])
+
+
+def test_one_missing_pair_is_an_error_naming_it(tmp_path, capsys):
+    scores = _linear_scores(tmp_path, keep=lambda m, t: (m, t) != ("sup-100", "DTD"))
+    err = _bad(tmp_path, capsys, extra=["--scores", str(scores), "--pools", "All"])
+    assert "('sup-100', 'DTD')" in err and "(1 of 285 missing)" in err
+
+
+def test_scores_with_other_task_names_are_an_error(tmp_path, capsys):
+    scores = _linear_scores(tmp_path, rename=str.lower)
+    err = _bad(tmp_path, capsys, extra=["--scores", str(scores), "--pools", "All"])
+    assert "(285 of 285 missing; its tasks" in err and "are not the pool's" in err
+
+
+def test_an_empty_score_means_not_applicable_and_ranks_last(tmp_path):
+    scores = _linear_scores(tmp_path, empty={"sup-100"})
+    out = tmp_path / "out"
+    argv = ["analyze", "--catalog", str(VTAB_CATALOG), "--finetune", str(VTAB_FT)]
+    assert cli.main([*argv, "--scores", str(scores), "--out", str(out), "--pools", "All"]) == 0
+    sel = pl.read_parquet(out / "selections.parquet")
+    last = sel.filter((pl.col("strategy") == "linear") & (pl.col("budget") == 15))
+    assert set(last.filter(pl.col("rank") == 15)["model"]) == {"sup-100"}
+
+
 def _bad(tmp_path, capsys, finetune_text=None, extra=(), catalog=VTAB_CATALOG):
     ft = VTAB_FT
     if finetune_text is not None:

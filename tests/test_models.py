@@ -6,6 +6,7 @@ other model is random-init. Small images (64 px) except the real classification 
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 from pathlib import Path
@@ -105,7 +106,7 @@ def test_converter_reuses_an_up_to_date_file_and_describes_the_model(lite_dir):
     assert len(load_file(str(path))) == 296
     entry = lite_catalogue_entry(0, f"weights/{LITE0}.safetensors")
     assert entry["source"] == f"timm:{LITE0}@weights/{LITE0}.safetensors"
-    assert entry["imagenet_top1"] == LITE_TOP1[0] == 0.74846
+    assert entry["imagenet_top1"] == LITE_TOP1[0]
     assert entry["dim"] == 1280
     assert entry["params"] == 3_371_008  # the feature extractor, without the 1000-class head
 
@@ -272,3 +273,19 @@ def test_weights_fingerprint(lite_dir, tmp_path):
     assert hub == ModelSource("resnet50.a1_in1k", "hub")
     assert weights_fingerprint(hub).startswith("hub:resnet50.a1_in1k:timm=")
     assert has_source_head(hub) and not has_source_head(parse_source("timm:resnet50.no_tag"))
+
+
+def test_lite_top1_is_timms_published_row():
+    """One source: top1 / 100 of timm's rows (pools/data), the Lite0 row the same in both files."""
+    data = Path(__file__).resolve().parents[1] / "pools" / "data"
+    rows = {}
+    for name in ("efficientnet_lite_imagenet_results.csv", "timm_imagenet_results.csv"):
+        with (data / name).open(newline="") as fh:
+            rows[name] = {r["model"]: r for r in csv.DictReader(fh)}
+    lite = rows["efficientnet_lite_imagenet_results.csv"]
+    assert lite[f"{LITE0}.in1k"] == rows["timm_imagenet_results.csv"][f"{LITE0}.in1k"]
+    for v in (0, 1, 2):
+        assert LITE_TOP1[v] == pytest.approx(
+            float(lite[f"tf_efficientnet_lite{v}.in1k"]["top1"]) / 100
+        )
+    assert LITE_TOP1[0] == pytest.approx(0.7483)  # 74.830 in timm's table

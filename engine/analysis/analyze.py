@@ -10,7 +10,7 @@ import polars as pl
 
 from engine.analysis.curves import StrategyOutcome, pool_outcomes
 from engine.analysis.quality import estimator_quality
-from engine.analysis.strategies import PoolData
+from engine.analysis.strategies import PoolData, dense_scores
 from engine.core import schema
 from engine.core.catalog import Catalogue
 from engine.core.errors import UserError
@@ -86,11 +86,7 @@ def build_pool(
             f"pool {name}: no fine-tune result for model {models[m]!r} on task {tasks[t]!r} "
             f"({len(gaps)} missing); regret needs every pool model on every task"
         )
-    proxy_scores = {}
-    if scores is not None:
-        for proxy in scores["proxy"].unique().sort():
-            rows = scores.filter(pl.col("proxy") == proxy)
-            proxy_scores[proxy] = _dense(rows, "score", models, tasks)
+    proxy_scores = {} if scores is None else dense_scores(scores, models, tasks, name)
     return PoolData(
         name=name,
         models=models,

@@ -15,10 +15,8 @@ def logit(p: np.ndarray | float, eps: float = LOGIT_EPS) -> np.ndarray:
     return np.log(p / (1.0 - p))
 
 
-def abs_regret(oracle, picked, log_odds: bool = False) -> np.ndarray:
-    """ORACLE - s(m); with ``log_odds`` the difference of the log-odds of the two accuracies."""
-    if log_odds:
-        return logit(oracle) - logit(picked)
+def abs_regret(oracle, picked) -> np.ndarray:
+    """ORACLE - s(m), in accuracy points (the log-odds variant is ``rel_regret(log_odds=True)``)."""
     return np.asarray(oracle, dtype=np.float64) - np.asarray(picked, dtype=np.float64)
 
 

@@ -10,11 +10,13 @@ Ties are broken the same way everywhere: by the task-agnostic order (which itsel
 catalogue file order), so every ranking is deterministic.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
+
+from engine.core.errors import UserError
 
 RANDOM = "random"
 REFERENCE = ("task_agnostic", "oracle", RANDOM, "task_agnostic_oracle", "task_agnostic_loo")
@@ -187,6 +189,62 @@ def strategies_for(pool: PoolData) -> dict[str, Callable[[PoolData], np.ndarray]
             continue
         out[proxy] = task_aware(proxy)
         out[HYBRID_PREFIX + proxy] = hybrid(proxy)
+    return out
+
+
+def proxy_of(strategy: str) -> str | None:
+    """The proxy a strategy ranks by (``linear`` for ``linear`` and ``hybrid_linear``), or None
+    for a strategy of the registry."""
+    if strategy in STRATEGIES:
+        return None
+    return strategy.removeprefix(HYBRID_PREFIX)
+
+
+def dense_scores(
+    scores: pl.DataFrame,
+    models: Sequence[str],
+    tasks: Sequence[str],
+    pool: str,
+    proxies: Sequence[str] | None = None,
+) -> dict[str, np.ndarray]:
+    """Per proxy, the (tasks × models) scores of a pool; NaN where the table states the proxy
+    does not apply (a row with an empty score).
+
+    Every (model, task) of the pool needs a row for every proxy (default: every proxy of the
+    table): otherwise a ``UserError`` names the proxy and the first missing pairs, since a
+    ranking with holes would silently fall back to the task-agnostic order.
+    """
+    m_idx = {m: i for i, m in enumerate(models)}
+    t_idx = {t: i for i, t in enumerate(tasks)}
+    names = sorted(scores["proxy"].unique()) if proxies is None else list(proxies)
+    out = {}
+    for proxy in names:
+        sub = scores.filter(
+            (pl.col("proxy") == proxy)
+            & pl.col("model").is_in(list(models))
+            & pl.col("task").is_in(list(tasks))
+        )
+        rows = np.array([t_idx[t] for t in sub["task"]], dtype=np.int64)
+        cols = np.array([m_idx[m] for m in sub["model"]], dtype=np.int64)
+        have = np.zeros((len(tasks), len(models)), dtype=bool)
+        have[rows, cols] = True
+        if not have.all():
+            gaps = np.argwhere(~have)
+            first = ", ".join(f"({models[m]!r}, {tasks[t]!r})" for t, m in gaps[:3])
+            known = sorted(set(scores.filter(pl.col("proxy") == proxy)["task"]) - set(tasks))
+            hint = (
+                f"; its tasks {', '.join(map(repr, known[:3]))} are not the pool's"
+                if known and not have.any(axis=1).any()
+                else ""
+            )
+            raise UserError(
+                f"scores table: proxy {proxy!r} has no row for (model, task) {first} of pool "
+                f"{pool} ({len(gaps)} of {have.size} missing{hint}); every pair needs a score, "
+                "or an empty one where the proxy does not apply"
+            )
+        values = np.full((len(tasks), len(models)), np.nan)
+        values[rows, cols] = sub["score"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+        out[proxy] = values
     return out
 
 

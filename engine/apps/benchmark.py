@@ -227,11 +227,17 @@ def load_config(path: Path) -> BenchmarkConfig:
 
 
 def _check_names(config: BenchmarkConfig) -> None:
-    """Fail before any work: pools, tasks, preset and proxies must all resolve."""
+    """Fail before any work: pools, tasks, preset and proxies must all resolve, and some budget
+    must fit each pool (budgets above a pool's size are left out for it)."""
     catalogue = load_catalogue(config.catalog)
     for pool in config.pools or catalogue.pool_names():
-        if catalogue.pool(pool).height == 0:
+        size = catalogue.pool(pool).height
+        if size == 0:
             raise UserError(f"{config.catalog}: pool {pool!r} has no models")
+        if config.budgets and min(config.budgets) > size:  # the rule of analyse_pools
+            raise UserError(
+                f"{config.path}: [run] budgets: none is within pool {pool!r} ({size} models)"
+            )
     load_tasks(config.tasks)
     load_preset(config.preset)
     for proxy in config.proxies:

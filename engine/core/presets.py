@@ -35,6 +35,45 @@ FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
 }
 
 
+PRECISIONS = ("bf16", "fp16", "fp32")  # actors.finetune.PRECISIONS
+METRICS = ("euclidean", "cosine")  # actors.proxies.knn
+
+
+def _positive(value: Any) -> bool:
+    return value > 0
+
+
+def _lrs(value: list) -> bool:
+    return bool(value) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in value
+    )
+
+
+_POSITIVE = (_positive, "a positive integer")
+_AT_LEAST_0 = (lambda v: v >= 0, "an integer >= 0")
+_LRS = (_lrs, "a non-empty list of positive numbers")
+# What each value must satisfy beyond its type (checked after FIELDS): (test, rule in words).
+VALUES: dict[str, dict[str, tuple[Any, str]]] = {
+    "embed": {
+        "image_size": (lambda v: v >= 0, "an integer >= 0 (0: each model's own)"),
+        "batch_size": _POSITIVE,
+    },
+    "linear": {"lrs": _LRS, "steps": _POSITIVE, "batch_size": _POSITIVE, "reps": _POSITIVE},
+    "knn": {"k": _POSITIVE, "metric": (lambda v: v in METRICS, f"one of {', '.join(METRICS)}")},
+    "finetune": {
+        "image_size": (lambda v: v >= 0, "an integer >= 0 (0: each model's own)"),
+        "lrs": _LRS,
+        "steps": _POSITIVE,
+        "batch_size": _POSITIVE,
+        "reps": _POSITIVE,
+        "head_steps": _AT_LEAST_0,
+        "head_lr": (_positive, "a positive number"),
+        "checkpoint_every": (lambda v: v >= 0, "an integer >= 0 (0: never)"),
+        "precision": (lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+    },
+}
+
+
 def load_preset(name: str, path: str | Path | None = None) -> dict[str, dict[str, Any]]:
     """The named preset's sections, checked against ``FIELDS``.
 
@@ -70,6 +109,13 @@ def load_preset(name: str, path: str | Path | None = None) -> dict[str, dict[str
                 raise UserError(
                     f"{path}: preset {name!r} field {section}.{field} must be {names}, "
                     f"got {value!r}"
+                )
+    for section, checks in VALUES.items():
+        for field, (ok, rule) in checks.items():
+            value = preset[section][field]
+            if not ok(value):
+                raise UserError(
+                    f"{path}: preset {name!r} field {section}.{field} must be {rule}, got {value!r}"
                 )
     parse_resources(preset.get("resources"), f"{path}: preset {name!r}")
     return preset

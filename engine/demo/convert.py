@@ -13,6 +13,7 @@ timm's config for that arch: mean = std = 0.5, bicubic, 224/240/260 px, crop_pct
 
 from __future__ import annotations
 
+import csv
 import importlib.resources
 import sys
 from pathlib import Path
@@ -24,9 +25,26 @@ from engine.core.errors import UserError
 from engine.core.outputs import atomic_file
 
 VARIANTS = (0, 1, 2)
-# ImageNet top-1 of timm's tf_efficientnet_lite{0,1,2} (timm results tables).
-LITE_TOP1 = {0: 0.74846, 1: 0.76674, 2: 0.77470}
 IMAGENET_TRAIN_SIZE = 1281167
+# timm's published rows for tf_efficientnet_lite{0,1,2}.in1k (provenance: pools/data/README.md).
+LITE_RESULTS = (
+    Path(__file__).resolve().parents[2]
+    / "pools"
+    / "data"
+    / "efficientnet_lite_imagenet_results.csv"
+)
+
+
+def read_lite_top1(path: Path = LITE_RESULTS) -> dict[int, float]:
+    """ImageNet top-1 of EfficientNet-Lite 0, 1, 2 as fractions: ``top1 / 100`` of timm's rows."""
+    with path.open(newline="") as fh:
+        rows = {r["model"]: r for r in csv.DictReader(fh)}
+    return {
+        v: round(float(rows[f"tf_efficientnet_lite{v}.in1k"]["top1"]) / 100, 5) for v in VARIANTS
+    }
+
+
+LITE_TOP1 = read_lite_top1()
 
 
 def lite_arch(variant: int) -> str:

@@ -23,7 +23,13 @@ from ray import tune
 
 from actors.finetune import split_pixels
 from actors.finetune_trial import finetune_trial
-from engine.analysis.strategies import HYBRID_PREFIX, PoolData, strategies_for
+from engine.analysis.strategies import (
+    HYBRID_PREFIX,
+    PoolData,
+    dense_scores,
+    proxy_of,
+    strategies_for,
+)
 from engine.cluster.connect import ensure_ray
 from engine.core import schema
 from engine.core.catalog import Catalogue
@@ -85,17 +91,10 @@ def select_pairs(
             "task_agnostic, a proxy or hybrid_<proxy>"
         )
     models = meta["model"].to_list()
+    proxy = proxy_of(strategy)
     proxy_scores = {}
-    if scores is not None:
-        for proxy in scores["proxy"].unique().sort():
-            sub = scores.filter(pl.col("proxy") == proxy)
-            lookup = {(m, t): s for m, t, s in sub.select("model", "task", "score").iter_rows()}
-            proxy_scores[proxy] = np.array(
-                [
-                    [np.nan if lookup.get((m, t)) is None else lookup[(m, t)] for m in models]
-                    for t in tasks
-                ]
-            )
+    if scores is not None and proxy is not None and proxy in set(scores["proxy"]):
+        proxy_scores = dense_scores(scores, models, tasks, pool, [proxy])
     data = PoolData(
         pool,
         models,
@@ -107,7 +106,8 @@ def select_pairs(
     )
     available = strategies_for(data)
     if strategy not in available:
-        proxies = sorted(proxy_scores) or ["(no scores table given)"]
+        proxies = sorted(set(scores["proxy"])) if scores is not None else []
+        proxies = proxies or ["(no scores table given)"]
         raise UserError(
             f"unknown strategy {strategy!r}: use task_agnostic, a proxy of the scores table "
             f"({', '.join(proxies)}) or {HYBRID_PREFIX}<proxy>"
