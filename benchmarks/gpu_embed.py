@@ -29,8 +29,9 @@ Ratio = engine stage / bare (goal >= 0.8). Needs only the repository and its ven
 Notes: the per-model runs pass ``gpus_per_actor=1.0`` (one stage, one actor, the whole GPU); the
 all-models run must pass a fraction, since with ``1.0`` and fewer GPUs than models the later
 model stages never get an actor and ``embed`` hangs (seen with a logical 1-GPU Ray on CPU). The
-bare loop sets ``torch.backends.cudnn.benchmark = True`` as timm's benchmark.py does; the
-engine's actors leave it at its default (False), which may cost convnets some speed.
+bare loop sets ``torch.backends.cudnn.benchmark = True`` as timm's benchmark.py does, and so
+does every CUDA ``Embedder`` of the engine (``actors/embedder.py``: fixed input shapes), so both
+sides pick cuDNN's fastest kernels.
 
     .venv/bin/python benchmarks/gpu_embed.py [--models resnet50,convnext_tiny,...]
         [--images 4096 --jpeg 256 --size 224 --batch 256 --warmup 10 --iters 40]

@@ -14,11 +14,13 @@ ledger actor on the driver's node counts the images decoded and the rows each mo
 Ray node; the run's entry in the store's metadata records them.
 """
 
+import itertools
 import json
 import logging
 import math
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -314,10 +316,20 @@ def _forward_here(
 ) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
     """``complete_tasks`` of the decoded ``ds`` embedded in this process by every model."""
     threads = torch.get_num_threads()
-    embedder = PoolEmbedder(models=specs, threads=cpu_actor_threads(cpus, cfg)[0])
+    batches = iter(ds.iter_batches(batch_size=cfg.batch_size, batch_format="numpy"))
+    # Ray Data starts decoding on the first request for a batch: make it from a thread while
+    # this one builds the models, so worker start-up and the first decode overlap the builds.
+    with ThreadPoolExecutor(1, thread_name_prefix="whichmodel-first-batch") as pool:
+        first = pool.submit(next, batches, None)
+        try:
+            embedder = PoolEmbedder(models=specs, threads=cpu_actor_threads(cpus, cfg)[0])
+            head = first.result()
+        except BaseException:
+            first.cancel()
+            raise
     try:
-        batches = ds.iter_batches(batch_size=cfg.batch_size, batch_format="numpy")
-        embedded = ({k: v for k, v in embedder(b).items() if k != "pixels"} for b in batches)
+        decoded = itertools.chain([] if head is None else [head], batches)
+        embedded = ({k: v for k, v in embedder(b).items() if k != "pixels"} for b in decoded)
         yield from complete_tasks(embedded, rows)
     finally:
         torch.set_num_threads(threads)
