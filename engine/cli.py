@@ -14,6 +14,7 @@ from engine.analysis.analyze import analyze
 from engine.analysis.plots import DELTA_PAIRS, write_plots
 from engine.analysis.summary import summary_text
 from engine.cluster.connect import connection_options
+from engine.core.budgets import parse_budgets
 from engine.core.catalog import load_catalogue
 from engine.core.errors import UserError
 from engine.core.outputs import atomic_directory, write_table
@@ -69,20 +70,6 @@ def check_directory(target: str | Path | None, flag: str) -> None:
         raise UserError(f"{flag} {text}: exists and is not a directory")
 
 
-def parse_budgets(text: str) -> list[int]:
-    """'1,2,5' or '1-5' or '1-3,10' → sorted distinct budgets."""
-    out: set[int] = set()
-    try:
-        for part in text.split(","):
-            lo, _, hi = part.strip().partition("-")
-            out.update(range(int(lo), int(hi or lo) + 1))
-    except ValueError as exc:
-        raise UserError(f"--budgets {text!r}: expected numbers like 1,2,5 or 1-5") from exc
-    if not out:
-        raise UserError(f"--budgets {text!r}: no budget given")
-    return sorted(out)
-
-
 def parse_pairs(items: Sequence[str]) -> list[tuple[str, str]]:
     """['a:b', ...] → [(a, b), ...]."""
     pairs = []
@@ -121,7 +108,7 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     pools = [p.strip() for p in args.pools.split(",")] if args.pools else None
     for name in pools or []:
         catalogue.pool(name)  # unknown pool names fail before any work
-    budgets = parse_budgets(args.budgets) if args.budgets else None
+    budgets = parse_budgets(args.budgets, "--budgets") if args.budgets else None
     pairs = parse_pairs(args.compare) if args.compare else DELTA_PAIRS
     if args.compare:
         check_compare(pairs, scores)
@@ -280,22 +267,9 @@ def cmd_search(args: argparse.Namespace) -> None:
     --finetune, fine-tune the picks and export the winner. Without --catalog the embedded demo
     pool is used (works offline; the first such run pre-trains the demo's experts, a few minutes).
     """
-    from engine.apps.search import format_result, resolve_catalogue, search, strategy_proxies
-    from engine.core.presets import load_preset
+    from engine.apps.search import format_result, search
 
     check_directory(args.out, "--out")
-    load_preset(args.preset)
-    strategy_proxies(args.strategy)
-    if args.catalog is not None:
-        cat, pool = resolve_catalogue(args.catalog, args.pool)
-        size, where = cat.pool(pool).height, f"pool {pool} of {cat.path}"
-    else:  # checked before the demo pool is built (minutes, the first time)
-        from engine.demo.convert import VARIANTS
-        from engine.demo.pool import CONTROLS, EXPERTS
-
-        size, where = len(VARIANTS) + len(EXPERTS) + len(CONTROLS), "pool All of the demo"
-    if args.budget > size:
-        raise UserError(f"budget {args.budget} is not in 1..{size} ({where})")
     result = search(
         args.data,
         catalogue=args.catalog,

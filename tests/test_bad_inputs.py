@@ -167,7 +167,7 @@ CASES: dict[str, Case] = {
         {},
         "budget 3 is larger than pool Two (2 models)",
     ),
-    "analyze --budgets x": ([*ANALYZE_OUT, "--budgets", "x"], {}, "--budgets 'x'"),
+    "analyze --budgets x": ([*ANALYZE_OUT, "--budgets", "x"], {}, "--budgets must look like"),
     "analyze --pools Nope": ([*ANALYZE_OUT, "--pools", "Nope"], {}, "unknown pool 'Nope'"),
     "analyze --compare foo:bar": (
         [*ANALYZE_OUT, "--compare", "foo:bar"],

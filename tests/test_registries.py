@@ -9,10 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 from imageworld import write_folder, write_parquet_task
+from poolmaker import make_meta, make_pool
 
 from actors.finetune import FinetuneConfig, check_config
 from actors.proxies import PROXIES, ProxyInput, run_proxy
+from engine.analysis.strategies import (
+    AGNOSTIC_SLOT,
+    STRATEGIES,
+    PoolData,
+    parse_strategy,
+    pick_slots,
+    proxy_strategies,
+)
 from engine.core.catalog import load_catalogue
+from engine.core.errors import UserError
 from engine.core.names import name_problem
 from engine.core.presets import PRESETS_FILE, load_preset, preset_resources
 from engine.core.schema import SPLITS
@@ -141,3 +151,43 @@ def test_every_builtin_task_returns_a_valid_task(tmp_path, builtin):
     options = {"builtin": builtin, "train": 20, "val": 10, "max_test": 10}
     spec = TaskSpec(builtin, "natural", "builtin", options, tmp_path)
     _assert_valid(load_task(spec), builtin)
+
+
+# ------------------------------------------------------------------------------ strategies
+
+
+def _strategy_pool(acc_seed: int) -> PoolData:
+    rng = np.random.default_rng(acc_seed)
+    meta = make_meta(6, imagenet=[0.7, None, 0.8, 0.6, None, 0.75], upstream=[9, 5, 7, 3, 8, 1])
+    scores = {"linear": np.random.default_rng(7).random((4, 6))}
+    scores["linear"][:, 1] = np.nan  # the proxy does not apply to m1
+    return make_pool(rng.random((4, 6)), meta, scores)
+
+
+ALL_STRATEGIES = [*STRATEGIES, *(s.name for s in proxy_strategies("linear"))]
+
+
+@pytest.mark.parametrize("name", ALL_STRATEGIES)
+def test_every_strategy_keeps_the_contract(name):
+    """Parsed back from its name; ranks every task as a permutation of the pool; its slots
+    match pick_slots; and only the strategies that say they need fine-tune results look at them."""
+    spec = parse_strategy(name, ["linear"])
+    assert spec.name == name and spec.slots in {"agnostic", "aware", "hybrid", "reference"}
+    assert (spec.proxy is not None) == (spec.slots in {"aware", "hybrid"})
+    if spec.rank is None:  # random: a closed-form expectation (engine.analysis.curves)
+        assert spec.needs_finetune
+        return
+    pool = _strategy_pool(0)
+    order = spec.rank(pool)
+    assert order.shape == (4, 6)
+    assert (np.sort(order, axis=1) == np.arange(6)).all()
+    if spec.slots != "reference":
+        slots = pick_slots(name, 3)
+        assert len(slots) == 3 and (slots[0] == AGNOSTIC_SLOT) == (spec.slots != "aware")
+    other = spec.rank(_strategy_pool(1))  # the same pool with other fine-tune accuracies
+    assert (order == other).all() != spec.needs_finetune, name
+
+
+def test_an_unknown_strategy_names_what_exists():
+    with pytest.raises(UserError, match=r"unknown strategy 'magic': use task_agnostic, .*linear"):
+        parse_strategy("magic", ["linear"])

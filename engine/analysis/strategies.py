@@ -19,7 +19,6 @@ import polars as pl
 from engine.core.errors import UserError
 
 RANDOM = "random"
-REFERENCE = ("task_agnostic", "oracle", RANDOM, "task_agnostic_oracle", "task_agnostic_loo")
 HYBRID_PREFIX = "hybrid_"
 
 
@@ -146,11 +145,10 @@ def pick_slots(strategy: str, budget: int) -> list[str]:
     """The rule that fills each of a strategy's first ``budget`` picks, as ``hybrid_order``
     builds them: a hybrid's first slot is task-agnostic and the rest task-aware; ``task_agnostic``
     fills every slot task-agnostically, a proxy every slot task-aware."""
-    if strategy == "task_agnostic":
-        return [AGNOSTIC_SLOT] * budget
-    if strategy.startswith(HYBRID_PREFIX):
+    slots = parse_strategy(strategy, [strategy.removeprefix(HYBRID_PREFIX)]).slots
+    if slots == "hybrid":
         return [AGNOSTIC_SLOT] + [AWARE_SLOT] * (budget - 1)
-    return [AWARE_SLOT] * budget
+    return [AGNOSTIC_SLOT if slots == "agnostic" else AWARE_SLOT] * budget
 
 
 def agnostic_key(meta: pl.DataFrame, first: int, second: int) -> str:
@@ -163,41 +161,73 @@ def agnostic_key(meta: pl.DataFrame, first: int, second: int) -> str:
     return "catalogue order"
 
 
-# The registry of strategies that need no proxy. Proxy strategies are generated per proxy by
-# `strategies_for`, so every proxy in a scores table becomes `<proxy>` and `hybrid_<proxy>`.
-STRATEGIES: dict[str, Callable[[PoolData], np.ndarray] | None] = {
-    "task_agnostic": task_agnostic,
-    "oracle": oracle,
-    RANDOM: None,  # closed-form expectation, see engine.analysis.curves.random_expectation
-    "task_agnostic_oracle": task_agnostic_oracle,
-    "task_agnostic_loo": task_agnostic_loo,
+@dataclass(frozen=True)
+class StrategySpec:
+    """A strategy and what the rest of the engine needs to know about it.
+
+    ``rank(pool) -> (tasks, models) order`` (None for ``random``: a closed-form expectation,
+    ``engine.analysis.curves.random_expectation``); ``slots``: how its picks are filled —
+    ``"agnostic"`` (every pick from the task-agnostic order), ``"aware"`` (every pick from a
+    proxy), ``"hybrid"`` (the first task-agnostic, the rest from a proxy) or ``"reference"`` (an
+    analysis reference, not a recommendation); ``needs_finetune``: it ranks by fine-tune results
+    of every model, so it can measure but never advise on a new task; ``min_tasks``: the tasks a
+    pool needs for it to apply; ``proxy``: the proxy it ranks by."""
+
+    name: str
+    rank: Callable[[PoolData], np.ndarray] | None
+    slots: str
+    needs_finetune: bool = False
+    min_tasks: int = 1
+    proxy: str | None = None
+
+
+# The registry of strategies that need no proxy, in report order. Proxy strategies are made per
+# proxy by `proxy_strategies`, so every proxy of a scores table becomes `<proxy>` and
+# `hybrid_<proxy>` with no other code.
+STRATEGIES: dict[str, StrategySpec] = {
+    spec.name: spec
+    for spec in (
+        StrategySpec("task_agnostic", task_agnostic, "agnostic"),
+        StrategySpec("oracle", oracle, "reference", needs_finetune=True),
+        StrategySpec(RANDOM, None, "reference", needs_finetune=True),
+        StrategySpec("task_agnostic_oracle", task_agnostic_oracle, "reference", True),
+        StrategySpec("task_agnostic_loo", task_agnostic_loo, "reference", True, min_tasks=2),
+    )
 }
 
 
+def proxy_strategies(proxy: str) -> tuple[StrategySpec, StrategySpec]:
+    """The two strategies of a proxy: task-aware ``<proxy>`` and ``hybrid_<proxy>``."""
+    return (
+        StrategySpec(proxy, task_aware(proxy), "aware", proxy=proxy),
+        StrategySpec(HYBRID_PREFIX + proxy, hybrid(proxy), "hybrid", proxy=proxy),
+    )
+
+
+def parse_strategy(name: str, proxies: Sequence[str]) -> StrategySpec:
+    """The one reading of a strategy name: a registered strategy, or ``<proxy>`` /
+    ``hybrid_<proxy>`` for one of ``proxies``; ``UserError`` naming what exists otherwise."""
+    if name in STRATEGIES:
+        return STRATEGIES[name]
+    proxy = name.removeprefix(HYBRID_PREFIX)
+    if proxy in proxies:
+        aware, hybrid_spec = proxy_strategies(proxy)
+        return hybrid_spec if name.startswith(HYBRID_PREFIX) else aware
+    known = ", ".join(proxies) if proxies else "none given"
+    raise UserError(
+        f"unknown strategy {name!r}: use {', '.join(STRATEGIES)}, a proxy ({known}) or "
+        f"{HYBRID_PREFIX}<proxy>"
+    )
+
+
 def strategies_for(pool: PoolData) -> dict[str, Callable[[PoolData], np.ndarray] | None]:
-    """Every strategy that applies to ``pool``, in report order.
-
-    ``task_agnostic_loo`` needs at least two tasks; a proxy needs at least one score in the pool.
-    """
-    out: dict[str, Callable[[PoolData], np.ndarray] | None] = {}
-    for name, fn in STRATEGIES.items():
-        if name == "task_agnostic_loo" and len(pool.tasks) < 2:
-            continue
-        out[name] = fn
+    """Every strategy that applies to ``pool`` (its ranking function), in report order: the
+    registry's that the pool has tasks enough for, then both of each proxy with a score."""
+    specs = [s for s in STRATEGIES.values() if len(pool.tasks) >= s.min_tasks]
     for proxy, values in pool.scores.items():
-        if np.isnan(values).all():
-            continue
-        out[proxy] = task_aware(proxy)
-        out[HYBRID_PREFIX + proxy] = hybrid(proxy)
-    return out
-
-
-def proxy_of(strategy: str) -> str | None:
-    """The proxy a strategy ranks by (``linear`` for ``linear`` and ``hybrid_linear``), or None
-    for a strategy of the registry."""
-    if strategy in STRATEGIES:
-        return None
-    return strategy.removeprefix(HYBRID_PREFIX)
+        if not np.isnan(values).all():
+            specs.extend(proxy_strategies(proxy))
+    return {s.name: s.rank for s in specs}
 
 
 def dense_scores(

@@ -53,6 +53,7 @@ from engine.analysis.plots import write_plots
 from engine.analysis.report import ReportData, write_report
 from engine.analysis.summary import summary_text
 from engine.core import schema
+from engine.core.budgets import parse_budgets
 from engine.core.catalog import Catalogue, load_catalogue
 from engine.core.errors import UserError
 from engine.core.files import read_toml
@@ -138,33 +139,6 @@ def _names(path: Path, key: str, value: Any) -> list[str]:
     return list(dict.fromkeys(value))
 
 
-def _budgets(path: Path, value: Any) -> list[int]:
-    """``"1-3"``, ``"1,2,5"``, ``2`` or ``[1, 2, 5]`` → sorted distinct budgets ≥ 1."""
-    out: set[int] = set()
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        if isinstance(value, int):
-            out.add(value)
-        elif isinstance(value, list):
-            if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-                raise ValueError
-            out.update(value)
-        elif isinstance(value, str):
-            for part in value.split(","):
-                lo, _, hi = part.strip().partition("-")
-                out.update(range(int(lo), int(hi or lo) + 1))
-        else:
-            raise ValueError
-    except ValueError:
-        raise UserError(
-            f'{path}: [run] budgets must look like "1-3", "1,2,5" or [1, 2], got {value!r}'
-        ) from None
-    if not out or min(out) < 1:
-        raise UserError(f"{path}: [run] budgets {value!r}: every budget must be at least 1")
-    return sorted(out)
-
-
 def _file(path: Path, key: str, value: Any) -> Path:
     target = (path.parent / _str(path, key, value)).resolve()
     if not target.is_file():
@@ -208,6 +182,7 @@ def load_config(path: Path) -> BenchmarkConfig:
     log_odds = run.get("log_odds", False)
     if not isinstance(log_odds, bool):
         raise UserError(f"{path}: [run] log_odds must be true or false, got {log_odds!r}")
+    has_budgets = "budgets" in run
     config = BenchmarkConfig(
         path=path,
         text=text,
@@ -218,7 +193,7 @@ def load_config(path: Path) -> BenchmarkConfig:
         tasks=_file(path, "tasks", run["tasks"]),
         preset=_preset_spec(path, _str(path, "preset", run.get("preset", "quick"))),
         proxies=_names(path, "proxies", run.get("proxies", list(DEFAULT_PROXIES))),
-        budgets=_budgets(path, run["budgets"]) if "budgets" in run else None,
+        budgets=parse_budgets(run["budgets"], f"{path}: [run] budgets") if has_budgets else None,
         store=store.resolve() if store else None,
         log_odds=log_odds,
     )

@@ -28,8 +28,8 @@ from actors.finetune import finetuned_meta
 from actors.proxies import PROXIES
 from engine.analysis.strategies import (
     AGNOSTIC_SLOT,
-    HYBRID_PREFIX,
     agnostic_key,
+    parse_strategy,
     pick_slots,
 )
 from engine.core.catalog import Catalogue, load_catalogue
@@ -37,7 +37,8 @@ from engine.core.errors import UserError
 from engine.core.names import MAX_NAME_BYTES, check_name
 from engine.core.outputs import atomic_directory, write_table
 from engine.core.presets import load_preset
-from engine.demo.pool import ensure_demo_pool
+from engine.demo.convert import VARIANTS
+from engine.demo.pool import CONTROLS, EXPERTS, ensure_demo_pool
 from engine.stages.embed import embed, embed_config
 from engine.stages.finetune import run_finetune, select_pairs
 from engine.stages.probe import probe, write_scores
@@ -213,15 +214,25 @@ def _quiet_repeats() -> Iterator[None]:
 
 def strategy_proxies(strategy: str) -> list[str]:
     """The proxies a strategy needs: none for ``task_agnostic``, else its one proxy."""
-    if strategy == "task_agnostic":
-        return []
-    proxy = strategy.removeprefix(HYBRID_PREFIX)
-    if proxy not in PROXIES:
+    spec = parse_strategy(strategy, list(PROXIES))
+    if spec.needs_finetune:
         raise UserError(
-            f"unknown strategy {strategy!r}: use task_agnostic, a proxy or hybrid_<proxy> "
-            f"(proxies: {', '.join(PROXIES)})"
+            f"strategy {strategy!r} needs fine-tune results of every model, which a search "
+            "does not have: use task_agnostic, a proxy or hybrid_<proxy>"
         )
-    return [proxy]
+    return [] if spec.proxy is None else [spec.proxy]
+
+
+def check_budget(catalogue: str | Path | Catalogue | None, pool: str | None, budget: int) -> None:
+    """``budget`` must fit the pool; for the embedded demo pool this is known before the pool is
+    built (minutes, the first time)."""
+    if catalogue is not None:
+        cat, pool = resolve_catalogue(catalogue, pool)
+        size, where = cat.pool(pool).height, f"pool {pool} of {cat.path}"
+    else:
+        size, where = len(VARIANTS) + len(EXPERTS) + len(CONTROLS), "pool All of the demo"
+    if not 1 <= budget <= size:
+        raise UserError(f"budget {budget} is not in 1..{size} ({where})")
 
 
 def resolve_catalogue(
@@ -328,7 +339,7 @@ def explain(
                 table[p][m] = None if s is None or not np.isfinite(s) else float(s)
                 reasons[(m, p)] = r
     slots = pick_slots(strategy, budget)
-    aware_from = 1 if strategy.startswith(HYBRID_PREFIX) else 0
+    aware_from = slots.count(AGNOSTIC_SLOT)  # 1 for a hybrid, 0 for a proxy
     picks = []
     for i, (model, slot) in enumerate(zip(ranking[:budget], slots, strict=True)):
         if slot == AGNOSTIC_SLOT:
@@ -369,13 +380,12 @@ def search(
     with its slot and reason; with ``finetune``, fine-tune the picks and export the winner."""
     data = Path(data).expanduser()
     proxies = strategy_proxies(strategy)
+    numbers = load_preset(preset)
     spec = task_spec(data)
     task = load_search_task(data, spec)
+    check_budget(catalogue, pool, budget)
     cat, pool = resolve_catalogue(catalogue, pool)
     meta = cat.pool(pool)
-    if not 1 <= budget <= meta.height:
-        raise UserError(f"budget {budget} is not in 1..{meta.height} (pool {pool} of {cat.path})")
-    numbers = load_preset(preset)
     work = Path(work_dir) if work_dir else DEFAULT_WORK_ROOT / spec.name
     work = work.resolve()
     models = meta["model"].to_list()

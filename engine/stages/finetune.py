@@ -23,13 +23,7 @@ from ray import tune
 
 from actors.finetune import split_pixels
 from actors.finetune_trial import finetune_trial
-from engine.analysis.strategies import (
-    HYBRID_PREFIX,
-    PoolData,
-    dense_scores,
-    proxy_of,
-    strategies_for,
-)
+from engine.analysis.strategies import PoolData, dense_scores, parse_strategy
 from engine.cluster.connect import ensure_ray
 from engine.core import schema
 from engine.core.catalog import Catalogue
@@ -40,8 +34,6 @@ from engine.stages.embed import EmbedConfig, decoded_dataset, gather, plan_model
 from engine.tasks.loader import TaskSpec, load_task
 
 log = logging.getLogger("whichmodel")
-
-NEEDS_FINETUNE = ("oracle", "random", "task_agnostic_oracle", "task_agnostic_loo")
 
 
 @dataclass(frozen=True)
@@ -85,16 +77,18 @@ def select_pairs(
     meta = catalogue.pool(pool)
     if budget < 1 or budget > meta.height:
         raise UserError(f"budget {budget} is not in 1..{meta.height} (pool {pool})")
-    if strategy in NEEDS_FINETUNE:
+    spec = parse_strategy(strategy, sorted(set(scores["proxy"])) if scores is not None else [])
+    if spec.needs_finetune:
         raise UserError(
             f"strategy {strategy!r} needs fine-tune results of every model; choose "
             "task_agnostic, a proxy or hybrid_<proxy>"
         )
     models = meta["model"].to_list()
-    proxy = proxy_of(strategy)
     proxy_scores = {}
-    if scores is not None and proxy is not None and proxy in set(scores["proxy"]):
-        proxy_scores = dense_scores(scores, models, tasks, pool, [proxy])
+    if spec.proxy is not None:
+        proxy_scores = dense_scores(scores, models, tasks, pool, [spec.proxy])
+        if np.isnan(proxy_scores[spec.proxy]).all():
+            raise UserError(f"strategy {strategy!r}: {spec.proxy!r} applies to no model of {pool}")
     data = PoolData(
         pool,
         models,
@@ -104,15 +98,7 @@ def select_pairs(
         meta,
         proxy_scores,
     )
-    available = strategies_for(data)
-    if strategy not in available:
-        proxies = sorted(set(scores["proxy"])) if scores is not None else []
-        proxies = proxies or ["(no scores table given)"]
-        raise UserError(
-            f"unknown strategy {strategy!r}: use task_agnostic, a proxy of the scores table "
-            f"({', '.join(proxies)}) or {HYBRID_PREFIX}<proxy>"
-        )
-    order = available[strategy](data)
+    order = spec.rank(data)
     return [(models[m], t) for t, row in zip(tasks, order, strict=True) for m in row[:budget]]
 
 

@@ -51,7 +51,7 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 from actors.finetune_trial import finetune_trial
 from actors.proxies import PROXIES
 from engine.analysis import regret, tables
-from engine.analysis.strategies import HYBRID_PREFIX
+from engine.analysis.strategies import HYBRID_PREFIX, parse_strategy
 from engine.cluster.connect import ensure_ray
 from engine.core import schema
 from engine.core.catalog import Catalogue
@@ -59,7 +59,7 @@ from engine.core.errors import UserError
 from engine.core.outputs import atomic_directory, write_table
 from engine.core.presets import preset_resources
 from engine.core.resources import cluster_nodes, trial_resources
-from engine.stages.finetune import NEEDS_FINETUNE, select_pairs, trial_inputs
+from engine.stages.finetune import select_pairs, trial_inputs
 from engine.tasks.loader import TaskSpec
 
 log = logging.getLogger("whichmodel")
@@ -144,18 +144,20 @@ def check_halving(cfg: HalvingConfig, pool: str, pool_size: int, ft: dict) -> No
 def check_ranking(rank: str, scores: pl.DataFrame | None, tasks: list[str], pool: str) -> None:
     """Raise UserError for a ranking that needs a scores table without one, or whose proxy has
     no score for a task."""
-    proxy = rank.removeprefix(HYBRID_PREFIX)
-    if rank == "task_agnostic" or rank in NEEDS_FINETUNE:
-        return  # select_pairs explains why the reference strategies cannot rank
-    if scores is None:
-        if proxy in PROXIES:
-            raise UserError(
-                f"ranking {rank!r} needs a scores table with {proxy!r} scores (--scores, from "
-                "`whichmodel probe`)"
-            )
+    try:
+        spec = parse_strategy(rank, list(PROXIES))
+    except UserError:
         raise UserError(
             f"unknown ranking {rank!r}: use task_agnostic, a proxy ({', '.join(PROXIES)}) or "
             f"{HYBRID_PREFIX}<proxy>, with --scores"
+        ) from None
+    if spec.proxy is None:
+        return  # select_pairs explains why the reference strategies cannot rank
+    proxy = spec.proxy
+    if scores is None:
+        raise UserError(
+            f"ranking {rank!r} needs a scores table with {proxy!r} scores (--scores, from "
+            "`whichmodel probe`)"
         )
     have = scores.filter((pl.col("proxy") == proxy) & pl.col("score").is_not_null())
     if have.height:
