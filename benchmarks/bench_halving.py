@@ -1,4 +1,4 @@
-"""Benchmark: successive halving against fine-tuning all K candidates, at equal total steps.
+"""Benchmark: successive halving (sync and async) against fixed-B at equal steps and all K.
 
 One run, on built-in tasks (default digits and textures, small splits) and a pool of the three
 real ImageNet EfficientNet-Lites (converted from their wheels) plus random-init timm controls:
@@ -6,16 +6,20 @@ real ImageNet EfficientNet-Lites (converted from their wheels) plus random-init 
 1. embed the tasks and probe them (``linear``) → the scores of the ``hybrid_linear`` ranking;
 2. the oracle: ``run_finetune`` over every model of the pool (``finetune --all``), whose runs give
    t(model, task) and the device-seconds of every fine-tune;
-3. ``run_halving`` over the ranking's top K with ``--total-steps`` per task;
-4. ``compare_at_equal_compute``: per task, the halving pick's regret and its steps and
-   device-seconds, next to the same ranking's fixed-B picks at the B that the same steps pay for
-   and at B = K (fine-tuning all K candidates in full).
+3. ``run_halving`` over the ranking's top K with ``--total-steps`` per task, in each mode of
+   ``--modes`` (sync, async);
+4. ``run_fixed_equal_steps``: the ranking's top B fine-tuned at the same ``--total-steps``
+   (``fixed_plan``: B = ceil(S / one model's full cost), S // (B x lrs x reps) steps per run);
+5. ``compare_at_equal_compute``: per task, every side's pick by the validation accuracy of its
+   own runs, its regret (the oracle's t of the picked model), steps actually spent and
+   device-seconds; all K candidates fine-tuned in full (the oracle's runs) as the reference.
 
 Every fine-tune uses the preset below (quick's protocol, smaller numbers; ``--steps`` etc.).
 Prints the machine, each stage's wall time, the comparison rows and their means over tasks.
 
     .venv/bin/python benchmarks/bench_halving.py [--tasks digits,textures] [--top-k 3]
-        [--steps 40] [--grace 10] [--total-steps 120] [--size 32] [--out DIR]
+        [--steps 40] [--grace 10] [--total-steps 120] [--size 32] [--modes sync,async]
+        [--out DIR]
 """
 
 import argparse
@@ -38,8 +42,10 @@ from engine.stages.finetune import run_finetune
 from engine.stages.halving import (
     HalvingConfig,
     compare_at_equal_compute,
+    fixed_plan,
     format_halving,
     load_oracle,
+    run_fixed_equal_steps,
     run_halving,
 )
 from engine.stages.probe import probe
@@ -98,6 +104,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--size", type=int, default=32, help="input size (px)")
     ap.add_argument("--cpus", type=int, default=len(os.sched_getaffinity(0)), help="Ray CPUs")
+    ap.add_argument("--modes", default="sync,async", help="halving modes to run")
     ap.add_argument("--out", type=Path, help="work directory (default: a temporary one)")
     args = ap.parse_args()
 
@@ -126,6 +133,7 @@ def main() -> None:
     )
     import ray
 
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     try:
         cat = load_catalogue(root / "catalog.toml")
@@ -133,34 +141,52 @@ def main() -> None:
         t0 = time.perf_counter()
         embed(cat, "All", specs, root / "store", EmbedConfig(image_size=args.size))
         scores = probe(root / "store", ["linear"], preset).scores
-        t1 = time.perf_counter()
+        wall = {"embed+probe": time.perf_counter() - t0}
+        t0 = time.perf_counter()
         oracle_run = run_finetune(cat, "All", specs, preset, root / "oracle")
         oracle_run.runs.write_parquet(root / "oracle.parquet")
-        t2 = time.perf_counter()
-        cfg = HalvingConfig(args.top_k, args.total_steps, "hybrid_linear", args.eta, args.grace)
-        summary = run_halving(cat, "All", specs, preset, root / "halving", cfg, scores)
-        t3 = time.perf_counter()
+        wall["oracle (all models)"] = time.perf_counter() - t0
+        summaries = {}
+        for mode in modes:
+            cfg = HalvingConfig(
+                args.top_k, args.total_steps, "hybrid_linear", args.eta, args.grace, mode
+            )
+            t0 = time.perf_counter()
+            summaries[mode] = run_halving(
+                cat, "All", specs, preset, root / f"halving-{mode}", cfg, scores
+            )
+            wall[f"halving {mode}"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        rankings = next(iter(summaries.values())).rankings
+        fixed = run_fixed_equal_steps(cat, "All", specs, preset, root / "fixed", cfg, rankings)
+        wall["fixed equal steps"] = time.perf_counter() - t0
     finally:
         ray.shutdown()
-    comparison = compare_at_equal_compute(summary, load_oracle(root / "oracle.parquet"))
-    print(
-        f"\nwall: embed+probe {t1 - t0:.0f} s, oracle (all {cat.pool('All').height} models) "
-        f"{t2 - t1:.0f} s, halving {t3 - t2:.0f} s\n"
-    )
-    print(format_halving(summary.arms, comparison))
+    oracle = load_oracle(root / "oracle.parquet")
+    comparison = pl.concat(
+        [compare_at_equal_compute(s, oracle, fixed) for s in summaries.values()]
+    ).unique(maintain_order=True)
+    b, per_run = fixed_plan(cfg, ft)
+    print("\nwall: " + ", ".join(f"{k} {v:.0f} s" for k, v in wall.items()))
+    print(f"fixed_equal_steps: B = {b}, {per_run} steps per run\n")
+    for mode, summary in summaries.items():
+        print(f"--- halving {mode}")
+        print(format_halving(summary.arms, comparison))
     means = (
         comparison.group_by("method", maintain_order=True)
         .agg(
             pl.col("budget").mean().alias("mean_B"),
             pl.col("steps").mean().alias("mean_steps"),
             pl.col("device_seconds").mean().alias("mean_device_s"),
+            pl.col("picked_acc").mean().alias("mean_t"),
             pl.col("abs_regret").mean().alias("mean_abs_regret"),
             pl.col("rel_regret").mean().alias("mean_rel_regret"),
             (pl.col("abs_regret") == 0).mean().alias("frac_zero_regret"),
         )
         .sort("method")
     )
-    with pl.Config(tbl_rows=20, tbl_cols=20, tbl_width_chars=160, float_precision=3):
+    with pl.Config(tbl_rows=40, tbl_cols=20, tbl_width_chars=200, float_precision=3):
+        print(f"rows:\n{comparison.drop('strategy', 'oracle_acc')}")
         print(f"means over {len(tasks)} task(s):\n{means}")
     if args.out is None:
         shutil.rmtree(root, ignore_errors=True)

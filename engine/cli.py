@@ -195,7 +195,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     catalogue.pool(args.pool)
     specs = load_tasks(args.tasks)
     preset = load_preset(args.preset)
-    halving_only = ("top_k", "total_steps", "rank", "eta", "grace", "oracle")
+    halving_only = ("top_k", "total_steps", "rank", "eta", "grace", "oracle", "halving_mode")
     given = [f"--{k.replace('_', '-')}" for k in halving_only if getattr(args, k) is not None]
     if args.halving:
         _finetune_halving(args, catalogue, specs, preset)
@@ -232,10 +232,12 @@ def _finetune_halving(args: argparse.Namespace, catalogue, specs: list, preset: 
     of fine-tune steps); with --oracle, its regret and compute next to the fixed-B strategy."""
     from engine.stages.halving import (
         HalvingConfig,
+        check_halving,
         check_oracle,
         compare_at_equal_compute,
         format_halving,
         load_oracle,
+        run_fixed_equal_steps,
         run_halving,
         write_halving,
     )
@@ -250,14 +252,19 @@ def _finetune_halving(args: argparse.Namespace, catalogue, specs: list, preset: 
         check_oracle(oracle, models, [s.name for s in specs], str(args.oracle))
     rank = args.rank or "hybrid_linear"
     eta = 2 if args.eta is None else args.eta
-    cfg = HalvingConfig(args.top_k, args.total_steps, rank, eta, args.grace)
+    mode = args.halving_mode or "sync"
+    cfg = HalvingConfig(args.top_k, args.total_steps, rank, eta, args.grace, mode)
+    check_halving(cfg, args.pool, catalogue.pool(args.pool).height, preset["finetune"])
     summary = run_halving(catalogue, args.pool, specs, preset, args.out, cfg, scores)
-    comparison = None
+    comparison = fixed = None
     if oracle is not None:
-        comparison = compare_at_equal_compute(summary, oracle, str(args.oracle))
-    folder = write_halving(args.out, summary.arms, comparison)
+        fixed = run_fixed_equal_steps(
+            catalogue, args.pool, specs, preset, Path(args.out) / "fixed", cfg, summary.rankings
+        )
+        comparison = compare_at_equal_compute(summary, oracle, fixed, str(args.oracle))
+    folder = write_halving(args.out, summary.arms, comparison, summary.events, fixed)
     print(format_halving(summary.arms, comparison), end="")
-    extra = ", comparison" if comparison is not None else ""
+    extra = ", comparison, fixed" if comparison is not None else ""
     print(f"wrote {folder}: halving{extra} (Parquet and CSV), summary.txt")
 
 
@@ -421,6 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--oracle",
         type=Path,
         help="--halving: finetune table of `finetune --all` (regret vs fixed-B at equal compute)",
+    )
+    p.add_argument(
+        "--halving-mode",
+        help="--halving: sync (every arm reaches a rung before promotion; default) or async (ASHA)",
     )
     p.add_argument("--preset", default="quick", help="numbers of the protocol (presets.toml)")
     p.add_argument("--out", required=True, type=Path, help="output directory")

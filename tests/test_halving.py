@@ -1,8 +1,10 @@
-"""Successive halving (engine.stages.halving) on a real local Ray Tune: the budget is kept, weak
-arms
-stop early, the winner runs to the end and is the best fully trained arm by validation accuracy;
-its regret next to the fixed-B strategy; bad input exits 2."""
+"""Successive halving (engine.stages.halving) on a real local Ray Tune, in both modes: the budget is
+kept, weak arms stop early, sync promotes only after every arm of a rung reported, the winner runs
+to the end and is the best fully trained arm by validation accuracy; its regret next to the
+fixed-B strategy at truly equal steps and all K, every side picking by validation accuracy; bad
+input exits 2."""
 
+import json
 from types import SimpleNamespace
 
 import polars as pl
@@ -18,10 +20,15 @@ from engine.core.presets import load_preset
 from engine.stages.embed import EmbedConfig, plan_model
 from engine.stages.halving import (
     BudgetASHA,
+    HalvingConfig,
     HalvingSummary,
+    SyncPlan,
     compare_at_equal_compute,
+    fixed_plan,
     load_oracle,
+    pick_by_val,
     rank_pool,
+    rungs_of,
 )
 from engine.tasks.loader import load_task, load_tasks
 
@@ -30,13 +37,16 @@ LRS = [0.01, 0.001]
 # linear scores: hybrid_linear ranks lite0 (task-agnostic top-1: catalogue order here), then
 # rand_mnv3, then rand_resnet
 SCORES = {"lite0": 0.5, "rand_resnet": 0.2, "rand_mnv3": 0.9}
-# oracle runs (lr, val, test) per model: the protocol keeps the lr with the best val
+# oracle runs (lr, val, test, seconds) per model: the protocol keeps the lr with the best val.
+# Among the top 2 (lite0, rand_mnv3) the best-val run is rand_mnv3's lr 0.01 (val 0.9, t 0.7)
+# while the best test accuracy (run 0.99, model t 0.8) is lite0's: a choice by validation
+# accuracy picks rand_mnv3, an oracle choice by test accuracy would pick lite0.
 ORACLE = {
-    "lite0": [(0.01, 0.5, 0.6, 10.0), (0.001, 0.4, 0.99, 11.0)],
+    "lite0": [(0.01, 0.5, 0.8, 10.0), (0.001, 0.4, 0.99, 11.0)],
     "rand_resnet": [(0.01, 0.3, 0.2, 20.0), (0.001, 0.7, 0.9, 21.0)],
-    "rand_mnv3": [(0.01, 0.8, 0.7, 30.0), (0.001, 0.1, 0.95, 31.0)],
+    "rand_mnv3": [(0.01, 0.9, 0.7, 30.0), (0.001, 0.1, 0.95, 31.0)],
 }
-T = {"lite0": 0.6, "rand_resnet": 0.9, "rand_mnv3": 0.7}  # t by the protocol, by hand
+T = {"lite0": 0.8, "rand_resnet": 0.9, "rand_mnv3": 0.7}  # t by the protocol, by hand
 
 
 def tiny_preset() -> dict:
@@ -92,22 +102,26 @@ def argv(files, out, *extra) -> list[str]:
     return [*base, *extra]
 
 
-@pytest.fixture(scope="module")
-def halving_run(files):
-    """One real run through the CLI: K=2 models x 2 lrs = 4 arms, 20 steps, rungs at 5 and 10."""
-    out = files["root"] / "out"
+@pytest.fixture(scope="module", params=["sync", "async"])
+def halving_run(files, request):
+    """One real run through the CLI per mode: K=2 models x 2 lrs = 4 arms, 20 steps, rungs at 5
+    and 10; with the oracle, fixed-B at the same 45 steps runs too."""
+    out = files["root"] / f"out-{request.param}"
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("engine.core.presets.load_preset", lambda name, path=None: tiny_preset())
         code = cli.main(
             argv(files, out, "--halving", "--top-k", str(K), "--total-steps", str(BUDGET))
             + ["--grace", str(GRACE), "--scores", str(files["root"] / "scores.parquet")]
             + ["--oracle", str(files["root"] / "oracle.parquet")]
+            + ["--halving-mode", request.param]
         )
     assert code == 0
     folder = out / "halving"
     return {
+        "mode": request.param,
         "arms": pl.read_parquet(folder / "halving.parquet"),
         "comparison": pl.read_parquet(folder / "comparison.parquet"),
+        "fixed": pl.read_parquet(folder / "fixed.parquet"),
         "folder": folder,
     }
 
@@ -126,7 +140,8 @@ def test_budget_is_kept_and_weak_arms_stop_early(halving_run):
     full = arms.filter(pl.col("status") == "full")
     assert (full["steps"] == STEPS).all() and full["test_acc"].is_not_null().all()
     stopped = arms.filter(pl.col("status") != "full")
-    assert set(stopped["status"]) <= {"asha", "budget"} and stopped["test_acc"].is_null().all()
+    allowed = {"sync"} if halving_run["mode"] == "sync" else {"asha", "budget"}
+    assert set(stopped["status"]) <= allowed and stopped["test_acc"].is_null().all()
     assert (arms["seconds"] > 0).all() and arms["val_acc"].is_between(0, 1).all()
     assert (halving_run["folder"] / "halving.csv").exists()
     assert "arms by last step" in (halving_run["folder"] / "summary.txt").read_text()
@@ -201,34 +216,83 @@ def test_reported_accuracies_match_a_direct_fine_tune(files, halving_run):
     assert vals[arm["steps"]] == pytest.approx(arm["val_acc"])
 
 
-def test_regret_next_to_fixed_b_at_equal_compute(files, halving_run):
-    arms, comp = halving_run["arms"], halving_run["comparison"]
+def test_sync_promotes_only_after_every_arm_of_a_rung_reported(halving_run):
+    if halving_run["mode"] != "sync":
+        pytest.skip("the synchronous mode's event log")
+    events = [json.loads(x) for x in (halving_run["folder"] / "sync_events.jsonl").open()]
+    promotions = [e for e in events if e[1] == "promote"]
+    assert [e[2] for e in promotions] == [5, 10]  # rungs_of(5, 2, 20) = [5, 10, 20]
+    expected = 2 * K  # every arm at the first rung, then the arms promoted into the rung
+    for pos, (_, _, rung, kept, cut) in ((events.index(e), e) for e in promotions):
+        before = {e[2] for e in events[:pos] if e[1] == "report" and e[3] == rung}
+        assert before == set(kept) | set(cut) and len(before) == expected
+        assert len(kept) == max(1, expected // 2)
+        after = {e[2] for e in events[pos:] if e[1] == "report" and e[3] > rung}
+        assert after <= set(kept)  # nobody stopped at the rung trained on
+        expected = len(kept)
+    steps = sorted(halving_run["arms"]["steps"].to_list())
+    assert steps == [5, 5, 10, 20]  # 4 x 5 + 2 x 5 + 1 x 10 = 40 <= 45 by hand
+
+
+def test_every_side_picks_by_validation_at_equal_steps(files, halving_run):
+    arms, comp, fixed = halving_run["arms"], halving_run["comparison"], halving_run["fixed"]
     rows = {r["method"]: r for r in comp.iter_rows(named=True)}
-    assert set(rows) == {"halving", "fixed_equal_steps", "fixed_top_k"}
-    pick = arms.filter(pl.col("chosen"))["model"][0]
+    method = f"halving_{halving_run['mode']}"
+    assert set(rows) == {method, "fixed_equal_steps", "fixed_top_k"}
     oracle = max(T.values())
-    h = rows["halving"]
-    assert h["picked_model"] == pick and h["picked_acc"] == pytest.approx(T[pick])
-    assert h["abs_regret"] == pytest.approx(oracle - T[pick])
-    assert h["rel_regret"] == pytest.approx((oracle - T[pick]) / (1 - T[pick]))
-    assert h["steps"] == arms["steps"].sum()
+    pick = arms.filter(pl.col("chosen")).row(0, named=True)
+    h = rows[method]
+    assert (h["picked_model"], h["picked_val_acc"]) == (pick["model"], pick["val_acc"])
+    assert h["picked_acc"] == pytest.approx(T[pick["model"]])
+    assert h["abs_regret"] == pytest.approx(oracle - T[pick["model"]])
+    assert h["steps"] == arms["steps"].sum() <= BUDGET
     assert h["device_seconds"] == pytest.approx(arms["seconds"].sum())
-    # one model's full fine-tune is 2 lrs x 1 rep x 20 steps = 40: the budget pays for B = 1,
-    # the hybrid's first pick (lite0)
+    # equal steps by hand: one model's full fine-tune is 2 lrs x 1 rep x 20 steps = 40; the
+    # budget 45 needs B = ceil(45 / 40) = 2 models, 4 runs of 45 // 4 = 11 steps: 44 <= 45
+    ft = tiny_preset()["finetune"]
+    assert fixed_plan(HalvingConfig(K, BUDGET), ft) == (2, 11)
+    assert sorted(fixed.select("model", "lr").rows()) == sorted(
+        (m, lr) for m in ("lite0", "rand_mnv3") for lr in LRS
+    )
+    assert (fixed["steps"] == 11).all()
     f = rows["fixed_equal_steps"]
-    assert (f["budget"], f["steps"], f["picked_model"]) == (1, 40, "lite0")
-    assert f["abs_regret"] == pytest.approx(0.3) and f["rel_regret"] == pytest.approx(0.3 / 0.4)
-    assert f["device_seconds"] == pytest.approx(10.0 + 11.0)
+    assert (f["budget"], f["steps"]) == (2, 44)
+    best = fixed.sort("val_acc", descending=True)["val_acc"][0]
+    assert (
+        f["picked_val_acc"] == best
+        and f["picked_model"] in fixed.filter(pl.col("val_acc") == best)["model"].to_list()
+    )
+    assert f["picked_acc"] == pytest.approx(T[f["picked_model"]])
+    assert f["device_seconds"] == pytest.approx(fixed["seconds"].sum())
+    # all K by the oracle's runs: the best val run is rand_mnv3's (0.9), not lite0's best test
     k = rows["fixed_top_k"]
     assert (k["budget"], k["steps"], k["picked_model"]) == (2, 80, "rand_mnv3")
+    assert (k["picked_val_acc"], k["run_test_acc"]) == (0.9, 0.7)
     assert k["abs_regret"] == pytest.approx(0.2) and k["rel_regret"] == pytest.approx(0.2 / 0.3)
     assert k["device_seconds"] == pytest.approx(10.0 + 11.0 + 30.0 + 31.0)
     # the same function on the in-memory summary gives the same table
     cat = load_catalogue(files["catalog"])
     scores = pl.read_parquet(files["root"] / "scores.parquet")
-    summary = HalvingSummary(arms, rank_pool(cat, "Three", ["shapes"], "hybrid_linear", scores), 40)
-    oracle_table = load_oracle(files["root"] / "oracle.parquet")
-    assert compare_at_equal_compute(summary, oracle_table).equals(comp)
+    ranking = rank_pool(cat, "Three", ["shapes"], "hybrid_linear", scores)
+    summary = HalvingSummary(arms, ranking, 40, halving_run["mode"])
+    again = compare_at_equal_compute(summary, load_oracle(files["root"] / "oracle.parquet"), fixed)
+    assert again.equals(comp)
+
+
+def test_pick_by_val_is_not_the_best_test_run():
+    runs = pl.DataFrame(
+        {
+            "model": ["a", "a", "b", "b"],
+            "lr": [0.1, 0.01, 0.1, 0.01],
+            "rep": [0, 0, 0, 0],
+            "val_acc": [0.5, 0.7, 0.7, 0.2],
+            "test_acc": [0.99, 0.6, 0.5, 0.98],
+        }
+    )
+    # a val tie between a@0.01 and b@0.1: the better-ranked model wins, whatever the tests say
+    assert pick_by_val(runs, ["b", "a"])["model"] == "b"
+    row = pick_by_val(runs, ["a", "b"])
+    assert (row["model"], row["lr"], row["test_acc"]) == ("a", 0.01, 0.6)
 
 
 @pytest.mark.parametrize(
@@ -243,15 +307,20 @@ def test_regret_next_to_fixed_b_at_equal_compute(files, halving_run):
         ("--halving --top-k 2 --total-steps 999 --eta 1", "reduction factor"),
         ("--halving --top-k 2 --total-steps 999 --grace 61", "--grace 61 is not in 1..60"),
         ("--halving --top-k 2 --total-steps 999 --oracle O", "'rand_resnet' has no fine-tune"),
+        ("--halving --top-k 2 --total-steps 999 --oracle P", "needs one row per run"),
+        ("--halving --top-k 2 --total-steps 999 --scores S --halving-mode fast", "'fast'"),
+        ("--all --halving-mode sync", "--halving-mode applies to --halving only"),
         ("--halving --top-k 2", "needs --top-k K and --total-steps"),
         ("--all --top-k 2", "--top-k applies to --halving only"),
     ],
 )
 def test_bad_halving_input_exits_2(files, tmp_path, capsys, extra, needle):
     """The quick preset: 2 models x 2 lrs x 2 reps = 8 arms, 60 steps, first rung 20 steps."""
-    bad_oracle = tmp_path / "oracle.csv"
-    pl.DataFrame({"model": ["lite0"], "task": ["shapes"], "test_acc": [0.5]}).write_csv(bad_oracle)
-    paths = {"S": str(files["root"] / "scores.parquet"), "O": str(bad_oracle)}
+    bad_oracle, per_pair = tmp_path / "oracle.csv", tmp_path / "pairs.csv"
+    one = {"model": ["lite0"], "task": ["shapes"], "test_acc": [0.5]}
+    pl.DataFrame({**one, "lr": [0.1], "rep": [0], "val_acc": [0.5]}).write_csv(bad_oracle)
+    pl.DataFrame(one).write_csv(per_pair)
+    paths = {"S": str(files["root"] / "scores.parquet"), "O": str(bad_oracle), "P": str(per_pair)}
     code = cli.main(argv(files, tmp_path / "out", *[paths.get(x, x) for x in extra.split()]))
     err = capsys.readouterr().err
     assert code == 2 and needle in err, err
@@ -295,3 +364,48 @@ def test_budget_ledger_never_overspends(data):
     assert sum(step.values()) <= budget
     assert min(step.values()) >= min(grace, max_t)
     assert max(step.values()) == max_t or asha_stops > 0
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_sync_plan_never_overspends_and_waits_for_every_arm(data):
+    """SyncPlan driven as SyncHalving drives it: a running trial reports every ``grace`` steps;
+    at an incomplete rung it pauses (frees its slot); promoted paused trials run again. Random
+    arms, rungs, budgets, concurrency, arrival order and accuracies."""
+    arms = data.draw(st.integers(1, 7))
+    grace = data.draw(st.integers(1, 4))
+    max_t = data.draw(st.integers(grace, 16))
+    eta = data.draw(st.integers(2, 3))
+    budget = data.draw(st.integers(arms * grace + max_t - grace, arms * max_t + 3))
+    concurrency = data.draw(st.integers(1, 3))
+    plan = SyncPlan(arms=arms, rungs=rungs_of(grace, eta, max_t), eta=eta, budget=budget)
+    step = dict.fromkeys(range(arms), 0)
+    pending, running, paused = list(range(arms)), [], []
+    while pending or running or paused:
+        paused_ready = [i for i in paused if plan.runnable(str(i))]
+        while len(running) < concurrency and (pending or paused_ready):
+            i = pending.pop(0) if pending else paused_ready.pop(0)
+            if i in paused:
+                paused.remove(i)
+            running.append(i)
+        assert running, "deadlock: every trial waits"
+        i = running[data.draw(st.integers(0, len(running) - 1))]
+        step[i] = min(step[i] + grace, max_t)
+        val = data.draw(st.sampled_from([0.0, 0.5, 1.0]))
+        verdict = plan.report(str(i), step[i], val, (i,))
+        if verdict == "wait":
+            running.remove(i)
+            paused.append(i)
+        elif verdict == "done" or (verdict == "decided" and str(i) in plan.stopped):
+            running.remove(i)
+        if verdict == "decided":
+            paused = [j for j in paused if str(j) not in plan.stopped]
+        assert sum(step.values()) <= budget
+    # every promotion came after every arm of its rung reported there
+    for pos, event in enumerate(plan.events):
+        if event[0] == "promote":
+            _, rung, kept, cut = event
+            seen = {e[1] for e in plan.events[:pos] if e[0] == "report" and e[2] == rung}
+            assert seen == set(kept) | set(cut)
+    assert max(step.values()) == max_t  # one arm always finishes
+    assert min(step.values()) >= min(grace, max_t)

@@ -1,52 +1,75 @@
 """Successive halving as a strategy (beyond the paper): short fine-tunes of a ranking's top K
-models, the weak ones stopped early by Ray Tune's ASHA, under a budget of fine-tune steps.
+models, the weak ones stopped early, under a budget of fine-tune steps.
 
 Per task: rank the pool with a strategy (default ``hybrid_linear``, from a scores table), take the
 top K models, and run one Tune experiment whose **arms** are the K models × the preset's lrs × its
 repetitions — each arm exactly one run of the fine-tune stage's grid (same trainable, protocol and
 numbers), so a fully trained arm is comparable run for run with ``finetune --all``. Every
-``grace`` steps an arm reports the validation accuracy of its current weights; ``ASHAScheduler``
-(time_attr = ``step``, metric = ``val_acc``, mode max, reduction factor ``eta``, grace period
-``grace``, max_t = the preset's steps, one bracket) stops an arm reaching a rung g·etaᵏ below the
-(1 − 1/eta) quantile of the arms recorded there. The learning-rate schedule is the full run's
+``grace`` steps an arm reports the validation accuracy of its current weights. The rungs are
+grace·etaᵏ below the preset's steps, then the steps. The learning-rate schedule is the full run's
 (lr × 0.1 at 1/3 and 2/3 of the preset's steps), so an arm that survives every rung is exactly the
 plain fine-tune. The pick is the fully trained arm with the best final validation accuracy (ties:
-better-ranked model, then lr, then repetition); its model is the strategy's answer.
+better-ranked model, then larger lr, then smaller repetition); its model is the strategy's answer.
+
+**Modes** (``HalvingConfig.mode``, ``--halving-mode``):
+
+- ``sync`` (default): synchronous successive halving. ``SyncHalving``, a Tune scheduler, PAUSEs
+  every arm at its rung (Tune checkpoints it and frees its device) until *every* arm promoted to
+  that rung has reported there; then it keeps the top ``max(1, n // eta)`` by validation accuracy
+  (fewer if the rest of the plan would overspend: ``SyncPlan.keep``), resumes them from their
+  checkpoints and stops the rest. One Tune experiment with a scheduler, rather than a driver loop
+  of experiments per rung, because Tune already pauses and restores function trainables from
+  their checkpoints (as its own ``HyperBandScheduler`` does); Tune's HyperBand itself is not used
+  because it runs several brackets and knows no step budget. The default because its decisions
+  do not depend on which arm happens to report first, and an arm always finishes; the price is
+  idle devices while a rung fills up and a model rebuild at every resume.
+- ``async``: Tune's ASHA (``BudgetASHA``): an arm reaching a rung continues unless it is below
+  the (1 − 1/eta) quantile of the arms recorded there *so far*, so the first arms at a rung always
+  continue (the early-arm bias), and the budget ledger stops later arms. No idle devices.
 
 **Budget.** ``total_steps`` is per task and counts full fine-tune SGD steps (``batch_size``
 images each), summed over arms, each arm up to the last step it reported; the head on the frozen
 model (``head_steps`` on cached embeddings) and evaluation are not steps, but are in the
 device-seconds. Tune's function trainables block at each report, so an arm runs no step past a
-report until the scheduler lets it go on. ``BudgetASHA`` keeps a ledger: every arm has the first
-rung reserved from the start; an arm continues (by ``grace`` steps, or to the end) only if the
-reserved total stays within the budget and some unstopped arm can still reach the full step count
-with what is left. So the steps spent never exceed the budget, every arm gets its first rung, and
-at least one arm finishes unless ASHA itself stops every arm that still could (then the pick is
-the furthest-trained arm, flagged in the table). A retried arm resumes from its last report's
-checkpoint, so no step is counted twice. Halving is not resumable across driver restarts: a rerun
-starts over.
+report until the scheduler lets it go on. Async: ``BudgetASHA`` keeps a ledger: every arm has the
+first rung reserved from the start; an arm continues (by ``grace`` steps, or to the end) only if
+the reserved total stays within the budget and some unstopped arm can still reach the full step
+count with what is left (at least one arm finishes unless ASHA itself stops every arm that still
+could: then the pick is the furthest-trained arm, flagged in the table). Sync: the plan is known
+at every promotion (``SyncPlan.cost``), and one arm to the end always fits (``check_halving``).
+A retried or resumed arm continues from its last report's checkpoint, so no step is counted
+twice. Halving is not resumable across driver restarts: a rerun starts over.
 
 **Compute.** Each arm's ``seconds`` is the time its trial held its device (GPU, or a CPU core on
 CPU clusters) over every attempt: model build, head, steps and rung evaluations.
 
-``compare_at_equal_compute`` puts the pick next to the fixed-budget strategy of the same ranking
-(regret by ``engine.analysis.regret``, device-seconds from the oracle table's runs) at B = the
-number of
-full fine-tunes of a model (lrs × reps × steps) that ``total_steps`` pays for, and at B = K
-(fine-tuning all K candidates).
+**The comparison** (``compare_at_equal_compute``) puts the halving pick next to two fixed-budget
+selections of the same ranking. Every side picks its model by the **validation accuracy of its
+own runs** (never test accuracy; ties as above) and is scored by the oracle's t of that model
+(``engine.analysis.regret``); the picked run's own test accuracy is shown too.
+
+- ``fixed_equal_steps``: the ranking's top B models, fine-tuned by the protocol at **the same
+  step budget S**: B = ceil(S / (lrs × reps × steps)), at most K, the smallest B whose runs need
+  no more steps than the protocol's; each of its B × lrs × reps runs gets
+  ``S // (B × lrs × reps)`` steps (at most the protocol's), the lr schedule scaled to them
+  (``fixed_plan``; real runs, ``run_fixed_equal_steps``). Steps spent: runs × steps per run ≤ S.
+- ``fixed_top_k``: all K candidates fine-tuned in full (the oracle table's runs; K × lrs × reps
+  × steps, more than S).
 """
 
 import hashlib
 import json
 import logging
+import math
 import shutil
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 from ray import tune
-from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
 from actors.finetune_trial import finetune_trial
 from actors.proxies import PROXIES
@@ -59,24 +82,28 @@ from engine.core.errors import UserError
 from engine.core.outputs import atomic_directory, write_table
 from engine.core.presets import preset_resources
 from engine.core.resources import cluster_nodes, trial_resources
-from engine.stages.finetune import select_pairs, trial_inputs
+from engine.stages.finetune import finetune_settings, run_finetune, select_pairs, trial_inputs
 from engine.tasks.loader import TaskSpec
 
 log = logging.getLogger("whichmodel")
 
-# The comparison table (one row per task and method). methods: "halving"; "fixed_equal_steps"
-# (the ranking's top B, B = total_steps // steps of one model's full fine-tune); "fixed_top_k"
-# (all K candidates fully fine-tuned).
+MODES = ("sync", "async")
+
+# The comparison table (one row per task and method). methods: "halving_sync" / "halving_async";
+# "fixed_equal_steps" (the ranking's top B at the same step budget, fixed_plan); "fixed_top_k"
+# (all K candidates fully fine-tuned). Every side picks by its runs' validation accuracy.
 COMPARISON = {
     "task": pl.String,
     "method": pl.String,
     "strategy": pl.String,
-    "budget": pl.Int64,  # models fine-tuned fully (fixed) or candidates (halving: K)
-    "steps": pl.Int64,  # fine-tune steps spent (halving) or paid (fixed: B x lrs x reps x steps)
+    "budget": pl.Int64,  # models fine-tuned (fixed) or candidates (halving: K)
+    "steps": pl.Int64,  # fine-tune steps actually spent, summed over the side's runs
     "device_seconds": pl.Float64,  # null when the oracle table has no seconds column
     "picked_model": pl.String,
+    "picked_val_acc": pl.Float64,  # the validation accuracy that decided the pick
+    "run_test_acc": pl.Float64,  # the picked run's own test accuracy
     "oracle_acc": pl.Float64,
-    "picked_acc": pl.Float64,
+    "picked_acc": pl.Float64,  # the oracle's t of the picked model: what regret scores
     "abs_regret": pl.Float64,
     "rel_regret": pl.Float64,
 }
@@ -91,6 +118,7 @@ class HalvingConfig:
     rank: str = "hybrid_linear"
     eta: int = 2
     grace: int | None = None  # default: see grace_of
+    mode: str = "sync"  # "sync" | "async" (module docstring)
 
 
 @dataclass(frozen=True)
@@ -98,6 +126,8 @@ class HalvingSummary:
     arms: pl.DataFrame  # schema.HALVING: one row per (task, arm)
     rankings: dict[str, list[str]]  # task → the whole pool ranked by the strategy
     cost_per_model: int  # steps of one model's full fine-tune: lrs × reps × steps
+    mode: str = "sync"
+    events: dict[str, list[tuple]] = field(default_factory=dict)  # sync: task → SyncPlan.events
 
 
 def arms_per_model(ft: dict) -> int:
@@ -114,10 +144,30 @@ def grace_of(cfg: HalvingConfig, ft: dict) -> int:
     return every if 0 < every < steps else max(1, steps // max(cfg.eta, 2) ** 2)
 
 
+def rungs_of(grace: int, eta: int, max_t: int) -> list[int]:
+    """The rung steps: grace·etaᵏ below ``max_t``, then ``max_t``."""
+    rungs, r = [], grace
+    while r < max_t:
+        rungs.append(r)
+        r *= eta
+    return [*rungs, max_t]
+
+
+def fixed_plan(cfg: HalvingConfig, ft: dict) -> tuple[int, int]:
+    """(B, steps per run) of ``fixed_equal_steps`` at the budget ``cfg.total_steps``: B =
+    ceil(S / (lrs × reps × steps)) capped at K, each run S // (B × lrs × reps) steps capped at
+    the protocol's steps (module docstring)."""
+    runs, steps = arms_per_model(ft), int(ft["steps"])
+    b = min(cfg.top_k, max(1, math.ceil(cfg.total_steps / (runs * steps))))
+    return b, min(steps, cfg.total_steps // (b * runs))
+
+
 def check_halving(cfg: HalvingConfig, pool: str, pool_size: int, ft: dict) -> None:
-    """Raise UserError for values that cannot run: K, eta, grace, a budget below one rung or
-    below what one arm needs to finish."""
+    """Raise UserError for values that cannot run: the mode, K, eta, grace, a budget below one
+    rung or below what one arm needs to finish."""
     steps = int(ft["steps"])
+    if cfg.mode not in MODES:
+        raise UserError(f"--halving-mode {cfg.mode!r}: use one of {', '.join(MODES)}")
     if not 1 <= cfg.top_k <= pool_size:
         raise UserError(
             f"--top-k {cfg.top_k} is not in 1..{pool_size} (pool {pool} has {pool_size} models)"
@@ -235,6 +285,113 @@ class BudgetASHA(AsyncHyperBandScheduler):
         return action
 
 
+class SyncPlan:
+    """Synchronous successive halving as a ledger, without Tune (``SyncHalving`` drives it).
+
+    Every arm trains to the first rung; when all arms promoted to a rung have reported there,
+    the top ``keep`` by validation accuracy (ties: the smaller ``key``) go on to the next rung and
+    the rest stop. ``events`` logs ("report", arm, step) and ("promote", rung step, kept arms,
+    stopped arms) in the order they happened.
+    """
+
+    def __init__(self, *, arms: int, rungs: list[int], eta: int, budget: int) -> None:
+        self.arms, self.rungs, self.eta, self.budget = int(arms), list(rungs), int(eta), budget
+        self.target: dict[str, int] = {}  # arm → the step of its next decision
+        self.members: list[set[str] | None] = [None] * len(self.rungs)  # rung 0: every arm
+        self.seen: list[dict[str, tuple]] = [{} for _ in self.rungs]
+        self.reached: dict[str, int] = {}
+        self.stopped: set[str] = set()
+        self.events: list[tuple] = []
+
+    def cost(self, m: int, k: int) -> int:
+        """Steps that ``m`` arms promoted from rung ``k`` spend from here on, by the plan."""
+        total = 0
+        while k + 1 < len(self.rungs):
+            total += m * (self.rungs[k + 1] - self.rungs[k])
+            m, k = max(1, m // self.eta), k + 1
+        return total
+
+    def keep(self, n: int, k: int) -> int:
+        """Arms promoted from rung ``k`` with ``n`` there: n // eta (at least 1), fewer while the
+        rest of the plan would exceed the budget."""
+        left = self.budget - sum(self.reached.values())
+        m = max(1, n // self.eta)
+        while m > 1 and self.cost(m, k) > left:
+            m -= 1
+        return m
+
+    def runnable(self, arm: str) -> bool:
+        """Whether a paused arm has been promoted past the step where it waits."""
+        return arm not in self.stopped and self.target.get(arm, 0) > self.reached.get(arm, 0)
+
+    def report(self, arm: str, step: int, val: float, key: tuple) -> str:
+        """Record a report: "continue" (between rungs), "done" (the last step), "wait" (at a
+        rung that is not complete) or "decided" (this report completed its rung)."""
+        self.events.append(("report", arm, step))
+        self.reached[arm] = max(self.reached.get(arm, 0), step)
+        target = self.target.setdefault(arm, self.rungs[0])
+        if step >= self.rungs[-1]:
+            return "done"
+        if step < target:
+            return "continue"
+        k = self.rungs.index(target)
+        self.seen[k][arm] = (-val, key)
+        expected = self.arms if k == 0 else len(self.members[k])
+        if len(self.seen[k]) < expected:
+            return "wait"
+        order = sorted(self.seen[k], key=self.seen[k].get)
+        m = self.keep(len(order), k)
+        kept, cut = order[:m], order[m:]
+        self.members[k + 1] = set(kept)
+        for a in kept:
+            self.target[a] = self.rungs[k + 1]
+        self.stopped.update(cut)
+        self.events.append(("promote", self.rungs[k], tuple(kept), tuple(cut)))
+        return "decided"
+
+
+class SyncHalving(FIFOScheduler):
+    """Tune scheduler for ``SyncPlan``: PAUSE at an incomplete rung (Tune saves the trial's last
+    checkpoint and frees its resources), resume promoted trials, stop the rest."""
+
+    def __init__(self, plan: SyncPlan, key_of) -> None:
+        super().__init__()
+        self.plan, self.key_of = plan, key_of  # key_of(trial config) → tie-break key
+        self.trials: dict[str, Trial] = {}
+        self.stopped_by: dict[str, str] = {}
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        self.trials[trial.trial_id] = trial
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        tid = trial.trial_id
+        step, val = int(result.get("step", 0)), float(result.get("val_acc", 0.0))
+        verdict = self.plan.report(tid, step, val, self.key_of(trial.config))
+        if verdict == "done":
+            return TrialScheduler.STOP
+        if verdict == "continue":
+            return TrialScheduler.CONTINUE
+        if verdict == "wait":
+            return TrialScheduler.PAUSE
+        _, _, kept, cut = self.plan.events[-1]
+        for other in cut:
+            self.stopped_by[other] = "sync"
+            t = self.trials[other]
+            if other != tid and (t.status == Trial.PAUSED or t.is_saving):
+                tune_controller.stop_trial(t)
+        return TrialScheduler.CONTINUE if tid in kept else TrialScheduler.STOP
+
+    def choose_trial_to_run(self, tune_controller) -> Trial | None:
+        trials = tune_controller.get_trials()
+        for trial in trials:
+            if trial.status == Trial.PENDING:
+                return trial
+        for trial in trials:
+            if trial.status == Trial.PAUSED and self.plan.runnable(trial.trial_id):
+                return trial
+        return None
+
+
 # ------------------------------------------------------------------------------------ driver
 
 
@@ -247,12 +404,97 @@ def rank_pool(
     return {t: [m for m, task in pairs if task == t] for t in tasks}
 
 
-def _settings(ft: dict, grace: int) -> dict:
-    keys = ("steps", "batch_size", "head_steps", "head_lr", "augment", "precision")
-    settings = {k: ft[k] for k in keys}
-    settings["head_lr"] = float(settings["head_lr"])
-    settings["checkpoint_every"] = grace  # a report (and checkpoint) at every rung
-    return settings
+def _scheduler(cfg: HalvingConfig, top: list[str], arms: int, steps: int, grace: int):
+    """The mode's Tune scheduler for one task's arms."""
+    if cfg.mode == "async":
+        return BudgetASHA(max_t=steps, grace=grace, eta=cfg.eta, budget=cfg.total_steps, arms=arms)
+    plan = SyncPlan(
+        arms=arms, rungs=rungs_of(grace, cfg.eta, steps), eta=cfg.eta, budget=cfg.total_steps
+    )
+    return SyncHalving(plan, lambda c: (top.index(c["pair"][0]), -float(c["lr"]), int(c["rep"])))
+
+
+def _arm_rows(
+    results,
+    spec: TaskSpec,
+    top: list[str],
+    cfg: HalvingConfig,
+    grace: int,
+    steps: int,
+    stopped_by: dict,
+) -> list[dict]:
+    """One row per arm (schema.HALVING) from the Tune results; a failed trial is an error."""
+    rows, cut = [], "sync" if cfg.mode == "sync" else "asha"
+    for result in results:
+        if result.error:
+            lines = [x for x in str(result.error).splitlines() if x.strip()]
+            raise UserError(f"halving trial failed: {lines[-1] if lines else result.error}")
+        m, c = result.metrics, result.config
+        reached = int(m["step"])
+        status = "full" if reached >= steps else stopped_by.get(m["trial_id"], cut)
+        rows.append(
+            {
+                "task": spec.name,
+                "strategy": cfg.rank,
+                "rank": top.index(c["pair"][0]) + 1,
+                "model": c["pair"][0],
+                "lr": float(c["lr"]),
+                "rep": int(c["rep"]),
+                "steps": reached,
+                "status": status,
+                "val_acc": float(m["val_acc"]),
+                "test_acc": float(m["test_acc"]) if status == "full" else None,
+                "seconds": float(m["seconds_total"]),
+                "chosen": False,
+                "budget": cfg.total_steps,
+                "eta": cfg.eta,
+                "grace": grace,
+            }
+        )
+    return rows
+
+
+def _halving_task(catalogue, pool, spec, top, preset, out: Path, cfg: HalvingConfig):
+    """One task's halving experiment: (arm rows, the sync plan's events or [])."""
+    ft = preset["finetune"]
+    grace, steps = grace_of(cfg, ft), int(ft["steps"])
+    settings = finetune_settings(preset) | {"checkpoint_every": grace}  # a report per rung
+    lrs, reps = [float(x) for x in ft["lrs"]], list(range(int(ft["reps"])))
+    pixels, models = trial_inputs(catalogue, pool, top, [spec], preset)
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            finetune_trial,
+            pixels=pixels,
+            models=models,
+            settings=settings,
+            token=uuid.uuid4().hex,
+            report_val=True,
+        ),
+        trial_resources(preset_resources(preset), cluster_nodes()),
+    )
+    scheduler = _scheduler(cfg, top, len(top) * len(lrs) * len(reps), steps, grace)
+    blob = json.dumps([spec.name, top, settings, lrs, reps, cfg.__dict__], default=str)
+    name = f"halving-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+    shutil.rmtree(out / "tune" / name, ignore_errors=True)  # halving does not resume
+    tuner = tune.Tuner(
+        trainable,
+        param_space={
+            "pair": tune.grid_search([[m, spec.name] for m in top]),
+            "lr": tune.grid_search(lrs),
+            "rep": tune.grid_search(reps),
+        },
+        tune_config=tune.TuneConfig(scheduler=scheduler, reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=str(out / "tune"),
+            failure_config=tune.FailureConfig(max_failures=2),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=1,
+        ),
+    )
+    rows = _arm_rows(tuner.fit(), spec, top, cfg, grace, steps, scheduler.stopped_by)
+    events = scheduler.plan.events if cfg.mode == "sync" else []
+    return rows, events
 
 
 def run_halving(
@@ -272,85 +514,19 @@ def run_halving(
     check_halving(cfg, pool, catalogue.pool(pool).height, ft)
     check_ranking(cfg.rank, scores, tasks, pool)
     rankings = rank_pool(catalogue, pool, tasks, cfg.rank, scores)
-    grace, steps = grace_of(cfg, ft), int(ft["steps"])
-    settings = _settings(ft, grace)
-    lrs, reps = [float(x) for x in ft["lrs"]], list(range(int(ft["reps"])))
     ensure_ray()
-    resources = trial_resources(preset_resources(preset), cluster_nodes())
-    frames = []
+    frames, events = [], {}
     for spec in specs:
         top = rankings[spec.name][: cfg.top_k]
-        pixels, models = trial_inputs(catalogue, pool, top, [spec], preset)
-        trainable = tune.with_resources(
-            tune.with_parameters(
-                finetune_trial,
-                pixels=pixels,
-                models=models,
-                settings=settings,
-                token=uuid.uuid4().hex,
-                report_val=True,
-            ),
-            resources,
-        )
-        arms = len(top) * len(lrs) * len(reps)
-        scheduler = BudgetASHA(
-            max_t=steps, grace=grace, eta=cfg.eta, budget=cfg.total_steps, arms=arms
-        )
-        blob = json.dumps([spec.name, top, settings, lrs, reps, cfg.__dict__], default=str)
-        name = f"halving-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
-        shutil.rmtree(out / "tune" / name, ignore_errors=True)  # halving does not resume
-        tuner = tune.Tuner(
-            trainable,
-            param_space={
-                "pair": tune.grid_search([[m, spec.name] for m in top]),
-                "lr": tune.grid_search(lrs),
-                "rep": tune.grid_search(reps),
-            },
-            tune_config=tune.TuneConfig(scheduler=scheduler, reuse_actors=True),
-            run_config=tune.RunConfig(
-                name=name,
-                storage_path=str(out / "tune"),
-                failure_config=tune.FailureConfig(max_failures=2),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                verbose=1,
-            ),
-        )
-        results = tuner.fit()
-        rows = []
-        for result in results:
-            if result.error:
-                lines = [x for x in str(result.error).splitlines() if x.strip()]
-                raise UserError(f"halving trial failed: {lines[-1] if lines else result.error}")
-            m, c = result.metrics, result.config
-            model = c["pair"][0]
-            reached = int(m["step"])
-            status = "full" if reached >= steps else scheduler.stopped_by.get(m["trial_id"], "asha")
-            rows.append(
-                {
-                    "task": spec.name,
-                    "strategy": cfg.rank,
-                    "rank": top.index(model) + 1,
-                    "model": model,
-                    "lr": float(c["lr"]),
-                    "rep": int(c["rep"]),
-                    "steps": reached,
-                    "status": status,
-                    "val_acc": float(m["val_acc"]),
-                    "test_acc": float(m["test_acc"]) if status == "full" else None,
-                    "seconds": float(m["seconds_total"]),
-                    "chosen": False,
-                    "budget": cfg.total_steps,
-                    "eta": cfg.eta,
-                    "grace": grace,
-                }
-            )
+        rows, events[spec.name] = _halving_task(catalogue, pool, spec, top, preset, out, cfg)
         frames.append(_mark_pick(pl.DataFrame(rows, schema=schema.HALVING)))
         spent = sum(r["steps"] for r in rows)
-        log.info("halving %s: %d of %d steps", spec.name, spent, cfg.total_steps)
+        log.info("halving %s (%s): %d of %d steps", spec.name, cfg.mode, spent, cfg.total_steps)
     arms_table = pl.concat(frames).sort(
         "task", "rank", "lr", "rep", descending=[False, False, True, False]
     )
-    return HalvingSummary(arms_table, rankings, arms_per_model(ft) * steps)
+    cost = arms_per_model(ft) * int(ft["steps"])
+    return HalvingSummary(arms_table, rankings, cost, cfg.mode, events)
 
 
 def _mark_pick(arms: pl.DataFrame) -> pl.DataFrame:
@@ -368,26 +544,55 @@ def picks(arms: pl.DataFrame) -> pl.DataFrame:
     return arms.filter(pl.col("chosen")).sort("task")
 
 
+def run_fixed_equal_steps(
+    catalogue: Catalogue,
+    pool: str,
+    specs: list[TaskSpec],
+    preset: dict,
+    out: str | Path,
+    cfg: HalvingConfig,
+    rankings: dict[str, list[str]],
+) -> pl.DataFrame:
+    """Fine-tune the ranking's top B per task at ``fixed_plan``'s steps per run (the same step
+    budget as halving); the runs table (schema.FINETUNE_RUNS), Tune experiment in ``OUT/``."""
+    ft = preset["finetune"]
+    b, per_run = fixed_plan(cfg, ft)
+    if per_run < 1:
+        raise UserError(f"--total-steps {cfg.total_steps} gives fixed-B runs no step (B = {b})")
+    every = int(ft["checkpoint_every"])
+    short = dict(ft, steps=per_run, checkpoint_every=every if 0 < every < per_run else 0)
+    pairs = [(m, s.name) for s in specs for m in rankings[s.name][:b]]
+    return run_finetune(catalogue, pool, specs, dict(preset, finetune=short), out, pairs).runs
+
+
 # -------------------------------------------------------------------------------- comparison
 
 
 @dataclass(frozen=True)
 class Oracle:
-    """An oracle fine-tune table (``finetune --all``): t(model, task) by the protocol, and the
-    device-seconds of each pair's runs (None when the table has no ``seconds`` column)."""
+    """An oracle fine-tune table (``finetune --all``, one row per run): t(model, task) by the
+    protocol, every run (for fixed_top_k's choice by validation accuracy) and the device-seconds
+    of each pair's runs (None when the table has no ``seconds`` column)."""
 
     acc: pl.DataFrame  # model, task, test_acc
+    runs: pl.DataFrame  # model, task, lr, rep, val_acc, test_acc
     seconds: pl.DataFrame | None  # model, task, seconds
 
 
 def load_oracle(path: str | Path) -> Oracle:
-    """Read an oracle finetune table (Parquet or CSV, per run or per pair)."""
+    """Read an oracle finetune table (Parquet or CSV, one row per run)."""
     acc = tables.load_finetune(path)
     raw = tables.read_table(path)
+    if "val_acc" not in raw.columns:
+        raise UserError(
+            f"{path}: the comparison picks by validation accuracy and needs one row per run "
+            "(lr, rep, val_acc, test_acc), as `finetune --all` writes"
+        )
+    runs = raw.select("model", "task", "lr", "rep", "val_acc", "test_acc")
     seconds = None
     if "seconds" in raw.columns:
         seconds = raw.group_by("model", "task").agg(pl.col("seconds").cast(pl.Float64).sum())
-    return Oracle(acc.select("model", "task", "test_acc"), seconds)
+    return Oracle(acc.select("model", "task", "test_acc"), runs, seconds)
 
 
 def check_oracle(oracle: Oracle, models: list[str], tasks: list[str], source: str) -> None:
@@ -402,10 +607,27 @@ def check_oracle(oracle: Oracle, models: list[str], tasks: list[str], source: st
         )
 
 
-def _comparison_row(
-    task: str, method: str, strategy: str, budget: int, steps: int, seconds, model: str, acc, best
+def pick_by_val(runs: pl.DataFrame, ranking: list[str]) -> dict:
+    """The run with the best validation accuracy (ties: better-ranked model, larger lr, smaller
+    rep) among ``runs`` (columns model, lr, rep, val_acc, test_acc)."""
+    rank = {m: i for i, m in enumerate(ranking)}
+    ranked = runs.with_columns(_rank=pl.col("model").replace_strict(rank, return_dtype=pl.Int64))
+    order = ranked.sort(["val_acc", "_rank", "lr", "rep"], descending=[True, False, True, False])
+    return order.row(0, named=True)
+
+
+def _row(
+    task: str,
+    method: str,
+    strategy: str,
+    budget: int,
+    steps: int,
+    seconds,
+    run: dict,
+    acc: dict,
+    best: float,
 ) -> dict:
-    picked = acc[(model, task)]
+    picked = acc[(run["model"], task)]
     return {
         "task": task,
         "method": method,
@@ -413,7 +635,9 @@ def _comparison_row(
         "budget": budget,
         "steps": steps,
         "device_seconds": seconds,
-        "picked_model": model,
+        "picked_model": run["model"],
+        "picked_val_acc": run["val_acc"],
+        "run_test_acc": run["test_acc"],
         "oracle_acc": best,
         "picked_acc": picked,
         "abs_regret": float(regret.abs_regret(best, picked)),
@@ -421,24 +645,22 @@ def _comparison_row(
     }
 
 
-def _fixed_pick(chosen: list[str], task: str, acc: dict, secs: dict | None) -> tuple:
-    """(best model by fine-tuned test accuracy — ties: better-ranked —, summed device-seconds
-    of the picks' runs or None)."""
-    top = max(chosen, key=lambda m: (acc[(m, task)], -chosen.index(m)))
-    if secs is None or any((m, task) not in secs for m in chosen):
-        return top, None
-    return top, float(sum(secs[(m, task)] for m in chosen))
+def _seconds(models: list[str], task: str, secs: dict | None) -> float | None:
+    if secs is None or any((m, task) not in secs for m in models):
+        return None
+    return float(sum(secs[(m, task)] for m in models))
 
 
 def compare_at_equal_compute(
-    summary: HalvingSummary, oracle: Oracle, source: str = "oracle table"
+    summary: HalvingSummary,
+    oracle: Oracle,
+    fixed_runs: pl.DataFrame | None = None,
+    source: str = "oracle table",
 ) -> pl.DataFrame:
-    """Per task: the halving pick's regret and compute, next to the same ranking's fixed-budget
-    picks at B = total_steps // (one model's full fine-tune) and at B = K (schema COMPARISON).
-
-    A fixed selection scores the best fine-tuned test accuracy of its B picks (paper §3); the
-    halving pick scores its own model's t. Every pool model needs an oracle result per task.
-    """
+    """Per task: the halving pick, the same ranking's top B at the same step budget (the runs of
+    ``run_fixed_equal_steps``; left out when None) and all K fine-tuned in full (the oracle's
+    runs), each picked by its runs' validation accuracy and scored by the oracle's t of the
+    picked model (schema COMPARISON). Every pool model needs an oracle result per task."""
     acc = {(m, t): a for m, t, a in oracle.acc.iter_rows()}
     secs = None if oracle.seconds is None else {(m, t): s for m, t, s in oracle.seconds.iter_rows()}
     rows = []
@@ -447,20 +669,22 @@ def compare_at_equal_compute(
         check_oracle(oracle, ranking, [task], source)
         best = max(acc[(m, task)] for m in ranking)
         arms = summary.arms.filter(pl.col("task") == task)
-        k = arms["model"].n_unique()
-        common = (pick["strategy"],)
+        k, common = arms["model"].n_unique(), (pick["strategy"],)
         steps, seconds = int(arms["steps"].sum()), float(arms["seconds"].sum())
-        rows.append(
-            _comparison_row(task, "halving", *common, k, steps, seconds, pick["model"], acc, best)
-        )
-        fixed_b = min(len(ranking), pick["budget"] // summary.cost_per_model)
-        for method, b in (("fixed_equal_steps", fixed_b), ("fixed_top_k", k)):
-            if b >= 1:
-                model, seconds = _fixed_pick(ranking[:b], task, acc, secs)
-                paid = b * summary.cost_per_model
-                rows.append(
-                    _comparison_row(task, method, *common, b, paid, seconds, model, acc, best)
-                )
+        method = f"halving_{summary.mode}"
+        rows.append(_row(task, method, *common, k, steps, seconds, pick, acc, best))
+        if fixed_runs is not None:
+            mine = fixed_runs.filter(pl.col("task") == task)
+            b = mine["model"].n_unique()
+            run = pick_by_val(mine, ranking)
+            spent, sec = int(mine["steps"].sum()), float(mine["seconds"].sum())
+            rows.append(_row(task, "fixed_equal_steps", *common, b, spent, sec, run, acc, best))
+        top = ranking[:k]
+        full = oracle.runs.filter((pl.col("task") == task) & pl.col("model").is_in(top))
+        paid = k * summary.cost_per_model
+        run = pick_by_val(full, ranking)
+        sec = _seconds(top, task, secs)
+        rows.append(_row(task, "fixed_top_k", *common, k, paid, sec, run, acc, best))
     return pl.DataFrame(rows, schema=COMPARISON)
 
 
@@ -491,21 +715,36 @@ def format_halving(arms: pl.DataFrame, comparison: pl.DataFrame | None = None) -
         if comparison is not None:
             for r in comparison.filter(pl.col("task") == task).iter_rows(named=True):
                 sec = "n/a" if r["device_seconds"] is None else f"{r['device_seconds']:.1f}"
+                run_test = "n/a" if r["run_test_acc"] is None else f"{r['run_test_acc']:.3f}"
                 lines.append(
                     f"  {r['method']:<18} B={r['budget']:<3} steps {r['steps']:>6}  device-s "
-                    f"{sec:>7}  pick {r['picked_model']:<16} acc {r['picked_acc']:.3f}  regret "
-                    f"abs {r['abs_regret']:.3f} rel {r['rel_regret']:.3f}"
+                    f"{sec:>7}  pick {r['picked_model']:<16} (val {r['picked_val_acc']:.3f}, run "
+                    f"test {run_test}) t {r['picked_acc']:.3f}  regret abs "
+                    f"{r['abs_regret']:.3f} rel {r['rel_regret']:.3f}"
                 )
     return "\n".join(lines) + "\n"
 
 
-def write_halving(out: str | Path, arms: pl.DataFrame, comparison: pl.DataFrame | None) -> Path:
+def write_halving(
+    out: str | Path,
+    arms: pl.DataFrame,
+    comparison: pl.DataFrame | None,
+    events: dict[str, list[tuple]] | None = None,
+    fixed: pl.DataFrame | None = None,
+) -> Path:
     """Write ``OUT/halving/`` atomically: halving.{parquet,csv}, comparison.{parquet,csv} (with
-    an oracle) and summary.txt. Returns the folder."""
+    an oracle), summary.txt, and with sync events ``sync_events.jsonl`` (per line: task, event,
+    then the arm's trial id and step, or the rung step and the kept and stopped trial ids) and
+    with ``fixed`` the runs of fixed_equal_steps (fixed.{parquet,csv}). Returns the folder."""
     target = Path(out) / "halving"
     with atomic_directory(target) as tmp:
         write_table(arms, tmp, "halving")
         if comparison is not None:
             write_table(comparison, tmp, "comparison")
+        if fixed is not None:
+            write_table(fixed, tmp, "fixed")
         (tmp / "summary.txt").write_text(format_halving(arms, comparison))
+        if events:
+            lines = [json.dumps([task, *e]) for task, log_ in events.items() for e in log_]
+            (tmp / "sync_events.jsonl").write_text("".join(x + "\n" for x in lines))
     return target
