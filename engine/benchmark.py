@@ -51,7 +51,14 @@ from engine import schema, tables
 from engine.analysis import Analysis, analyze
 from engine.catalog import Catalogue, load_catalogue
 from engine.errors import UserError
-from engine.outputs import atomic_directory, atomic_text, is_uri, run_directory, write_table
+from engine.outputs import (
+    atomic_directory,
+    atomic_text,
+    check_replaceable,
+    is_uri,
+    run_directory,
+    write_table,
+)
 from engine.plots import write_plots
 from engine.presets import load_preset
 from engine.tasks import TaskSpec, load_tasks
@@ -284,6 +291,8 @@ def run_benchmark(config: BenchmarkConfig, out: Path | str | None = None) -> Pat
 def _study(config: BenchmarkConfig, run: Path) -> Path:
     from engine.cli import summary_text
 
+    for owned in (run / "plots", run / "tables", run / "finetune" / "table"):
+        check_replaceable(owned)  # a user's folder there is refused before any work
     store = config.store or run / "store"
     driver = _Driver(run)
     driver.say(f"run {config.name} → {run} (config {config.path})")

@@ -13,7 +13,7 @@ from engine import tables
 from engine.analysis import Analysis, analyze
 from engine.catalog import load_catalogue
 from engine.errors import UserError
-from engine.outputs import atomic_directory, write_table
+from engine.outputs import atomic_directory, check_replaceable, replacing, write_table
 from engine.plots import DELTA_PAIRS, write_plots
 from engine.raycluster import connection_options
 
@@ -67,6 +67,7 @@ def summary_text(result: Analysis) -> str:
 def cmd_analyze(args: argparse.Namespace) -> None:
     """Strategies, regret and budget curves from a finetune table (and optional scores)."""
     start = time.perf_counter()
+    check_replaceable(args.out)
     catalogue = load_catalogue(args.catalog)
     finetune = tables.load_finetune(args.finetune)
     scores = tables.load_scores(args.scores) if args.scores else None
@@ -146,6 +147,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     catalogue.pool(args.pool)
     specs = load_tasks(args.tasks)
     preset = load_preset(args.preset)
+    check_replaceable(Path(args.out) / ("halving" if args.halving else "table"))
     halving_only = ("top_k", "total_steps", "rank", "eta", "grace", "oracle")
     given = [f"--{k.replace('_', '-')}" for k in halving_only if getattr(args, k) is not None]
     if args.halving:
@@ -229,6 +231,7 @@ def cmd_search(args: argparse.Namespace) -> None:
         preset=args.preset,
         finetune=args.finetune,
         work_dir=args.out,
+        skip_unreadable=args.skip_unreadable,
     )
     print(format_result(result), end="")
     print(f"wrote {result.work_dir / 'report'}: picks.parquet, picks.csv, summary.txt")
@@ -298,6 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="relative regret in log-odds (paper App. C) instead of the relative form",
     )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace output folders even if they hold files whichmodel did not write",
+    )
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser(
@@ -362,6 +370,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--preset", default="quick", help="numbers of the protocol (presets.toml)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace output folders even if they hold files whichmodel did not write",
+    )
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser(
@@ -391,7 +404,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--finetune", action="store_true", help="fine-tune the picks, export the winner")
     p.add_argument(
+        "--skip-unreadable",
+        action="store_true",
+        help="leave out image files that do not decode (listed and counted in the report)",
+    )
+    p.add_argument(
         "--out", type=Path, help="work directory (default ./whichmodel-search/<task name>)"
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace output folders even if they hold files whichmodel did not write",
     )
     p.set_defaults(func=cmd_search)
 
@@ -406,6 +429,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run directory, or a URI pyarrow opens (s3://B/P, gs://B/P, file:///P): worked on "
         "locally and published when the study succeeds (default: [run] out of the config)",
     )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace output folders even if they hold files whichmodel did not write",
+    )
     p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser(
@@ -419,6 +447,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="cache of the demo pool (default $WHICHMODEL_CACHE/demo or ~/.cache/whichmodel/demo)",
     )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace output folders even if they hold files whichmodel did not write",
+    )
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -431,7 +464,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="whichmodel: %(levelname)s: %(message)s",
     )
     try:
-        with connection_options(args.address, args.allow_unauthenticated):
+        with (
+            connection_options(args.address, args.allow_unauthenticated),
+            replacing(f"whichmodel {args.command}", getattr(args, "force", False)),
+        ):
             args.func(args)
     except UserError as exc:
         print(f"whichmodel: error: {exc}", file=sys.stderr)

@@ -27,6 +27,7 @@ from engine import schema
 from engine.catalog import Catalogue
 from engine.embed import EmbedConfig, decoded_dataset, gather, plan_model
 from engine.errors import UserError
+from engine.outputs import atomic_directory, check_replaceable
 from engine.presets import preset_resources
 from engine.raycluster import ensure_ray
 from engine.resources import cluster_nodes, trial_resources
@@ -157,6 +158,9 @@ def run_finetune(
     task_names = [s.name for s in specs]
     if pairs is None:
         pairs = [(m, t) for m in members["model"] for t in task_names]
+    if export_winners:  # refuse a user's folder before any work, not after the fine-tunes
+        for name in sorted({t for _, t in pairs}):
+            check_replaceable(out / "winners" / name)
     wanted = sorted({m for m, _ in pairs})
     settings = {
         k: ft[k]
@@ -247,9 +251,8 @@ def run_finetune(
     winners = {}
     for task, (_, folder) in best.items():
         target = out / "winners" / task
-        if target.exists():
-            shutil.rmtree(target)
-        shutil.copytree(folder, target)
+        with atomic_directory(target) as tmp:  # the old winner stays until the new one is in
+            shutil.copytree(folder, tmp, dirs_exist_ok=True)
         winners[task] = target
     runs = pl.DataFrame(rows, schema=schema.FINETUNE_RUNS).sort("model", "task", "lr", "rep")
     phases = {
