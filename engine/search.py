@@ -542,7 +542,12 @@ def format_result(result: SearchResult) -> str:
         f"{result.strategy}, budget {result.budget}, preset {result.preset}",
     ]
     if result.unreadable:
-        shown = ", ".join(result.unreadable[:MAX_LISTED])
+        top = Path(result.data).resolve()
+        names = [
+            str(Path(p).relative_to(top)) if Path(p).is_relative_to(top) else p
+            for p in result.unreadable
+        ]
+        shown = ", ".join(names[:MAX_LISTED])
         more = len(result.unreadable) - MAX_LISTED
         shown += f" and {more} more (report/unreadable.txt)" if more > 0 else ""
         lines.insert(1, f"left out unreadable image file(s): {shown}")
