@@ -87,6 +87,8 @@ class Embedder:
     def _to_device(self, pixels: np.ndarray) -> torch.Tensor:
         """The uint8 batch on the model's device; on CUDA through this thread's pinned staging
         buffer, so the copy runs asynchronously on the thread's stream."""
+        if not pixels.flags.writeable:  # a batch from Ray's object store: torch wants to own it
+            pixels = np.array(pixels, order="C")
         src = torch.from_numpy(np.ascontiguousarray(pixels))
         if not self.cuda:
             return src

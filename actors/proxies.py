@@ -83,6 +83,16 @@ def _split(inp: ProxyInput, split: str, probs: bool = False) -> tuple[np.ndarray
     raise ValueError(f"split must be 'train' or 'trainval', got {split!r}")
 
 
+def _as_tensor(a: np.ndarray, device: torch.device, dtype: type | None = None) -> torch.Tensor:
+    """``a`` on ``device`` without PyTorch's 'NumPy array is not writable' warning: a read-only
+    array (embeddings arrive zero-copy from Ray's object store) is copied first, since a tensor
+    sharing it could be written to; a writable one is shared as before."""
+    arr = np.asarray(a, dtype=dtype)
+    if not arr.flags.writeable:
+        arr = arr.copy()
+    return torch.as_tensor(arr, device=device)
+
+
 def _acc(pred: torch.Tensor, y: torch.Tensor) -> float:
     return float((pred == y).double().mean().item())
 
@@ -123,9 +133,9 @@ def knn_predict(
     if not 1 <= k <= len(train_x):
         raise ValueError(f"k={k} must be between 1 and the number of training examples")
     dev = _device(device)
-    xt = torch.as_tensor(np.asarray(train_x), device=dev).to(torch.float64)
-    xq = torch.as_tensor(np.asarray(query_x), device=dev).to(torch.float64)
-    yt = torch.as_tensor(np.asarray(train_y, dtype=np.int64), device=dev)
+    xt = _as_tensor(train_x, dev).to(torch.float64)
+    xq = _as_tensor(query_x, dev).to(torch.float64)
+    yt = _as_tensor(train_y, dev, np.int64)
     if metric == "cosine":
         xt, xq = _normalize_rows(xt), _normalize_rows(xq)
     xt_sq = (xt * xt).sum(1)
@@ -216,10 +226,10 @@ def linear_sequential(
     """
     _check_linear_options(lrs, steps, batch_size, reps)
     dev, dt = _device(device), _dtype(dtype)
-    x = torch.as_tensor(np.asarray(train_x), device=dev).to(dt)
-    y = torch.as_tensor(np.asarray(train_y, dtype=np.int64), device=dev)
-    xv = torch.as_tensor(np.asarray(val_x), device=dev).to(dt)
-    yv = torch.as_tensor(np.asarray(val_y, dtype=np.int64), device=dev)
+    x = _as_tensor(train_x, dev).to(dt)
+    y = _as_tensor(train_y, dev, np.int64)
+    xv = _as_tensor(val_x, dev).to(dt)
+    yv = _as_tensor(val_y, dev, np.int64)
     rows = []
     for lr in lrs:
         for rep in range(reps):
@@ -303,10 +313,10 @@ def linear_grid(
     if dual not in ("auto", "always", "never"):
         raise ValueError(f"dual must be 'auto', 'always' or 'never', got {dual!r}")
     dev, dt = _device(device), _dtype(dtype)
-    x = torch.as_tensor(np.asarray(train_x), device=dev).to(dt)
-    y = torch.as_tensor(np.asarray(train_y, dtype=np.int64), device=dev)
-    xv = torch.as_tensor(np.asarray(val_x), device=dev).to(dt)
-    yv = torch.as_tensor(np.asarray(val_y, dtype=np.int64), device=dev)
+    x = _as_tensor(train_x, dev).to(dt)
+    y = _as_tensor(train_y, dev, np.int64)
+    xv = _as_tensor(val_x, dev).to(dt)
+    yv = _as_tensor(val_y, dev, np.int64)
     n, d = x.shape
     use_dual = dual == "always" or (dual == "auto" and d > n)
     idx = torch.stack([batch_indices(n, batch_size, steps, seed + r) for r in range(reps)], 0)

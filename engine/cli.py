@@ -17,7 +17,7 @@ from engine.cluster.connect import connection_options
 from engine.core.budgets import parse_budgets
 from engine.core.catalog import load_catalogue
 from engine.core.errors import UserError
-from engine.core.outputs import atomic_directory, write_table
+from engine.core.outputs import atomic_directory, check_replaceable, replacing, write_table
 
 log = logging.getLogger("whichmodel")
 
@@ -101,6 +101,7 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     """Strategies, regret and budget curves from a finetune table (and optional scores)."""
     start = time.perf_counter()
     check_directory(args.out, "--out")
+    check_replaceable(args.out)
     catalogue = load_catalogue(args.catalog)
     finetune = tables.load_finetune(args.finetune)
     scores = tables.load_scores(args.scores) if args.scores else None
@@ -195,6 +196,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     catalogue.pool(args.pool)
     specs = load_tasks(args.tasks)
     preset = load_preset(args.preset)
+    check_replaceable(Path(args.out) / ("halving" if args.halving else "table"))
     halving_only = ("top_k", "total_steps", "rank", "eta", "grace", "oracle", "halving_mode")
     given = [f"--{k.replace('_', '-')}" for k in halving_only if getattr(args, k) is not None]
     if args.halving:
@@ -286,6 +288,7 @@ def cmd_search(args: argparse.Namespace) -> None:
         preset=args.preset,
         finetune=args.finetune,
         work_dir=args.out,
+        skip_unreadable=args.skip_unreadable,
     )
     print(format_result(result), end="")
     print(f"wrote {result.work_dir / 'report'}: picks.parquet, picks.csv, summary.txt")
@@ -358,6 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-odds",
         action="store_true",
         help="relative regret in log-odds (paper App. C) instead of the relative form",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace output folders even if they hold files whichmodel did not write",
     )
     p.set_defaults(func=cmd_analyze)
 
@@ -435,6 +443,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--preset", default="quick", help="numbers of the protocol (presets.toml)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace output folders even if they hold files whichmodel did not write",
+    )
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser(
@@ -464,7 +477,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--finetune", action="store_true", help="fine-tune the picks, export the winner")
     p.add_argument(
+        "--skip-unreadable",
+        action="store_true",
+        help="leave out image files that do not decode (listed and counted in the report)",
+    )
+    p.add_argument(
         "--out", type=Path, help="work directory (default ./whichmodel-search/<task name>)"
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace output folders even if they hold files whichmodel did not write",
     )
     p.set_defaults(func=cmd_search)
 
@@ -481,6 +504,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run directory, or a URI pyarrow opens (s3://B/P, gs://B/P, file:///P): worked on "
         "locally and published when the study succeeds (default: [run] out of the config)",
     )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace output folders even if they hold files whichmodel did not write",
+    )
     p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser(
@@ -493,6 +521,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache",
         type=Path,
         help="cache of the demo pool (default $WHICHMODEL_CACHE/demo or ~/.cache/whichmodel/demo)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace output folders even if they hold files whichmodel did not write",
     )
     p.set_defaults(func=cmd_demo)
     return parser
@@ -509,7 +542,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="whichmodel: %(levelname)s: %(message)s",
     )
     try:
-        with connection_options(args.address, args.allow_unauthenticated):
+        with (
+            connection_options(args.address, args.allow_unauthenticated),
+            replacing(f"whichmodel {args.command}", getattr(args, "force", False)),
+        ):
             args.func(args)
     except UserError as exc:
         print(f"whichmodel: error: {exc}", file=sys.stderr)

@@ -256,6 +256,7 @@ def test_failure_while_writing_leaves_previous_output_untouched(tmp_path, monkey
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("previous run")
+    (out / ".whichmodel-output").write_text("{}")  # a previous output, replaceable
 
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")

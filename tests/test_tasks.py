@@ -291,7 +291,7 @@ def test_folder_zero_byte_image_names_the_file(tmp_path: Path) -> None:
     root = _flat_folder(tmp_path / "z", {"a": 6, "b": 6})
     (root / "b" / "broken.png").write_bytes(b"")
     with pytest.raises(
-        UserError, match=r"task 't': empty \(zero-byte\) image file .*b/broken\.png"
+        UserError, match=r"task 't': 1 unreadable image file\(s\) in .*z: b/broken\.png \(empty"
     ):
         load_task(_spec("folder", tmp_path, root="z", train=4, val=4))
 

@@ -57,7 +57,14 @@ from engine.core.budgets import parse_budgets
 from engine.core.catalog import Catalogue, load_catalogue
 from engine.core.errors import UserError
 from engine.core.files import read_toml
-from engine.core.outputs import atomic_directory, atomic_text, is_uri, run_directory, write_table
+from engine.core.outputs import (
+    atomic_directory,
+    atomic_text,
+    check_replaceable,
+    is_uri,
+    run_directory,
+    write_table,
+)
 from engine.core.presets import load_preset
 from engine.stages.embed import embed, embed_config
 from engine.stages.finetune import run_finetune
@@ -264,6 +271,8 @@ def run_benchmark(config: BenchmarkConfig, out: Path | str | None = None) -> Pat
 
 def _study(config: BenchmarkConfig, run: Path) -> Path:
 
+    for owned in (run / "plots", run / "tables", run / "finetune" / "table"):
+        check_replaceable(owned)  # a user's folder there is refused before any work
     store = config.store or run / "store"
     driver = _Driver(run)
     driver.say(f"run {config.name} → {run} (config {config.path})")

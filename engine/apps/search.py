@@ -35,14 +35,23 @@ from engine.analysis.strategies import (
 from engine.core.catalog import Catalogue, load_catalogue
 from engine.core.errors import UserError
 from engine.core.names import MAX_NAME_BYTES, check_name
-from engine.core.outputs import atomic_directory, write_table
+from engine.core.outputs import atomic_directory, check_replaceable, write_table
 from engine.core.presets import load_preset
 from engine.demo.convert import VARIANTS
 from engine.demo.pool import CONTROLS, EXPERTS, ensure_demo_pool
 from engine.stages.embed import embed, embed_config
 from engine.stages.finetune import run_finetune, select_pairs
 from engine.stages.probe import probe, write_scores
-from engine.tasks.loader import IMAGE_EXTENSIONS, SOURCES, TaskData, TaskSpec, check_task
+from engine.tasks.loader import (
+    IMAGE_EXTENSIONS,
+    MAX_LISTED,
+    SOURCES,
+    TaskData,
+    TaskSpec,
+    UnreadableImages,
+    check_task,
+    unreadable_message,
+)
 
 log = logging.getLogger("whichmodel")
 
@@ -97,6 +106,7 @@ class SearchResult:
     scores_path: Path | None
     winner: Winner | None = None
     finetune_runs: tuple[int, int] = (0, 0)  # fine-tune runs done, reused
+    unreadable: tuple[str, ...] = ()  # image files left out by --skip-unreadable
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,10 +147,11 @@ def split_sizes(n: int) -> tuple[int, int]:
     return max(1, n - 2 * val), val
 
 
-def task_spec(data: Path) -> TaskSpec:
+def task_spec(data: Path, skip_unreadable: bool = False, unreadable: int = 0) -> TaskSpec:
     """The task description of DATA: an image folder (``DATA/<class>/<image>`` split seeded
     by ``split_sizes``, or ``DATA/<split>/<class>/<image>``) or a Parquet table (a file, or a
-    folder of ``*.parquet`` files)."""
+    folder of ``*.parquet`` files). ``skip_unreadable`` leaves out image files that do not
+    decode; ``unreadable`` of them are not counted for the split sizes."""
     data = Path(data).expanduser()
     if not data.exists():
         raise UserError(f"{data}: no such image folder or Parquet file")
@@ -151,9 +162,11 @@ def task_spec(data: Path) -> TaskSpec:
             raise UserError(f"{data}: not an image folder or a .parquet file")
         return TaskSpec(name, "unknown", "parquet", {"path": str(root)}, root.parent)
     options: dict[str, Any] = {"root": str(root)}
+    if skip_unreadable:
+        options["skip_unreadable"] = True
     splits = {p.name for p in root.iterdir() if p.is_dir()} & SPLIT_NAMES
     if not splits:
-        n = count_class_images(root)
+        n = count_class_images(root) - unreadable
         if n == 0 and any(root.glob("*.parquet")):  # a folder of Parquet files: one table
             return TaskSpec(name, "unknown", "parquet", {"path": str(root)}, root.parent)
         if n == 0:
@@ -172,6 +185,9 @@ def load_search_task(data: Path, spec: TaskSpec) -> TaskData:
     """The task's rows, checked; every problem is a ``UserError`` naming DATA."""
     try:
         task = SOURCES[spec.source](spec)
+    except UnreadableImages as exc:
+        hint = "pass --skip-unreadable to leave them out"
+        raise UserError(unreadable_message(str(data), exc.root, exc.bad, hint)) from None
     except UserError as exc:
         raise UserError(_naming(data, str(exc))) from None
     if len(task.classes) < 2:
@@ -199,7 +215,8 @@ def _quiet_repeats() -> Iterator[None]:
     (it was shown once already)."""
 
     def keep(record: logging.LogRecord) -> bool:
-        return "skipped %d file(s)" not in str(record.msg)
+        msg = str(record.msg)
+        return "skipped %d file(s)" not in msg and "skipped %d unreadable" not in msg
 
     log.addFilter(keep)
     try:
@@ -375,19 +392,30 @@ def search(
     preset: str = "quick",
     finetune: bool = False,
     work_dir: str | Path | None = None,
+    skip_unreadable: bool = False,
 ) -> SearchResult:
     """Embed, probe and rank a pool's models for DATA and return the ``budget`` picks, each
-    with its slot and reason; with ``finetune``, fine-tune the picks and export the winner."""
+    with its slot and reason; with ``finetune``, fine-tune the picks and export the winner.
+    Image files that do not decode are all named in one error, or with ``skip_unreadable``
+    left out and listed in the result and the report."""
     data = Path(data).expanduser()
     proxies = strategy_proxies(strategy)
     numbers = load_preset(preset)
-    spec = task_spec(data)
+    spec = task_spec(data, skip_unreadable)
     task = load_search_task(data, spec)
+    if task.unreadable and "train" in spec.options:  # split sizes from the readable images
+        spec = task_spec(data, skip_unreadable, len(task.unreadable))
+        task = load_search_task(data, spec)
     check_budget(catalogue, pool, budget)
     cat, pool = resolve_catalogue(catalogue, pool)
     meta = cat.pool(pool)
     work = Path(work_dir) if work_dir else DEFAULT_WORK_ROOT / spec.name
     work = work.resolve()
+    owned = [work / "report"]
+    if finetune:
+        owned += [work / "finetune" / "table", work / "finetune" / "winners" / spec.name]
+    for folder in owned:  # a user's folder there is refused before any work
+        check_replaceable(folder)
     models = meta["model"].to_list()
     scores, scores_path = None, None
     embedded, probed = (0, 0), (0, 0)
@@ -420,6 +448,7 @@ def search(
             classes=list(task.classes),
             split_counts=task.split_counts(),
             skipped=task.skipped,
+            unreadable=task.unreadable,
             embedded=embedded,
             probed=probed,
             picks=picks,
@@ -430,6 +459,8 @@ def search(
     with atomic_directory(work / "report") as tmp:
         write_table(picks_table(result), tmp, "picks")
         (tmp / "summary.txt").write_text(format_result(result))
+        if result.unreadable:
+            (tmp / "unreadable.txt").write_text("".join(f"{p}\n" for p in result.unreadable))
     return result
 
 
@@ -499,12 +530,24 @@ def format_result(result: SearchResult) -> str:
     """The summary printed by ``whichmodel search``: the task, the picks table, the winner."""
     c = result.split_counts
     skipped = f"; skipped {result.skipped} non-image file(s)" if result.skipped else ""
+    if result.unreadable:
+        skipped += f"; skipped {len(result.unreadable)} unreadable image file(s)"
     lines = [
         f"task {result.task} ({result.data}): {len(result.classes)} classes, {c['train']} train"
         f" / {c['val']} val / {c['test']} test images{skipped}",
         f"pool {result.pool} of {result.catalogue}: {result.pool_size} models; strategy "
         f"{result.strategy}, budget {result.budget}, preset {result.preset}",
     ]
+    if result.unreadable:
+        top = Path(result.data).resolve()
+        names = [
+            str(Path(p).relative_to(top)) if Path(p).is_relative_to(top) else p
+            for p in result.unreadable
+        ]
+        shown = ", ".join(names[:MAX_LISTED])
+        more = len(result.unreadable) - MAX_LISTED
+        shown += f" and {more} more (report/unreadable.txt)" if more > 0 else ""
+        lines.insert(1, f"left out unreadable image file(s): {shown}")
     if result.scores_path is not None:
         lines.append(
             f"embedded {result.embedded[0]} (model, task) pair(s), reused {result.embedded[1]};"

@@ -2,13 +2,23 @@
 
 A run's outputs go to a temporary sibling directory that is renamed into place only once every
 file is written; on any error the temporary directory is removed and the previous outputs (if
-any) stay as they were.
+any) stay as they were. The swap is atomic where Linux's renameat2(RENAME_EXCHANGE) is
+available; elsewhere a crash between its two renames is undone by the next call.
+
+A directory that a command replaces whole holds the marker ``.whichmodel-output``; a non-empty
+directory without it (a user's own files) is refused unless ``--force`` (``check_replaceable``).
 """
 
 import contextlib
+import contextvars
+import ctypes
+import datetime
+import errno
 import hashlib
+import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,25 +29,152 @@ from pyarrow import fs as pafs
 
 from engine.core.errors import UserError
 
+MARKER = ".whichmodel-output"  # in every directory a whichmodel command owns and may replace
+
+_FORCE: contextvars.ContextVar[bool] = contextvars.ContextVar("whichmodel_force", default=False)
+_COMMAND: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "whichmodel_command", default=None
+)
+
 
 @contextlib.contextmanager
-def atomic_directory(target: str | Path) -> Iterator[Path]:
-    """Yield a fresh temporary directory that replaces ``target`` when the block succeeds."""
+def replacing(command: str, force: bool = False) -> Iterator[None]:
+    """Within the block, directories replaced by ``atomic_directory`` record ``command`` in their
+    marker, and ``force`` lets them replace a non-empty directory that has no marker."""
+    tokens = _COMMAND.set(command), _FORCE.set(force)
+    try:
+        yield
+    finally:
+        _COMMAND.reset(tokens[0])
+        _FORCE.reset(tokens[1])
+
+
+def check_replaceable(target: str | Path, force: bool = False) -> None:
+    """Raise ``UserError`` when ``target`` holds something that is not a previous whichmodel
+    output (a file, or a non-empty directory without the ``.whichmodel-output`` marker), unless
+    ``force`` (or ``replacing(..., force=True)`` around the call). Call it before any work."""
+    target = Path(target)
+    _recover(target)
+    if force or _FORCE.get() or not os.path.lexists(target):
+        return
+    if not target.is_dir() or target.is_symlink():
+        raise UserError(f"{target}: exists and is not a directory; pass --force to replace it")
+    if (target / MARKER).is_file() or not any(target.iterdir()):
+        return
+    raise UserError(
+        f"{target}: not empty and not a previous whichmodel output (no {MARKER}); "
+        "pass --force to replace it, or choose another directory"
+    )
+
+
+def write_marker(directory: Path) -> None:
+    """Write the marker (the command and a UTC timestamp, JSON) into ``directory``."""
+    command = _COMMAND.get() or " ".join(["whichmodel", *sys.argv[1:2]])
+    stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    (directory / MARKER).write_text(json.dumps({"command": command, "written": stamp}) + "\n")
+
+
+# renameat2(2) flag: exchange the two paths atomically (Linux >= 3.15, glibc >= 2.28)
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _renameat2() -> Any:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_RENAMEAT2 = _renameat2() if sys.platform.startswith("linux") else None
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap the paths ``a`` and ``b`` (both existing) in one atomic step; False where the
+    system cannot (no renameat2, or a filesystem without RENAME_EXCHANGE)."""
+    if _RENAMEAT2 is None:
+        return False
+    src, dst = os.fsencode(a), os.fsencode(b)
+    if _RENAMEAT2(_AT_FDCWD, src, _AT_FDCWD, dst, _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def _recover(target: Path) -> None:
+    """A replacement that died between its two renames left ``target`` missing and the old copy
+    aside (``.NAME.old-*/NAME``): put the newest such copy back. Once ``target`` is present,
+    leftover aside folders are removed."""
+    if not target.parent.is_dir():
+        return
+    holders = list(target.parent.glob(f".{target.name}.old-*"))
+    if not os.path.lexists(target):
+        copies = [h / target.name for h in holders if os.path.lexists(h / target.name)]
+        if not copies:
+            return
+        os.rename(max(copies, key=lambda p: p.lstat().st_mtime_ns), target)
+    for holder in holders:
+        shutil.rmtree(holder, ignore_errors=True)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def replace_directory(new: Path, target: Path) -> None:
+    """Put the directory ``new`` at ``target`` (same filesystem) so that ``target`` is never
+    missing: an atomic exchange, then the old copy is deleted. Where the system cannot exchange,
+    the old copy is renamed aside first; a crash between the two renames is undone by the next
+    call on ``target`` (``_recover``)."""
+    _recover(target)
+    if not os.path.lexists(target):
+        os.rename(new, target)
+        return
+    if exchange(new, target):
+        _remove(new)  # ``new`` now names the old copy
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    os.rename(target, old / target.name)
+    try:
+        os.rename(new, target)
+    except BaseException:
+        os.rename(old / target.name, target)  # put the old copy back at once
+        raise
+    finally:
+        if os.path.lexists(target):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | Path, force: bool = False) -> Iterator[Path]:
+    """Yield a fresh temporary directory that replaces ``target`` when the block succeeds.
+
+    ``target`` must be absent, empty or a previous whichmodel output (``check_replaceable``;
+    ``force`` replaces anything); the new directory gets the ``.whichmodel-output`` marker. On
+    error the temporary directory is removed and ``target`` stays as it was; at no point is
+    ``target`` missing once it existed (``replace_directory``)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    check_replaceable(target, force)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp
+        write_marker(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        os.replace(target, old / target.name)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    try:
+        replace_directory(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # only left when the replacement failed
 
 
 def atomic_file(path: str | Path, write: Callable[[str], None]) -> Path:
@@ -117,7 +254,8 @@ def run_directory(target: str | Path) -> Iterator[Path]:
         (local / SUCCESS_MARKER).unlink(missing_ok=True)
     yield local
     if isinstance(fs, pafs.LocalFileSystem):
-        with atomic_directory(remote) as tmp:
+        # the staging copy started from everything the target held: nothing of it is lost
+        with atomic_directory(remote, force=True) as tmp:
             shutil.copytree(local, tmp, dirs_exist_ok=True)
         return
     marker = f"{remote.rstrip('/')}/{SUCCESS_MARKER}"

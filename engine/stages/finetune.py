@@ -28,6 +28,7 @@ from engine.cluster.connect import ensure_ray
 from engine.core import schema
 from engine.core.catalog import Catalogue
 from engine.core.errors import UserError
+from engine.core.outputs import atomic_directory, check_replaceable
 from engine.core.presets import preset_resources
 from engine.core.resources import cluster_nodes, trial_resources
 from engine.stages.embed import EmbedConfig, decoded_dataset, gather, plan_model
@@ -161,6 +162,9 @@ def run_finetune(
     task_names = [s.name for s in specs]
     if pairs is None:
         pairs = [(m, t) for m in members["model"] for t in task_names]
+    if export_winners:  # refuse a user's folder before any work, not after the fine-tunes
+        for name in sorted({t for _, t in pairs}):
+            check_replaceable(out / "winners" / name)
     wanted = sorted({m for m, _ in pairs})
     settings = finetune_settings(preset)
     ensure_ray()
@@ -239,9 +243,8 @@ def run_finetune(
     winners = {}
     for task, (_, folder) in best.items():
         target = out / "winners" / task
-        if target.exists():
-            shutil.rmtree(target)
-        shutil.copytree(folder, target)
+        with atomic_directory(target) as tmp:  # the old winner stays until the new one is in
+            shutil.copytree(folder, tmp, dirs_exist_ok=True)
         winners[task] = target
     runs = pl.DataFrame(rows, schema=schema.FINETUNE_RUNS).sort("model", "task", "lr", "rep")
     phases = {

@@ -16,8 +16,11 @@ Options (relative paths resolve against the TOML file's directory):
   (default 200) / the rest test (these two options only apply to this layout). Image files:
   png, jpg, jpeg, bmp, gif, tif, tiff, webp (any case), found recursively inside class folders;
   hidden files are ignored, other files skipped with one warning and counted in
-  ``TaskData.skipped``. Classes are the sorted class-folder names (as torchvision's
-  ImageFolder). Rows carry the image's absolute ``path`` so that Ray workers read the files.
+  ``TaskData.skipped``. Every image file is checked up front (``image_problem``); unreadable
+  ones (empty, truncated, not an image) are all named in one error, or, with
+  ``skip_unreadable = true``, left out with a warning and listed in ``TaskData.unreadable``.
+  Classes are the sorted class-folder names (as torchvision's ImageFolder). Rows carry the
+  image's absolute ``path`` so that Ray workers read the files.
 - ``parquet``: ``path`` (required: a file or a folder of files), ``image_column`` ("image"),
   ``label_column`` ("label"), ``split_column`` ("split"). Images: binary bytes or the Hugging
   Face ``{bytes, path}`` struct (bytes taken). Labels: strings (classes = sorted values) or ints
@@ -40,9 +43,12 @@ import hashlib
 import io
 import json
 import logging
+import os
 import struct
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +56,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from engine.core.errors import UserError
 from engine.core.files import read_toml
@@ -66,6 +72,7 @@ _SPLIT_ALIASES = {"train": "train", "val": "val", "validation": "val", "test": "
 
 # option name -> (type, minimum); every source accepts the common ones
 _OPTION_TYPES: dict[str, tuple[type, int | None]] = {
+    "skip_unreadable": (bool, None),
     "root": (str, None),
     "path": (str, None),
     "image_column": (str, None),
@@ -81,7 +88,7 @@ _OPTION_TYPES: dict[str, tuple[type, int | None]] = {
 }
 _COMMON_OPTIONS = ("seed", "max_test")
 SOURCE_OPTIONS: dict[str, tuple[str, ...]] = {
-    "folder": ("root", "train", "val"),
+    "folder": ("root", "train", "val", "skip_unreadable"),
     "parquet": ("path", "image_column", "label_column", "split_column"),
     "builtin": ("builtin", "train", "val"),
 }
@@ -113,6 +120,7 @@ class TaskData:
     classes: list[str]
     table: pa.Table
     skipped: int = 0
+    unreadable: tuple[str, ...] = ()  # image files left out by ``skip_unreadable``
 
     @property
     def column_for_image(self) -> str:
@@ -193,6 +201,8 @@ def _check_options(here: str, source: str, options: dict[str, Any], name: str) -
 
 def _check_option_value(here: str, key: str, value: Any) -> None:
     kind, minimum = _OPTION_TYPES[key]
+    if kind is bool and not isinstance(value, bool):
+        raise UserError(f"{here}: option {key!r} must be true or false, got {value!r}")
     if kind is str and not (isinstance(value, str) and value.strip()):
         raise UserError(f"{here}: option {key!r} must be a non-empty string, got {value!r}")
     if kind is int and (
@@ -377,8 +387,6 @@ class _Scan:
             if path.suffix.lower() not in IMAGE_EXTENSIONS:
                 self.skipped.append(path)
                 continue
-            if path.stat().st_size == 0:
-                raise UserError(f"task {self.task!r}: empty (zero-byte) image file {path}")
             files.append(path)
         return files
 
@@ -438,6 +446,7 @@ def _folder_source(spec: TaskSpec) -> TaskData:
     else:
         per_split = {s: scan.classes(split_dirs[s]) for s in SPLITS}
     scan.warn()
+    unreadable = _drop_unreadable(spec, root, per_split)
     classes = sorted({c for found in per_split.values() for c, files in found.items() if files})
     if not classes:
         raise UserError(f"task {spec.name!r}: no image files in class folders under {root}")
@@ -457,7 +466,100 @@ def _folder_source(spec: TaskSpec) -> TaskData:
     index = np.arange(len(rows))[keep]
     paths = [r[2] for r, k in zip(rows, keep, strict=True) if k]
     table = _table(index, labels[keep], codes[keep], path=paths)
-    return TaskData(spec.name, classes, table, skipped=len(scan.skipped))
+    return TaskData(spec.name, classes, table, len(scan.skipped), tuple(map(str, unreadable)))
+
+
+# ---------------------------------------------------------------------------------------------
+# readability of image files
+
+MAX_LISTED = 20  # unreadable files named in one message; the rest are counted
+
+
+class UnreadableImages(UserError):
+    """Image files of a task that cannot be decoded: every one of them, with the reason."""
+
+    def __init__(self, task: str, root: Path, bad: list[tuple[Path, str]], hint: str) -> None:
+        self.task, self.root, self.bad = task, root, bad
+        super().__init__(unreadable_message(f"task {task!r}", root, bad, hint))
+
+
+def unreadable_message(where: str, root: Path, bad: list[tuple[Path, str]], hint: str) -> str:
+    """One line naming up to ``MAX_LISTED`` unreadable files (relative to ``root``) and why."""
+
+    def name(path: Path) -> str:
+        return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+    listed = ", ".join(f"{name(p)} ({why})" for p, why in bad[:MAX_LISTED])
+    more = f" and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
+    return f"{where}: {len(bad)} unreadable image file(s) in {root}: {listed}{more}; {hint}"
+
+
+@lru_cache(maxsize=1 << 17)
+def _problem(path: str, version: tuple[int, ...]) -> str | None:
+    """Why the file cannot be decoded; ``version`` (size, inode, mtime, ctime) makes a changed
+    file be checked again."""
+    size = version[0]
+    if size == 0:
+        return "empty, zero-byte"
+    try:
+        with Image.open(path) as img:
+            if img.format == "JPEG":
+                img.draft(img.mode, (1, 1))  # decode at 1/8 scale: still reads every byte
+            img.load()
+    except UnidentifiedImageError:
+        return "not a known image format"
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ... on bad data
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        return text[:120]
+    return None
+
+
+def image_problem(path: Path) -> str | None:
+    """None when the image file decodes (a cheap full read: JPEGs at 1/8 scale), else why not
+    (empty, unreadable, not an image, truncated or corrupt). Results are cached per file
+    version, so reloading a task re-checks only changed files."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return f"cannot read: {exc.strerror}"
+    return _problem(str(path), (st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns))
+
+
+def check_images(paths: list[Path]) -> list[tuple[Path, str]]:
+    """``(path, reason)`` of every file of ``paths`` that does not decode, in ``paths`` order;
+    checked in threads (PIL decodes without the GIL)."""
+    if not paths:
+        return []
+    workers = min(8, os.cpu_count() or 1, len(paths))
+    with ThreadPoolExecutor(workers) as pool:
+        reasons = list(pool.map(image_problem, paths, chunksize=64))
+    return [(p, r) for p, r in zip(paths, reasons, strict=True) if r is not None]
+
+
+def _drop_unreadable(
+    spec: TaskSpec, root: Path, per_split: dict[str | None, dict[str, list[Path]]]
+) -> list[Path]:
+    """Check every image file; raise ``UnreadableImages`` naming all bad ones, or, with the
+    ``skip_unreadable`` option, remove them from ``per_split`` (in place) and return them."""
+    files = [f for found in per_split.values() for group in found.values() for f in group]
+    bad = check_images(files)
+    if not bad:
+        return []
+    if not spec.options.get("skip_unreadable", False):
+        hint = "set skip_unreadable = true for the task to leave them out"
+        raise UnreadableImages(spec.name, root, bad, hint)
+    drop = {p for p, _ in bad}
+    for found in per_split.values():
+        for c in found:
+            found[c] = [f for f in found[c] if f not in drop]
+    log.warning(
+        "task %s: skipped %d unreadable image file(s) (skip_unreadable), e.g. %s (%s)",
+        spec.name,
+        len(bad),
+        bad[0][0],
+        bad[0][1],
+    )
+    return [p for p, _ in bad]
 
 
 def _seed(spec: TaskSpec) -> int:
