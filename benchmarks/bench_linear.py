@@ -5,18 +5,22 @@ Gaussian noise with a power-law spectrum, 800 train / 200 validation rows, seede
 paper's grid: lr in {0.1, 0.01} x 5 repetitions x ``--steps`` SGD steps of batch 512. Times
 
 - (a) the engine: ``actors.proxies.linear_grid`` (production path: ``dual="auto"``, float32, CPU),
-  the whole grid in one call (best of ``--repeats``);
+  the whole grid in one call;
 - (b) the faithful loop: ``actors.proxies.linear_sequential`` (``nn.Linear`` + ``optim.SGD`` +
-  autograd, one (lr, rep) at a time, the same batches), one run;
+  autograd, one (lr, rep) at a time, the same batches);
 - (c) scikit-learn ``SGDClassifier(loss="log_loss")`` as a user would call it, one fit per
   (lr, rep) with ``random_state=rep`` (a different algorithm: per-example updates, one-vs-rest;
   its accuracy and time are for orientation only),
 
-checks that (a) and (b) give identical validation accuracies for every (lr, rep), measures the
-machine's fp32 matmul peak and prints each implementation's FLOPs / time as a fraction of it
-(per config against the peak measured at the start; in the summary against the better of that
-and a second measurement at the end, since other jobs on a shared VM can depress one). It also
-prints the GEMM throughput at the exact shapes each implementation multiplies.
+each on the same inputs, ``--repeats`` times (default 3), round-robin (one run of each per
+round, so load drift hits all alike), and reports for each the **best (minimum) wall of its
+runs**, the same statistic on every side (the minimum, since other jobs on a shared machine only
+ever add time; the median of each is printed too). It checks that (a) and (b) give identical
+validation accuracies for every (lr, rep), measures the machine's fp32 matmul peak and prints
+each implementation's FLOPs / time as a fraction of it (per config against the peak measured at
+the start; in the summary against the better of that and a second measurement at the end, since
+other jobs on a shared VM can depress one). It also prints the GEMM throughput at the exact
+shapes each implementation multiplies.
 
     .venv/bin/python benchmarks/bench_linear.py [--steps 2500] [--configs 512x10,2048x50,4096x100]
         [--device cuda --skip-sklearn --load-max 99]   # the same grid on a GPU (fp32, TF32 off)
@@ -40,6 +44,8 @@ import platform
 import sys
 import time
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -182,6 +188,34 @@ def fmt_acc(rows: list[dict]) -> str:
     return " ".join(f"{r['val_acc']:.3f}" for r in rows)
 
 
+def timed_rounds(impls: dict[str, Callable[[], Any]], args) -> dict[str, dict]:
+    """Run every implementation ``args.repeats`` times, round-robin (each round runs each once,
+    so load drift hits all alike), waiting for a quiet machine before each timing. Per
+    implementation: its walls, the cpu/wall note of each, the best (minimum) wall and the
+    result of the last run (every run computes the same thing)."""
+    out = {name: {"walls": [], "notes": []} for name in impls}
+    for _ in range(args.repeats):
+        for name, fn in impls.items():
+            wait_for_load(args.load_max, args.load_wait, "    ")
+            with Timer() as tm:
+                out[name]["result"] = fn()
+            out[name]["walls"].append(tm.wall)
+            out[name]["notes"].append(tm.note)
+    for o in out.values():
+        o["best"] = min(o["walls"])
+        o["note"] = o["notes"][o["walls"].index(o["best"])]
+        o["median"] = float(np.median(o["walls"]))
+    return out
+
+
+def fmt_times(o: dict) -> str:
+    """'best s (cpu/wall of that run; best of a, b, c; median m)'."""
+    if len(o["walls"]) == 1:
+        return f"{o['best']:.2f} s ({o['note']})"
+    walls = ", ".join(f"{x:.2f}" for x in o["walls"])
+    return f"{o['best']:.2f} s ({o['note']}; best of {walls}; median {o['median']:.2f})"
+
+
 def run_config(dim: int, classes: int, args, peak: float) -> dict:
     sep = args.sep if args.sep is not None else default_sep(dim)
     xtr, ytr, xva, yva = make_data(dim, classes, args.seed, sep)
@@ -190,53 +224,41 @@ def run_config(dim: int, classes: int, args, peak: float) -> dict:
     common.update(device=DEVICE, dtype="float32")
     print(f"\n== dim {dim}, {classes} classes (sep {sep:.2f}), {steps} steps ==", flush=True)
 
+    # every implementation gets the same inputs, the same number of timed runs (--repeats,
+    # interleaved) and the same statistic: the best (minimum) wall of its runs
+    impls: dict[str, Callable[[], Any]] = {
+        "engine": lambda: linear_grid(xtr, ytr, xva, yva, classes, dual="auto", **common)
+    }
+    if args.engine_primal:
+        impls["primal"] = lambda: linear_grid(xtr, ytr, xva, yva, classes, dual="never", **common)
+    if not args.skip_loop:
+        impls["loop"] = lambda: linear_sequential(xtr, ytr, xva, yva, classes, **common)
+    if not args.skip_sklearn:
+        impls["sklearn"] = lambda: sklearn_grid(xtr, ytr, xva, yva, steps, args.sklearn_max_iter)
+    t = timed_rounds(impls, args)
+
     # (a) the engine, production path
-    eng_times, notes = [], []
-    for _ in range(args.repeats):
-        wait_for_load(args.load_max, args.load_wait, "    ")
-        with Timer() as tm:
-            eng_rows, form = linear_grid(xtr, ytr, xva, yva, classes, dual="auto", **common)
-        eng_times.append(tm.wall)
-        notes.append(tm.note)
-    eng_s = min(eng_times)
+    eng_rows, form = t["engine"]["result"]
+    eng_s = t["engine"]["best"]
     eng_flops = (flops_dual if form == "dual" else flops_primal)(dim, classes, steps, runs)
     primal_flops = flops_primal(dim, classes, steps, runs)
-    print(
-        f"  (a) engine linear_grid ({form}): {eng_s:.2f} s ({notes[eng_times.index(eng_s)]})"
-        + (f" (best of {', '.join(f'{x:.2f}' for x in eng_times)})" if args.repeats > 1 else "")
-    )
+    print(f"  (a) engine linear_grid ({form}): {fmt_times(t['engine'])}")
     print(
         f"      FLOPs done {eng_flops / 1e9:.0f} G -> {eng_flops / eng_s / 1e9:.1f} GFLOP/s = "
         f"{eng_flops / eng_s / 1e9 / peak:.0%} of peak; primal-equivalent "
         f"{primal_flops / eng_s / 1e9:.1f} GFLOP/s ({primal_flops / eng_s / 1e9 / peak:.2f}x peak)"
     )
     print(f"      val acc (lr-major): {fmt_acc(eng_rows)}", flush=True)
-
-    # GEMM throughput at the shapes each implementation multiplies (best of 30, same threads)
-    fwd = gemm_rate((BATCH, dim), (dim, classes))
-    grad = gemm_rate((classes, BATCH), (BATCH, dim))
-    loop_floor = runs * steps * 2.0 * BATCH * dim * classes * (1 / fwd + 1 / grad) / 1e9
-    dual_mm = gemm_rate((REPS, BATCH, N_TRAIN), (REPS, N_TRAIN, len(LRS) * classes))
-    print(
-        f"      GEMM rates at these shapes: loop forward ({BATCH}x{dim})@({dim}x{classes}) "
-        f"{fwd:.1f}, weight grad ({classes}x{BATCH})@({BATCH}x{dim}) {grad:.1f} GFLOP/s (loop's "
-        f"matmul time at these rates {loop_floor:.1f} s); engine dual bmm "
-        f"{REPS}x({BATCH}x{N_TRAIN})@({N_TRAIN}x{len(LRS) * classes}) {dual_mm:.1f} GFLOP/s",
-        flush=True,
-    )
     out = {"dim": dim, "classes": classes, "steps": steps, "form": form, "engine_s": eng_s}
-    out.update(loop_matmul_floor=loop_floor)
-    out.update(engine_flops=eng_flops, primal_flops=primal_flops)
+    out.update(engine_flops=eng_flops, primal_flops=primal_flops, repeats=args.repeats)
 
     # (a') the engine forced to the primal form (batching only, same work as the loop)
-    if args.engine_primal:
-        wait_for_load(args.load_max, args.load_wait, "    ")
-        with Timer() as tm:
-            prim_rows, _ = linear_grid(xtr, ytr, xva, yva, classes, dual="never", **common)
-        prim_s = tm.wall
+    if "primal" in t:
+        prim_rows, _ = t["primal"]["result"]
+        prim_s = t["primal"]["best"]
         same = [r["val_acc"] for r in prim_rows] == [r["val_acc"] for r in eng_rows]
         print(
-            f"  (a') engine dual='never' (primal, batched): {prim_s:.2f} s ({tm.note}), "
+            f"  (a') engine dual='never' (primal, batched): {fmt_times(t['primal'])}, "
             f"{primal_flops / prim_s / 1e9:.1f} GFLOP/s = {primal_flops / prim_s / 1e9 / peak:.0%}"
             f" of peak; accuracies equal to (a): {same}",
             flush=True,
@@ -244,13 +266,11 @@ def run_config(dim: int, classes: int, args, peak: float) -> dict:
         out["engine_primal_s"] = prim_s
 
     # (b) the faithful sequential loop
-    if not args.skip_loop:
-        wait_for_load(args.load_max, args.load_wait, "    ")
-        with Timer() as tm:
-            seq_rows = linear_sequential(xtr, ytr, xva, yva, classes, **common)
-        seq_s = tm.wall
+    if "loop" in t:
+        seq_rows = t["loop"]["result"]
+        seq_s = t["loop"]["best"]
         print(
-            f"  (b) faithful loop linear_sequential: {seq_s:.2f} s ({tm.note}), "
+            f"  (b) faithful loop linear_sequential: {fmt_times(t['loop'])}, "
             f"FLOPs {primal_flops / 1e9:.0f} G -> {primal_flops / seq_s / 1e9:.1f} GFLOP/s = "
             f"{primal_flops / seq_s / 1e9 / peak:.0%} of peak "
             f"(floor at peak {primal_flops / peak / 1e9:.1f} s)"
@@ -264,20 +284,37 @@ def run_config(dim: int, classes: int, args, peak: float) -> dict:
             f"      (a) vs (b): {'identical' if mism == 0 else 'DIFFERENT'} val accuracies "
             f"({runs - mism}/{runs} (lr, rep) equal; max |diff| {max(diffs):.4f})"
         )
-        print(f"      ratio loop / engine: {seq_s / eng_s:.2f}x", flush=True)
+        print(
+            f"      ratio loop / engine: {seq_s / eng_s:.2f}x (best of {args.repeats} each; "
+            f"median / median {t['loop']['median'] / t['engine']['median']:.2f}x)",
+            flush=True,
+        )
         out.update(loop_s=seq_s, identical=mism == 0, max_diff=max(diffs))
 
+    # GEMM throughput at the shapes each implementation multiplies (best of 30, same threads)
+    fwd = gemm_rate((BATCH, dim), (dim, classes))
+    grad = gemm_rate((classes, BATCH), (BATCH, dim))
+    loop_floor = runs * steps * 2.0 * BATCH * dim * classes * (1 / fwd + 1 / grad) / 1e9
+    dual_mm = gemm_rate((REPS, BATCH, N_TRAIN), (REPS, N_TRAIN, len(LRS) * classes))
+    print(
+        f"      GEMM rates at these shapes: loop forward ({BATCH}x{dim})@({dim}x{classes}) "
+        f"{fwd:.1f}, weight grad ({classes}x{BATCH})@({BATCH}x{dim}) {grad:.1f} GFLOP/s (loop's "
+        f"matmul time at these rates {loop_floor:.1f} s); engine dual bmm "
+        f"{REPS}x({BATCH}x{N_TRAIN})@({N_TRAIN}x{len(LRS) * classes}) {dual_mm:.1f} GFLOP/s",
+        flush=True,
+    )
+    out.update(loop_matmul_floor=loop_floor)
+
     # (c) scikit-learn, as a user would call it
-    if not args.skip_sklearn:
-        wait_for_load(args.load_max, args.load_wait, "    ")
-        sk_rows, sk_s = sklearn_grid(xtr, ytr, xva, yva, steps, args.sklearn_max_iter)
+    if "sklearn" in t:
+        sk_rows, _ = t["sklearn"]["result"]
         epochs = sorted({r["epochs"] for r in sk_rows})
         print(
-            f"  (c) scikit-learn SGDClassifier x{runs}: {sk_s:.2f} s "
+            f"  (c) scikit-learn SGDClassifier x{runs}: {fmt_times(t['sklearn'])} "
             f"(epochs run: {epochs[0]}-{epochs[-1]}, max_iter {args.sklearn_max_iter or 'auto'})"
         )
         print(f"      val acc (lr-major): {fmt_acc(sk_rows)}", flush=True)
-        out.update(sklearn_s=sk_s, sklearn_best=max(r["val_acc"] for r in sk_rows))
+        out.update(sklearn_s=t["sklearn"]["best"], sklearn_best=max(r["val_acc"] for r in sk_rows))
     out["engine_best"] = max(r["val_acc"] for r in eng_rows)
     return out
 
@@ -288,7 +325,9 @@ def main() -> int:
     p.add_argument("--configs", default="512x10,2048x50,4096x100", help="DIMxCLASSES,...")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sep", type=float, default=None, help="class-mean separation (default by dim)")
-    p.add_argument("--repeats", type=int, default=1, help="engine timings (best of)")
+    p.add_argument(
+        "--repeats", type=int, default=3, help="timed runs of every implementation (best of)"
+    )
     p.add_argument("--engine-primal", action="store_true", help="also time dual='never'")
     p.add_argument("--skip-loop", action="store_true")
     p.add_argument("--skip-sklearn", action="store_true")
@@ -330,7 +369,10 @@ def main() -> int:
         again = matmul_peak()
     print(f"\nfp32 matmul peak again at the end: {again:.1f} GFLOP/s ({tm.note})")
     peak = max(peak, again)
-    print(f"summary (times in s; in brackets the fraction of the best peak, {peak:.1f} GFLOP/s):")
+    print(
+        f"summary (times in s, best of {args.repeats} runs each; in brackets the fraction of the "
+        f"best peak, {peak:.1f} GFLOP/s):"
+    )
     head = f"{'config':>10} {'form':>6} {'engine':>16} {'loop':>16} {'loop/eng':>9} {'same acc':>8}"
     print(head + f" {'sklearn':>9}")
     for r in results:
