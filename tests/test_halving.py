@@ -304,7 +304,7 @@ def test_pick_by_val_is_not_the_best_test_run():
         ("--halving --top-k 2 --total-steps 999", "needs a scores table"),
         ("--halving --top-k 1 --total-steps 999 --rank magic", "unknown ranking 'magic'"),
         ("--halving --top-k 1 --total-steps 999 --rank magic --scores S", "strategy 'magic'"),
-        ("--halving --top-k 2 --total-steps 999 --eta 1", "reduction factor"),
+        ("--halving --top-k 2 --total-steps 999 --eta 1", "--eta: '1': must be at least 2"),
         ("--halving --top-k 2 --total-steps 999 --grace 61", "--grace 61 is not in 1..60"),
         ("--halving --top-k 2 --total-steps 999 --oracle O", "'rand_resnet' has no fine-tune"),
         ("--halving --top-k 2 --total-steps 999 --oracle P", "needs one row per run"),

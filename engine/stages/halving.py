@@ -198,8 +198,8 @@ def check_ranking(rank: str, scores: pl.DataFrame | None, tasks: list[str], pool
         spec = parse_strategy(rank, list(PROXIES))
     except UserError:
         raise UserError(
-            f"unknown ranking {rank!r}: use task_agnostic, a proxy ({', '.join(PROXIES)}) or "
-            f"{HYBRID_PREFIX}<proxy>, with --scores"
+            f"unknown ranking {rank!r}: no strategy {rank!r}; use task_agnostic, a proxy "
+            f"({', '.join(PROXIES)}) or {HYBRID_PREFIX}<proxy>, with --scores"
         ) from None
     if spec.proxy is None:
         return  # select_pairs explains why the reference strategies cannot rank
