@@ -401,34 +401,19 @@ def search(
     data = Path(data).expanduser()
     proxies = strategy_proxies(strategy)
     numbers = load_preset(preset)
-    spec = task_spec(data, skip_unreadable)
-    task = load_search_task(data, spec)
-    if task.unreadable and "train" in spec.options:  # split sizes from the readable images
-        spec = task_spec(data, skip_unreadable, len(task.unreadable))
-        task = load_search_task(data, spec)
+    spec, task = _search_task(data, skip_unreadable)
     check_budget(catalogue, pool, budget)
     cat, pool = resolve_catalogue(catalogue, pool)
     meta = cat.pool(pool)
-    work = Path(work_dir) if work_dir else DEFAULT_WORK_ROOT / spec.name
-    work = work.resolve()
+    work = (Path(work_dir) if work_dir else DEFAULT_WORK_ROOT / spec.name).resolve()
     owned = [work / "report"]
     if finetune:
         owned += [work / "finetune" / "table", work / "finetune" / "winners" / spec.name]
     for folder in owned:  # a user's folder there is refused before any work
         check_replaceable(folder)
     models = meta["model"].to_list()
-    scores, scores_path = None, None
-    embedded, probed = (0, 0), (0, 0)
     with _quiet_repeats():
-        if proxies:
-            summary = embed(cat, pool, [spec], work / "store", embed_config(numbers))
-            embedded = (len(summary.computed), len(summary.reused))
-            probe_summary = probe(work / "store", proxies, numbers, models, [spec.name])
-            probed = (probe_summary.trials_run, probe_summary.trials_reused)
-            scores = probe_summary.scores
-            scores_path = work / "scores.parquet"
-            write_scores(scores, scores_path)
-            _check_applicable(scores, proxies[0], pool)
+        scores, scores_path, embedded, probed = _scores(cat, pool, spec, proxies, numbers, work)
         full = select_pairs(cat, pool, [spec.name], strategy, len(models), scores)
         agnostic = select_pairs(cat, pool, [spec.name], "task_agnostic", len(models), None)
         ranking = [m for m, _ in full]
@@ -462,6 +447,34 @@ def search(
         if result.unreadable:
             (tmp / "unreadable.txt").write_text("".join(f"{p}\n" for p in result.unreadable))
     return result
+
+
+def _search_task(data: Path, skip_unreadable: bool) -> tuple[TaskSpec, TaskData]:
+    """DATA's task and rows; with unreadable images left out, split sizes from the rest."""
+    spec = task_spec(data, skip_unreadable)
+    task = load_search_task(data, spec)
+    if task.unreadable and "train" in spec.options:  # split sizes from the readable images
+        spec = task_spec(data, skip_unreadable, len(task.unreadable))
+        task = load_search_task(data, spec)
+    return spec, task
+
+
+def _scores(
+    cat: Catalogue, pool: str, spec: TaskSpec, proxies: list[str], numbers: dict, work: Path
+) -> tuple[pl.DataFrame | None, Path | None, tuple[int, int], tuple[int, int]]:
+    """Embed DATA with the pool and run the strategy's proxy (none for task_agnostic): the
+    scores table, its file, and (computed, reused) counts of embeddings and probe trials."""
+    if not proxies:
+        return None, None, (0, 0), (0, 0)
+    models = cat.pool(pool)["model"].to_list()
+    summary = embed(cat, pool, [spec], work / "store", embed_config(numbers))
+    probe_summary = probe(work / "store", proxies, numbers, models, [spec.name])
+    scores = probe_summary.scores
+    write_scores(scores, work / "scores.parquet")
+    _check_applicable(scores, proxies[0], pool)
+    embedded = (len(summary.computed), len(summary.reused))
+    probed = (probe_summary.trials_run, probe_summary.trials_reused)
+    return scores, work / "scores.parquet", embedded, probed
 
 
 def _check_applicable(scores: pl.DataFrame, proxy: str, pool: str) -> None:
