@@ -46,6 +46,8 @@ from engine.tasks.loader import (
     IMAGE_EXTENSIONS,
     MAX_LISTED,
     SOURCES,
+    SPLIT_ALIASES,
+    FolderScan,
     TaskData,
     TaskSpec,
     UnreadableImages,
@@ -58,7 +60,6 @@ log = logging.getLogger("whichmodel")
 DEFAULT_WORK_ROOT = Path("whichmodel-search")
 VTAB_TRAIN, VTAB_VAL = 800, 200
 VTAB_MIN_IMAGES = 1250  # below this, a 60/20/20 split instead of VTAB-1k's 800/200/rest
-SPLIT_NAMES = {"train", "val", "validation", "test"}
 FACTS = ("family", "upstream_dataset", "upstream_size", "imagenet_top1", "params", "dim")
 
 
@@ -122,20 +123,9 @@ def task_name(data: Path) -> str:
     return check_name("task", name, str(data))  # the one rule (engine.core.names) holds
 
 
-def _visible(path: Path, top: Path) -> bool:
-    return not any(part.startswith(".") for part in path.relative_to(top).parts)
-
-
 def count_class_images(root: Path) -> int:
-    """Image files under ``ROOT/<class>/`` (the rules of the ``folder`` source)."""
-    n = 0
-    for child in root.iterdir():
-        if child.name.startswith(".") or not child.is_dir():
-            continue
-        for path in child.rglob("*"):
-            if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file() and _visible(path, child):
-                n += 1
-    return n
+    """Image files under ``ROOT/<class>/``, by the ``folder`` source's own scan."""
+    return FolderScan(root.name).count_class_images(root)
 
 
 def split_sizes(n: int) -> tuple[int, int]:
@@ -164,7 +154,7 @@ def task_spec(data: Path, skip_unreadable: bool = False, unreadable: int = 0) ->
     options: dict[str, Any] = {"root": str(root)}
     if skip_unreadable:
         options["skip_unreadable"] = True
-    splits = {p.name for p in root.iterdir() if p.is_dir()} & SPLIT_NAMES
+    splits = {p.name for p in root.iterdir() if p.is_dir()} & set(SPLIT_ALIASES)
     if not splits:
         n = count_class_images(root) - unreadable
         if n == 0 and any(root.glob("*.parquet")):  # a folder of Parquet files: one table
