@@ -29,6 +29,7 @@ from actors.models import (
     build_model,
     embed_dim,
     embed_forward,
+    to_tensor,
 )
 
 # Batches from Ray's object store are read-only arrays; this module only reads them, so torch's
@@ -87,9 +88,7 @@ class Embedder:
     def _to_device(self, pixels: np.ndarray) -> torch.Tensor:
         """The uint8 batch on the model's device; on CUDA through this thread's pinned staging
         buffer, so the copy runs asynchronously on the thread's stream."""
-        if not pixels.flags.writeable:  # a batch from Ray's object store: torch wants to own it
-            pixels = np.array(pixels, order="C")
-        src = torch.from_numpy(np.ascontiguousarray(pixels))
+        src = to_tensor(pixels)
         if not self.cuda:
             return src
         buf = getattr(self._local, "pinned", None)

@@ -66,7 +66,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from actors.decode import decode_batch
-from actors.models import ModelSource, PixelNormalizer, build_model, embed_dim, embed_forward
+from actors.models import (
+    ModelSource,
+    PixelNormalizer,
+    build_model,
+    embed_dim,
+    embed_forward,
+    to_tensor,
+)
 from actors.proxies import batch_indices
 from engine.core.outputs import atomic_file
 from engine.core.schema import SPLITS
@@ -424,7 +431,7 @@ def train_head(
     nn.init.zeros_(layer.weight)
     nn.init.zeros_(layer.bias)
     if cfg.head_steps:
-        labels = torch.as_tensor(np.asarray(y, dtype=np.int64), device=z.device)
+        labels = to_tensor(y, z.device, np.int64)
         idx = batch_indices(len(z), cfg.batch_size, cfg.head_steps, sub_seed(cfg.seed, "head"))
         idx = idx.to(z.device)
         opt = torch.optim.SGD(layer.parameters(), lr=cfg.head_lr)
@@ -496,7 +503,7 @@ def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
 
 def _stage_pixels(x: np.ndarray, device: torch.device) -> torch.Tensor:
     """The training pixels as a tensor: on the GPU when they fit ``_DEVICE_PIXELS_MAX``."""
-    t = torch.from_numpy(np.ascontiguousarray(x))
+    t = to_tensor(x)
     return t.to(device) if device.type == "cuda" and x.nbytes <= _DEVICE_PIXELS_MAX else t
 
 
@@ -515,7 +522,7 @@ def _train(
     Returns the step reached and the last step's loss (None if no step ran)."""
     dev = norm.device
     x_train = _stage_pixels(data.train_x, dev)
-    y_train = torch.as_tensor(np.asarray(data.train_y, dtype=np.int64), device=dev)
+    y_train = to_tensor(data.train_y, dev, np.int64)
     idx = batch_indices(len(y_train), cfg.batch_size, cfg.steps, sub_seed(cfg.seed, "batches"))
     idx = idx.to(x_train.device)
     loss = None

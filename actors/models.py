@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -403,6 +404,18 @@ def _sha256_file(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
+def to_tensor(a: Any, device: torch.device | str | None = None, dtype: Any = None) -> torch.Tensor:
+    """``a`` as a tensor on ``device`` without PyTorch's 'NumPy array is not writable' warning:
+    a read-only array (pixels and embeddings arrive zero-copy from Ray's object store) is
+    copied first, since a tensor sharing it could be written to; a writable one is shared."""
+    if isinstance(a, torch.Tensor):
+        return a.to(device) if device is not None else a
+    arr = np.ascontiguousarray(a, dtype=dtype)
+    if not arr.flags.writeable:
+        arr = arr.copy()
+    return torch.as_tensor(arr, device=device)
+
+
 class PixelNormalizer:
     """The one model-side preprocessing: uint8 NHWC pixels -> float NCHW in [0, 1] on the model's
     device -> bicubic resize to ``size`` when the pixels come at another size -> normalised with
@@ -417,7 +430,7 @@ class PixelNormalizer:
         self.std = torch.tensor([float(v) for v in std], device=device).view(1, 3, 1, 1)
 
     def __call__(self, pixels: torch.Tensor | Any) -> torch.Tensor:
-        x = torch.as_tensor(pixels).to(self.device, non_blocking=True)
+        x = to_tensor(pixels).to(self.device, non_blocking=True)
         x = x.permute(0, 3, 1, 2).float().div_(255.0)
         if self.size is not None and (x.shape[-1] != self.size or x.shape[-2] != self.size):
             x = torch.nn.functional.interpolate(

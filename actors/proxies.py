@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from actors.models import to_tensor
+
 
 @dataclass(frozen=True)
 class ProxyInput:
@@ -83,16 +85,6 @@ def _split(inp: ProxyInput, split: str, probs: bool = False) -> tuple[np.ndarray
     raise ValueError(f"split must be 'train' or 'trainval', got {split!r}")
 
 
-def _as_tensor(a: np.ndarray, device: torch.device, dtype: type | None = None) -> torch.Tensor:
-    """``a`` on ``device`` without PyTorch's 'NumPy array is not writable' warning: a read-only
-    array (embeddings arrive zero-copy from Ray's object store) is copied first, since a tensor
-    sharing it could be written to; a writable one is shared as before."""
-    arr = np.asarray(a, dtype=dtype)
-    if not arr.flags.writeable:
-        arr = arr.copy()
-    return torch.as_tensor(arr, device=device)
-
-
 def _acc(pred: torch.Tensor, y: torch.Tensor) -> float:
     return float((pred == y).double().mean().item())
 
@@ -133,9 +125,9 @@ def knn_predict(
     if not 1 <= k <= len(train_x):
         raise ValueError(f"k={k} must be between 1 and the number of training examples")
     dev = _device(device)
-    xt = _as_tensor(train_x, dev).to(torch.float64)
-    xq = _as_tensor(query_x, dev).to(torch.float64)
-    yt = _as_tensor(train_y, dev, np.int64)
+    xt = to_tensor(train_x, dev).to(torch.float64)
+    xq = to_tensor(query_x, dev).to(torch.float64)
+    yt = to_tensor(train_y, dev, np.int64)
     if metric == "cosine":
         xt, xq = _normalize_rows(xt), _normalize_rows(xq)
     xt_sq = (xt * xt).sum(1)
@@ -226,10 +218,10 @@ def linear_sequential(
     """
     _check_linear_options(lrs, steps, batch_size, reps)
     dev, dt = _device(device), _dtype(dtype)
-    x = _as_tensor(train_x, dev).to(dt)
-    y = _as_tensor(train_y, dev, np.int64)
-    xv = _as_tensor(val_x, dev).to(dt)
-    yv = _as_tensor(val_y, dev, np.int64)
+    x = to_tensor(train_x, dev).to(dt)
+    y = to_tensor(train_y, dev, np.int64)
+    xv = to_tensor(val_x, dev).to(dt)
+    yv = to_tensor(val_y, dev, np.int64)
     rows = []
     for lr in lrs:
         for rep in range(reps):
@@ -313,10 +305,10 @@ def linear_grid(
     if dual not in ("auto", "always", "never"):
         raise ValueError(f"dual must be 'auto', 'always' or 'never', got {dual!r}")
     dev, dt = _device(device), _dtype(dtype)
-    x = _as_tensor(train_x, dev).to(dt)
-    y = _as_tensor(train_y, dev, np.int64)
-    xv = _as_tensor(val_x, dev).to(dt)
-    yv = _as_tensor(val_y, dev, np.int64)
+    x = to_tensor(train_x, dev).to(dt)
+    y = to_tensor(train_y, dev, np.int64)
+    xv = to_tensor(val_x, dev).to(dt)
+    yv = to_tensor(val_y, dev, np.int64)
     n, d = x.shape
     use_dual = dual == "always" or (dual == "auto" and d > n)
     idx = torch.stack([batch_indices(n, batch_size, steps, seed + r) for r in range(reps)], 0)

@@ -316,25 +316,17 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(args.out, args.cache)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(
-        prog="whichmodel",
-        description="Which pre-trained models to fine-tune: model search and regret analysis.",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
-    parser.add_argument(
-        "--address",
-        help="join this existing Ray cluster (host:port of its GCS, auto, or ray://host:port; "
-        "default: RAY_ADDRESS, set by `ray job submit`, else start a local Ray)",
-    )
-    parser.add_argument(
-        "--allow-unauthenticated",
+def add_force(p: argparse.ArgumentParser) -> None:
+    """The --force flag of every command that replaces output folders."""
+    p.add_argument(
+        "--force",
         action="store_true",
-        help="join an existing Ray cluster even if it has no token authentication "
-        "(also WHICHMODEL_ALLOW_UNAUTHENTICATED=1; see docs/cluster.md)",
+        help="replace output folders even if they hold files whichmodel did not write",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
 
+
+def add_analyze_parser(sub: argparse._SubParsersAction) -> None:
+    """``whichmodel analyze``."""
     p = sub.add_parser(
         "analyze",
         help="strategies, regret and budget curves from a finetune table",
@@ -362,13 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="relative regret in log-odds (paper App. C) instead of the relative form",
     )
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="replace output folders even if they hold files whichmodel did not write",
-    )
+    add_force(p)
     p.set_defaults(func=cmd_analyze)
 
+
+def add_embed_parser(sub: argparse._SubParsersAction) -> None:
+    """``whichmodel embed``."""
     p = sub.add_parser(
         "embed",
         help="embed tasks with a pool's models into the store",
@@ -388,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_embed)
 
+
+def add_probe_parser(sub: argparse._SubParsersAction) -> None:
+    """``whichmodel probe``."""
     p = sub.add_parser(
         "probe", help="task-aware proxy scores from the store", description=cmd_probe.__doc__
     )
@@ -401,6 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="quick", help="numbers of the probes (engine/presets.toml)")
     p.set_defaults(func=cmd_probe)
 
+
+def add_finetune_parser(sub: argparse._SubParsersAction) -> None:
+    """``whichmodel finetune``."""
     p = sub.add_parser(
         "finetune", help="fine-tune on Ray Tune (oracle or picks)", description=cmd_finetune.__doc__
     )
@@ -443,13 +440,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--preset", default="quick", help="numbers of the protocol (presets.toml)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="replace output folders even if they hold files whichmodel did not write",
-    )
+    add_force(p)
     p.set_defaults(func=cmd_finetune)
 
+
+def add_search_parser(sub: argparse._SubParsersAction) -> None:
+    """``whichmodel search``."""
     p = sub.add_parser(
         "search",
         help="which B models to fine-tune for an image folder or Parquet table",
@@ -484,13 +480,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", type=Path, help="work directory (default ./whichmodel-search/<task name>)"
     )
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="replace output folders even if they hold files whichmodel did not write",
-    )
+    add_force(p)
     p.set_defaults(func=cmd_search)
 
+
+def add_benchmark_parser(sub: argparse._SubParsersAction) -> None:
+    """``whichmodel benchmark``."""
     p = sub.add_parser(
         "benchmark",
         help="the whole study from a RUN.toml, into one run directory with an HTML report",
@@ -504,13 +499,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run directory, or a URI pyarrow opens (s3://B/P, gs://B/P, file:///P): worked on "
         "locally and published when the study succeeds (default: [run] out of the config)",
     )
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="replace output folders even if they hold files whichmodel did not write",
-    )
+    add_force(p)
     p.set_defaults(func=cmd_benchmark)
 
+
+def add_demo_parser(sub: argparse._SubParsersAction) -> None:
+    """``whichmodel demo``."""
     p = sub.add_parser(
         "demo",
         help="the embedded offline benchmark (pre-trains its experts once), with a report",
@@ -522,12 +516,41 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="cache of the demo pool (default $WHICHMODEL_CACHE/demo or ~/.cache/whichmodel/demo)",
     )
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="replace output folders even if they hold files whichmodel did not write",
-    )
+    add_force(p)
     p.set_defaults(func=cmd_demo)
+
+
+SUBCOMMANDS = (
+    add_analyze_parser,
+    add_embed_parser,
+    add_probe_parser,
+    add_finetune_parser,
+    add_search_parser,
+    add_benchmark_parser,
+    add_demo_parser,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="whichmodel",
+        description="Which pre-trained models to fine-tune: model search and regret analysis.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    parser.add_argument(
+        "--address",
+        help="join this existing Ray cluster (host:port of its GCS, auto, or ray://host:port; "
+        "default: RAY_ADDRESS, set by `ray job submit`, else start a local Ray)",
+    )
+    parser.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="join an existing Ray cluster even if it has no token authentication "
+        "(also WHICHMODEL_ALLOW_UNAUTHENTICATED=1; see docs/cluster.md)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in SUBCOMMANDS:
+        add(sub)
     return parser
 
 

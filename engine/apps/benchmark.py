@@ -270,7 +270,7 @@ def run_benchmark(config: BenchmarkConfig, out: Path | str | None = None) -> Pat
 
 
 def _study(config: BenchmarkConfig, run: Path) -> Path:
-
+    """Every stage of the study into ``run``, then its tables, compute record and report."""
     for owned in (run / "plots", run / "tables", run / "finetune" / "table"):
         check_replaceable(owned)  # a user's folder there is refused before any work
     store = config.store or run / "store"
@@ -293,24 +293,10 @@ def _study(config: BenchmarkConfig, run: Path) -> Path:
     ]
     ft_record, finetune_path = _finetune_stage(study, union, specs, preset, run, driver)
     records.append(ft_record)
-    start = time.perf_counter()
     scores_path = run / "scores.parquet" if config.proxies else None
-    analysis, plots = _analyze(catalogue, pools, config, finetune_path, scores_path, run)
-    summary = summary_text(analysis)
-    atomic_text(run / "summary.txt", summary)
-    n_plots = sum(len(v) for v in plots.values())
-    records.append(
-        StageRecord(
-            "analyze",
-            f"{len(analysis.pools)} pool(s), {analysis.curves['strategy'].n_unique()} "
-            f"strategies, {n_plots} plot(s)",
-            len(analysis.pools),
-            0,
-            time.perf_counter() - start,
-            None,
-        )
-    )
-    driver.say(records[-1].line())
+    analysis, plots, summary, record = _analyze_stage(catalogue, pools, config, finetune_path, run)
+    records.append(record)
+    driver.say(record.line())
     compute = _compute(run, records, finetune_path, scores_path)
     tasks_df, models_df = _write_tables(run, study, union, store, specs, analysis, pools)
 
@@ -334,6 +320,29 @@ def _study(config: BenchmarkConfig, run: Path) -> Path:
         driver.say("  " + line)
     driver.say(f"report {report}")
     return run
+
+
+def _analyze_stage(
+    catalogue: Catalogue, pools: list[str], config: BenchmarkConfig, finetune_path: Path, run: Path
+) -> tuple[Analysis, dict, str, StageRecord]:
+    """Strategies, regret, curves and plots of every pool, and the summary (also written to
+    the run)."""
+    start = time.perf_counter()
+    scores_path = run / "scores.parquet" if config.proxies else None
+    analysis, plots = _analyze(catalogue, pools, config, finetune_path, scores_path, run)
+    summary = summary_text(analysis)
+    atomic_text(run / "summary.txt", summary)
+    n_plots = sum(len(v) for v in plots.values())
+    record = StageRecord(
+        "analyze",
+        f"{len(analysis.pools)} pool(s), {analysis.curves['strategy'].n_unique()} "
+        f"strategies, {n_plots} plot(s)",
+        len(analysis.pools),
+        0,
+        time.perf_counter() - start,
+        None,
+    )
+    return analysis, plots, summary, record
 
 
 def _embed_stage(study, union, specs, store, preset, driver) -> StageRecord:

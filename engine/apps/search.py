@@ -46,6 +46,8 @@ from engine.tasks.loader import (
     IMAGE_EXTENSIONS,
     MAX_LISTED,
     SOURCES,
+    SPLIT_ALIASES,
+    FolderScan,
     TaskData,
     TaskSpec,
     UnreadableImages,
@@ -58,7 +60,6 @@ log = logging.getLogger("whichmodel")
 DEFAULT_WORK_ROOT = Path("whichmodel-search")
 VTAB_TRAIN, VTAB_VAL = 800, 200
 VTAB_MIN_IMAGES = 1250  # below this, a 60/20/20 split instead of VTAB-1k's 800/200/rest
-SPLIT_NAMES = {"train", "val", "validation", "test"}
 FACTS = ("family", "upstream_dataset", "upstream_size", "imagenet_top1", "params", "dim")
 
 
@@ -122,20 +123,9 @@ def task_name(data: Path) -> str:
     return check_name("task", name, str(data))  # the one rule (engine.core.names) holds
 
 
-def _visible(path: Path, top: Path) -> bool:
-    return not any(part.startswith(".") for part in path.relative_to(top).parts)
-
-
 def count_class_images(root: Path) -> int:
-    """Image files under ``ROOT/<class>/`` (the rules of the ``folder`` source)."""
-    n = 0
-    for child in root.iterdir():
-        if child.name.startswith(".") or not child.is_dir():
-            continue
-        for path in child.rglob("*"):
-            if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file() and _visible(path, child):
-                n += 1
-    return n
+    """Image files under ``ROOT/<class>/``, by the ``folder`` source's own scan."""
+    return FolderScan(root.name).count_class_images(root)
 
 
 def split_sizes(n: int) -> tuple[int, int]:
@@ -164,7 +154,7 @@ def task_spec(data: Path, skip_unreadable: bool = False, unreadable: int = 0) ->
     options: dict[str, Any] = {"root": str(root)}
     if skip_unreadable:
         options["skip_unreadable"] = True
-    splits = {p.name for p in root.iterdir() if p.is_dir()} & SPLIT_NAMES
+    splits = {p.name for p in root.iterdir() if p.is_dir()} & set(SPLIT_ALIASES)
     if not splits:
         n = count_class_images(root) - unreadable
         if n == 0 and any(root.glob("*.parquet")):  # a folder of Parquet files: one table
@@ -401,34 +391,19 @@ def search(
     data = Path(data).expanduser()
     proxies = strategy_proxies(strategy)
     numbers = load_preset(preset)
-    spec = task_spec(data, skip_unreadable)
-    task = load_search_task(data, spec)
-    if task.unreadable and "train" in spec.options:  # split sizes from the readable images
-        spec = task_spec(data, skip_unreadable, len(task.unreadable))
-        task = load_search_task(data, spec)
+    spec, task = _search_task(data, skip_unreadable)
     check_budget(catalogue, pool, budget)
     cat, pool = resolve_catalogue(catalogue, pool)
     meta = cat.pool(pool)
-    work = Path(work_dir) if work_dir else DEFAULT_WORK_ROOT / spec.name
-    work = work.resolve()
+    work = (Path(work_dir) if work_dir else DEFAULT_WORK_ROOT / spec.name).resolve()
     owned = [work / "report"]
     if finetune:
         owned += [work / "finetune" / "table", work / "finetune" / "winners" / spec.name]
     for folder in owned:  # a user's folder there is refused before any work
         check_replaceable(folder)
     models = meta["model"].to_list()
-    scores, scores_path = None, None
-    embedded, probed = (0, 0), (0, 0)
     with _quiet_repeats():
-        if proxies:
-            summary = embed(cat, pool, [spec], work / "store", embed_config(numbers))
-            embedded = (len(summary.computed), len(summary.reused))
-            probe_summary = probe(work / "store", proxies, numbers, models, [spec.name])
-            probed = (probe_summary.trials_run, probe_summary.trials_reused)
-            scores = probe_summary.scores
-            scores_path = work / "scores.parquet"
-            write_scores(scores, scores_path)
-            _check_applicable(scores, proxies[0], pool)
+        scores, scores_path, embedded, probed = _scores(cat, pool, spec, proxies, numbers, work)
         full = select_pairs(cat, pool, [spec.name], strategy, len(models), scores)
         agnostic = select_pairs(cat, pool, [spec.name], "task_agnostic", len(models), None)
         ranking = [m for m, _ in full]
@@ -462,6 +437,34 @@ def search(
         if result.unreadable:
             (tmp / "unreadable.txt").write_text("".join(f"{p}\n" for p in result.unreadable))
     return result
+
+
+def _search_task(data: Path, skip_unreadable: bool) -> tuple[TaskSpec, TaskData]:
+    """DATA's task and rows; with unreadable images left out, split sizes from the rest."""
+    spec = task_spec(data, skip_unreadable)
+    task = load_search_task(data, spec)
+    if task.unreadable and "train" in spec.options:  # split sizes from the readable images
+        spec = task_spec(data, skip_unreadable, len(task.unreadable))
+        task = load_search_task(data, spec)
+    return spec, task
+
+
+def _scores(
+    cat: Catalogue, pool: str, spec: TaskSpec, proxies: list[str], numbers: dict, work: Path
+) -> tuple[pl.DataFrame | None, Path | None, tuple[int, int], tuple[int, int]]:
+    """Embed DATA with the pool and run the strategy's proxy (none for task_agnostic): the
+    scores table, its file, and (computed, reused) counts of embeddings and probe trials."""
+    if not proxies:
+        return None, None, (0, 0), (0, 0)
+    models = cat.pool(pool)["model"].to_list()
+    summary = embed(cat, pool, [spec], work / "store", embed_config(numbers))
+    probe_summary = probe(work / "store", proxies, numbers, models, [spec.name])
+    scores = probe_summary.scores
+    write_scores(scores, work / "scores.parquet")
+    _check_applicable(scores, proxies[0], pool)
+    embedded = (len(summary.computed), len(summary.reused))
+    probed = (probe_summary.trials_run, probe_summary.trials_reused)
+    return scores, work / "scores.parquet", embedded, probed
 
 
 def _check_applicable(scores: pl.DataFrame, proxy: str, pool: str) -> None:

@@ -15,6 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -139,6 +140,29 @@ def trial_inputs(
     return pixels, models
 
 
+def trial_trainable(
+    catalogue: Catalogue,
+    pool: str,
+    models: list[str],
+    specs: list[TaskSpec],
+    preset: dict,
+    settings: dict,
+    **flags: Any,
+) -> tuple[Any, str]:
+    """The Tune trainable of fine-tune trials (``actors.finetune_trial``) over ``models`` ×
+    ``specs``, with its decoded pixels, model table, resources and a fresh run token; ``flags``
+    are passed on (``save_model``, ``report_val``)."""
+    pixels, table = trial_inputs(catalogue, pool, models, specs, preset)
+    token = uuid.uuid4().hex
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            finetune_trial, pixels=pixels, models=table, settings=settings, token=token, **flags
+        ),
+        trial_resources(preset_resources(preset), cluster_nodes()),
+    )
+    return trainable, token
+
+
 def run_finetune(
     catalogue: Catalogue,
     pool: str,
@@ -158,58 +182,68 @@ def run_finetune(
     start = time.perf_counter()
     ft = preset["finetune"]
     out = Path(out).resolve()
-    members = catalogue.pool(pool)
-    task_names = [s.name for s in specs]
     if pairs is None:
-        pairs = [(m, t) for m in members["model"] for t in task_names]
+        pairs = [(m, s.name) for m in catalogue.pool(pool)["model"] for s in specs]
     if export_winners:  # refuse a user's folder before any work, not after the fine-tunes
         for name in sorted({t for _, t in pairs}):
             check_replaceable(out / "winners" / name)
-    wanted = sorted({m for m, _ in pairs})
     settings = finetune_settings(preset)
     ensure_ray()
     needed = [s for s in specs if s.name in {t for _, t in pairs}]
-    pixels, models = trial_inputs(catalogue, pool, wanted, needed, preset)
-    token = uuid.uuid4().hex
-    trainable = tune.with_resources(
-        tune.with_parameters(
-            finetune_trial,
-            pixels=pixels,
-            models=models,
-            settings=settings,
-            token=token,
-            save_model=export_winners,
-        ),
-        trial_resources(preset_resources(preset), cluster_nodes()),
+    wanted = sorted({m for m, _ in pairs})
+    trainable, token = trial_trainable(
+        catalogue, pool, wanted, needed, preset, settings, save_model=export_winners
     )
     name = _experiment_name([list(p) for p in pairs], settings, ft["lrs"], ft["reps"])
-    path = out / "tune" / name
-    if tune.Tuner.can_restore(str(path)):
-        log.info("finetune: resuming experiment %s", path)
-        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
-    else:
-        space = {
-            "pair": tune.grid_search([list(p) for p in pairs]),
-            "lr": tune.grid_search([float(x) for x in ft["lrs"]]),
-            "rep": tune.grid_search(list(range(int(ft["reps"])))),
-        }
-        if fault:
-            space["fault"] = fault
-        tuner = tune.Tuner(
-            trainable,
-            param_space=space,
-            tune_config=tune.TuneConfig(reuse_actors=True),
-            run_config=tune.RunConfig(
-                name=name,
-                storage_path=str(path.parent),
-                failure_config=tune.FailureConfig(max_failures=2),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                verbose=1,
-            ),
-        )
+    tuner = _tuner(trainable, out / "tune" / name, pairs, ft, fault)
     fitted = time.perf_counter()
     results = tuner.fit()
     collected = time.perf_counter()
+    rows, ran, best = _collect(results, token, export_winners)
+    winners = _export_winners(best, out)
+    runs = pl.DataFrame(rows, schema=schema.FINETUNE_RUNS).sort("model", "task", "lr", "rep")
+    phases = {
+        "prepare": fitted - start,
+        "tune": collected - fitted,
+        "collect": time.perf_counter() - collected,
+    }
+    return FinetuneSummary(runs, ran, len(rows) - ran, winners, phases)
+
+
+def _tuner(
+    trainable: Any, path: Path, pairs: list[tuple[str, str]], ft: dict, fault: dict | None
+) -> tune.Tuner:
+    """The experiment at ``path``: restored where an earlier run left it (finished trials are
+    not rerun), else a grid over pairs × lrs × repetitions."""
+    if tune.Tuner.can_restore(str(path)):
+        log.info("finetune: resuming experiment %s", path)
+        return tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+    space = {
+        "pair": tune.grid_search([list(p) for p in pairs]),
+        "lr": tune.grid_search([float(x) for x in ft["lrs"]]),
+        "rep": tune.grid_search(list(range(int(ft["reps"])))),
+    }
+    if fault:
+        space["fault"] = fault
+    return tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=tune.TuneConfig(reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=path.name,
+            storage_path=str(path.parent),
+            failure_config=tune.FailureConfig(max_failures=2),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=1,
+        ),
+    )
+
+
+def _collect(
+    results: Any, token: str, export_winners: bool
+) -> tuple[list[dict], int, dict[str, tuple[float, Path]]]:
+    """The finetune table's rows, how many trials ran in this call (the rest were restored),
+    and per task the best-validation run's exported model folder (with ``export_winners``)."""
     rows, ran = [], 0
     best: dict[str, tuple[float, Path]] = {}
     for result in results:
@@ -234,22 +268,19 @@ def run_finetune(
                 "seconds": m["seconds"],
             }
         )
-        if (
-            export_winners
-            and result.checkpoint
-            and (task not in best or m["val_acc"] > best[task][0])
-        ):
+        better = task not in best or m["val_acc"] > best[task][0]
+        if export_winners and result.checkpoint and better:
             best[task] = (m["val_acc"], Path(result.checkpoint.path) / "model")
+    return rows, ran, best
+
+
+def _export_winners(best: dict[str, tuple[float, Path]], out: Path) -> dict[str, Path]:
+    """Copy each task's best model to ``OUT/winners/<task>/``; the old winner stays until the
+    new one is in place."""
     winners = {}
     for task, (_, folder) in best.items():
         target = out / "winners" / task
-        with atomic_directory(target) as tmp:  # the old winner stays until the new one is in
+        with atomic_directory(target) as tmp:
             shutil.copytree(folder, tmp, dirs_exist_ok=True)
         winners[task] = target
-    runs = pl.DataFrame(rows, schema=schema.FINETUNE_RUNS).sort("model", "task", "lr", "rep")
-    phases = {
-        "prepare": fitted - start,
-        "tune": collected - fitted,
-        "collect": time.perf_counter() - collected,
-    }
-    return FinetuneSummary(runs, ran, len(rows) - ran, winners, phases)
+    return winners

@@ -62,7 +62,6 @@ import json
 import logging
 import math
 import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,7 +70,6 @@ from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
-from actors.finetune_trial import finetune_trial
 from actors.proxies import PROXIES
 from engine.analysis import regret, tables
 from engine.analysis.strategies import HYBRID_PREFIX, parse_strategy
@@ -80,9 +78,12 @@ from engine.core import schema
 from engine.core.catalog import Catalogue
 from engine.core.errors import UserError
 from engine.core.outputs import atomic_directory, write_table
-from engine.core.presets import preset_resources
-from engine.core.resources import cluster_nodes, trial_resources
-from engine.stages.finetune import finetune_settings, run_finetune, select_pairs, trial_inputs
+from engine.stages.finetune import (
+    finetune_settings,
+    run_finetune,
+    select_pairs,
+    trial_trainable,
+)
 from engine.tasks.loader import TaskSpec
 
 log = logging.getLogger("whichmodel")
@@ -460,18 +461,7 @@ def _halving_task(catalogue, pool, spec, top, preset, out: Path, cfg: HalvingCon
     grace, steps = grace_of(cfg, ft), int(ft["steps"])
     settings = finetune_settings(preset) | {"checkpoint_every": grace}  # a report per rung
     lrs, reps = [float(x) for x in ft["lrs"]], list(range(int(ft["reps"])))
-    pixels, models = trial_inputs(catalogue, pool, top, [spec], preset)
-    trainable = tune.with_resources(
-        tune.with_parameters(
-            finetune_trial,
-            pixels=pixels,
-            models=models,
-            settings=settings,
-            token=uuid.uuid4().hex,
-            report_val=True,
-        ),
-        trial_resources(preset_resources(preset), cluster_nodes()),
-    )
+    trainable, _ = trial_trainable(catalogue, pool, top, [spec], preset, settings, report_val=True)
     scheduler = _scheduler(cfg, top, len(top) * len(lrs) * len(reps), steps, grace)
     blob = json.dumps([spec.name, top, settings, lrs, reps, cfg.__dict__], default=str)
     name = f"halving-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"

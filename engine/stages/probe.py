@@ -86,17 +86,7 @@ def probe(
             else "no proxy given"
         )
     store = Path(store).resolve()
-    pairs = {
-        k: v
-        for k, v in stored_pairs(store).items()
-        if (models is None or k[0] in models) and (tasks is None or k[1] in tasks)
-    }
-    if not pairs:
-        raise UserError(f"{store}: no embeddings in the store (run `whichmodel embed` first)")
-    for (model, task), parts in pairs.items():
-        missing = [s for s in ("train", "val") if s not in parts]
-        if missing:
-            raise UserError(f"{store}: model {model}, task {task} has no {missing[0]} embeddings")
+    pairs = _pairs(store, models, tasks)
     meta = read_metadata(store)
     options = proxy_options(preset, proxies)
     name = _experiment_name(pairs, proxies, options)
@@ -110,27 +100,7 @@ def probe(
         tune.with_parameters(probe_trial, embeddings=refs, token=token),
         trial_resources(preset_resources(preset), cluster_nodes(), "probe"),
     )
-    if tune.Tuner.can_restore(str(path)):
-        log.info("probe: resuming experiment %s", path)
-        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space={
-                "pair": tune.grid_search([list(k) for k in pairs]),
-                "proxies": list(proxies),
-                "options": options,
-            },
-            tune_config=tune.TuneConfig(reuse_actors=True),
-            run_config=tune.RunConfig(
-                name=name,
-                storage_path=str(path.parent),
-                # a trial whose actor or node dies is run again (from the start: it is short)
-                failure_config=tune.FailureConfig(max_failures=2),
-                verbose=1,
-            ),
-        )
-    results = tuner.fit()
+    results = _tuner(trainable, path, pairs, proxies, options).fit()
     rows, compute, ran = [], 0.0, 0
     for result in results:
         if result.error:
@@ -142,6 +112,47 @@ def probe(
     scores = pl.DataFrame(rows, schema=schema.SCORES_DETAIL).sort("model", "task", "proxy")
     wall = time.perf_counter() - start
     return ProbeSummary(scores, ran, len(results) - ran, compute, wall)
+
+
+def _pairs(
+    store: Path, models: list[str] | None, tasks: list[str] | None
+) -> dict[tuple[str, str], dict]:
+    """The stored (model, task) pairs asked for, each with train and val embeddings."""
+    pairs = {
+        k: v
+        for k, v in stored_pairs(store).items()
+        if (models is None or k[0] in models) and (tasks is None or k[1] in tasks)
+    }
+    if not pairs:
+        raise UserError(f"{store}: no embeddings in the store (run `whichmodel embed` first)")
+    for (model, task), parts in pairs.items():
+        missing = [s for s in ("train", "val") if s not in parts]
+        if missing:
+            raise UserError(f"{store}: model {model}, task {task} has no {missing[0]} embeddings")
+    return pairs
+
+
+def _tuner(trainable, path: Path, pairs: dict, proxies: list[str], options: dict) -> tune.Tuner:
+    """The probe experiment at ``path``: restored if an earlier run left it, else new."""
+    if tune.Tuner.can_restore(str(path)):
+        log.info("probe: resuming experiment %s", path)
+        return tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+    return tune.Tuner(
+        trainable,
+        param_space={
+            "pair": tune.grid_search([list(k) for k in pairs]),
+            "proxies": list(proxies),
+            "options": options,
+        },
+        tune_config=tune.TuneConfig(reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=path.name,
+            storage_path=str(path.parent),
+            # a trial whose actor or node dies is run again (from the start: it is short)
+            failure_config=tune.FailureConfig(max_failures=2),
+            verbose=1,
+        ),
+    )
 
 
 def _last_line(error: BaseException) -> str:

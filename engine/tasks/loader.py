@@ -68,7 +68,8 @@ log = logging.getLogger("whichmodel")
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 DEFAULT_BUILTIN_MAX_TEST = 2000
-_SPLIT_ALIASES = {"train": "train", "val": "val", "validation": "val", "test": "test"}
+# folder names a split may have, and the split each one is
+SPLIT_ALIASES = {"train": "train", "val": "val", "validation": "val", "test": "test"}
 
 # option name -> (type, minimum); every source accepts the common ones
 _OPTION_TYPES: dict[str, tuple[type, int | None]] = {
@@ -372,7 +373,7 @@ def _is_hidden(path: Path, top: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(top).parts)
 
 
-class _Scan:
+class FolderScan:
     """Image files found under a folder, with the count and an example of skipped files."""
 
     def __init__(self, task: str) -> None:
@@ -402,6 +403,10 @@ class _Scan:
                 self.skipped.append(child)
         return found
 
+    def count_class_images(self, folder: Path) -> int:
+        """Image files of ``folder/<class>/...``."""
+        return sum(len(files) for files in self.classes(folder).values())
+
     def warn(self) -> None:
         if self.skipped:
             log.warning(
@@ -417,7 +422,7 @@ def _split_folders(spec: TaskSpec, root: Path) -> dict[str, Path] | None:
     names = {p.name: p for p in root.iterdir() if p.is_dir()}
     if "val" in names and "validation" in names:
         raise UserError(f"task {spec.name!r}: {root} has both 'val' and 'validation' folders")
-    found = {_SPLIT_ALIASES[n]: p for n, p in names.items() if n in _SPLIT_ALIASES}
+    found = {SPLIT_ALIASES[n]: p for n, p in names.items() if n in SPLIT_ALIASES}
     if not found:
         return None
     missing = [s for s in SPLITS if s not in found]
@@ -439,7 +444,7 @@ def _folder_source(spec: TaskSpec) -> TaskData:
     root = spec.resolve(spec.options["root"]).resolve()
     if not root.is_dir():
         raise UserError(f"task {spec.name!r}: image folder {root} not found")
-    scan = _Scan(spec.name)
+    scan = FolderScan(spec.name)
     split_dirs = _split_folders(spec, root)
     if split_dirs is None:
         per_split = {None: scan.classes(root)}
@@ -654,7 +659,7 @@ def _parquet_splits(where: str, column: pa.ChunkedArray) -> np.ndarray:
     raw = column.to_numpy(zero_copy_only=False).astype(str)
     values = np.char.lower(np.char.strip(raw))
     codes = np.full(len(values), -1, np.int8)
-    for alias, split in _SPLIT_ALIASES.items():
+    for alias, split in SPLIT_ALIASES.items():
         codes[values == alias] = SPLITS.index(split)
     if (codes < 0).any():
         bad = int(np.flatnonzero(codes < 0)[0])
