@@ -196,11 +196,16 @@ def test_a_ray_failure_the_pipeline_gives_up_on_reruns_only_the_missing_tasks(
 
 def test_a_user_error_is_not_retried(tmp_path, undisturbed, monkeypatch):
     world = write_world(tmp_path, TASKS)
-    (world / "big" / "val" / "dots" / "0.png").write_bytes(b"not an image")
+    bad = world / "big" / "val" / "dots" / "0.png"
     real, calls = engine.stages.embed._run_pipeline, []
-    monkeypatch.setattr(
-        engine.stages.embed, "_run_pipeline", lambda *a: calls.append(1) or real(*a)
-    )  # fmt: skip
+
+    def corrupt_then_run(*args):
+        # the file breaks after the up-front readability check, so the decode workers meet it
+        calls.append(1)
+        bad.write_bytes(b"not an image")
+        return real(*args)
+
+    monkeypatch.setattr(engine.stages.embed, "_run_pipeline", corrupt_then_run)
     with pytest.raises(UserError, match="0.png"):
         _embed(world)
     assert len(calls) == 1
