@@ -754,7 +754,7 @@ NEW_REFS = {
 NEW_CASES = [(120, 20, 4, 1.0), (60, 90, 5, 2.0), (200, 30, 6, 0.4)]  # blobs(19, n, 10, d, c, sep)
 
 # The transcriptions' values on those inputs and on the `real` fixture (computed by running
-# NEW_REFS, 2026-11-28). NCTI takes the 'eigen' (shrinkage) path on the blobs and the 'svd' path
+# NEW_REFS, 2026-12-04). NCTI takes the 'eigen' (shrinkage) path on the blobs and the 'svd' path
 # on `real`; SFDA saturates at 1.0 where the classes separate (d > n, or far apart).
 PINNED = {
     (120, 20, 4, 1.0): {"sfda": 0.9168756066530915, "ncti": 83.33416115180275,
