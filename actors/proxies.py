@@ -10,6 +10,9 @@ call and guarantees a finite score or ``None`` (not applicable, with a reason).
   one batched computation; ``linear_sequential`` is the faithful one-config-at-a-time loop.
 - ``logme``, ``hscore_reg``, ``gbc``: label-aware scores of the training split.
 - ``leep``, ``nce``: need source-class probabilities (a model with a source head).
+- ``sfda``, ``ncti``, ``etran``, ``parc``: newer estimators (SFDA, NCTI, ETran, PARC), each
+  checked against a transcription of its authors' code; NCTI and ETran add their raw terms
+  (the authors min-max them across a pool, which one (model, task) cannot see).
 
 The scores computed on one split (LogME, H-score, GBC, LEEP, NCE) use the training split, as the
 papers do ("computed on the target training set"); ``split="trainval"`` pools both splits.

@@ -389,7 +389,8 @@ def add_probe_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--proxies",
         default="linear,knn",
-        help="comma-separated proxies: knn, linear, logme, hscore_reg, gbc, leep, nce",
+        help="comma-separated proxies: knn, linear, logme, hscore_reg, gbc, leep, nce, sfda, "
+        "ncti, etran, parc",
     )
     p.add_argument("--out", required=True, type=Path, help="scores table (.parquet or .csv)")
     p.add_argument("--preset", default="quick", help="numbers of the probes (engine/presets.toml)")
