@@ -1,6 +1,6 @@
 """Benchmark: budget curves of every strategy at every budget, engine vs a plain Python loop.
 
-Builds a synthetic pool (default 1,000 models x 100 tasks, two proxies, so 9 strategies),
+Builds a synthetic pool (default 1,000 models x 100 tasks, two proxies, so 11 strategies),
 times ``pool_outcomes`` + ``curves_table`` (best of 3), times a straightforward per-strategy,
 per-task, per-budget loop computing the same two curve columns, checks that the numbers agree
 and prints both times and their ratio.
@@ -22,6 +22,7 @@ import time
 import numpy as np
 import polars as pl
 from scipy.special import gammaln
+from scipy.stats import spearmanr
 
 from engine.analysis.analyze import curves_table
 from engine.analysis.curves import pool_outcomes
@@ -29,7 +30,7 @@ from engine.analysis.strategies import PoolData, strategies_for
 from engine.core import schema
 
 GOAL_S = 2.0
-N_STRATEGIES = 9
+N_STRATEGIES = 11
 UPSTREAM = {  # upstream dataset -> size (None = unknown size)
     "imagenet-1k": 1_281_167,
     "imagenet-21k": 14_197_122,
@@ -112,6 +113,7 @@ def synthetic_pool(n_models: int, n_tasks: int, seed: int) -> PoolData:
 # catalogue order). The per-model values that task_agnostic_oracle / task_agnostic_loo rank by
 # (mean accuracy over all tasks / over the other tasks) use the same NumPy expressions as the
 # engine, computed once per strategy, so that exact float ties break identically.
+# similar_tasks_<proxy> picks each task's neighbours with scipy.stats.spearmanr per task pair.
 
 
 def py_task_agnostic(meta: pl.DataFrame) -> list[int]:
@@ -141,6 +143,26 @@ def py_rank(values: list[float], tie_pos: list[int]) -> list[int]:
     return sorted(range(len(values)), key=key)
 
 
+def py_similar_neighbours(scores: np.ndarray, k: int = 3) -> list[list[int]]:
+    """Per task, the up to k other tasks with the highest positive Spearman ρ of proxy scores
+    (over the models scored on both; ties by task order); empty when there is none."""
+    n_tasks = scores.shape[0]
+    rows = [scores[t].tolist() for t in range(n_tasks)]
+    sim = [[None] * n_tasks for _ in range(n_tasks)]
+    for t in range(n_tasks):
+        for u in range(t + 1, n_tasks):
+            pairs = enumerate(zip(rows[t], rows[u], strict=True))
+            both = [m for m, (a, b) in pairs if not (math.isnan(a) or math.isnan(b))]
+            a, b = [rows[t][m] for m in both], [rows[u][m] for m in both]
+            if len(both) >= 3 and len(set(a)) > 1 and len(set(b)) > 1:
+                sim[t][u] = sim[u][t] = float(spearmanr(a, b).statistic)
+    out = []
+    for t in range(n_tasks):
+        near = sorted((-s, u) for u, s in enumerate(sim[t]) if s is not None and s > 0)
+        out.append([u for _, u in near[:k]] if n_tasks >= 3 else [])
+    return out
+
+
 def baseline_curves(
     pool: PoolData, names: list[str], n_tasks: int
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -153,6 +175,12 @@ def baseline_curves(
         tie_pos[m] = pos
     mean_acc = acc.mean(axis=0, keepdims=True)[0].tolist()
     col_sum = acc.sum(axis=0, keepdims=True)
+
+    neighbours = {
+        name: py_similar_neighbours(pool.scores[name.removeprefix("similar_tasks_")])
+        for name in names
+        if name.startswith("similar_tasks_")
+    }
 
     out = {}
     for name in names:
@@ -187,6 +215,13 @@ def baseline_curves(
             elif name == "task_agnostic_oracle":
                 order = py_rank(mean_acc, tie_pos)
             elif name == "task_agnostic_loo":
+                loo = (col_sum[0] - row) / (acc.shape[0] - 1)
+                order = py_rank(loo.tolist(), tie_pos)
+            elif name.startswith("similar_tasks_") and neighbours[name][t]:
+                near = neighbours[name][t]
+                mean = np.round(acc[near].mean(axis=0), 12)
+                order = py_rank(mean.tolist(), tie_pos)
+            elif name.startswith("similar_tasks_"):  # no positive neighbour: task_agnostic_loo
                 loo = (col_sum[0] - row) / (acc.shape[0] - 1)
                 order = py_rank(loo.tolist(), tie_pos)
             elif name.startswith("hybrid_"):

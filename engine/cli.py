@@ -83,11 +83,11 @@ def parse_pairs(items: Sequence[str]) -> list[tuple[str, str]]:
 
 def check_compare(pairs: Sequence[tuple[str, str]], scores: pl.DataFrame | None) -> None:
     """Every strategy named by --compare exists: a reference strategy, or a proxy of the scores
-    table as ``<proxy>`` or ``hybrid_<proxy>``."""
-    from engine.analysis.strategies import HYBRID_PREFIX, STRATEGIES
+    table as ``<proxy>``, ``hybrid_<proxy>`` or ``similar_tasks_<proxy>``."""
+    from engine.analysis.strategies import STRATEGIES, proxy_strategies
 
     proxies = sorted(set(scores["proxy"])) if scores is not None else []
-    known = [*STRATEGIES, *proxies, *(HYBRID_PREFIX + p for p in proxies)]
+    known = [*STRATEGIES, *(s.name for p in proxies for s in proxy_strategies(p))]
     for a, b in pairs:
         for name in (a, b):
             if name not in known:

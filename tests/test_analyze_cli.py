@@ -10,6 +10,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from scipy import stats
 
 from engine import cli
 from engine.core import schema
@@ -156,6 +157,32 @@ def test_scores_add_task_aware_and_hybrid_strategies(tmp_path):
         aware = next(m for m in by_score if m != "cond-biggan")
         assert picks == ["cond-biggan", aware]
     assert (out / "plots" / "delta_hybrid_linear_vs_linear_All.png").exists()
+
+
+def test_similar_tasks_runs_from_a_scores_table_and_compares(tmp_path):
+    """similar_tasks_<proxy> appears with its proxy; --compare accepts it; B=1 picks the best
+    mean over the 3 tasks whose scores correlate best (Spearman), never the task itself."""
+    acc = raw_vtab()
+    models, tasks = list(acc), sorted(next(iter(acc.values())))
+    scores = _linear_scores(tmp_path)
+    out = tmp_path / "out"
+    argv = ["analyze", "--catalog", str(VTAB_CATALOG), "--finetune", str(VTAB_FT), "--out"]
+    compare = ["--compare", "similar_tasks_linear:task_agnostic_loo"]
+    assert cli.main([*argv, str(out), "--scores", str(scores), "--pools", "All", *compare]) == 0
+    assert (out / "plots" / "delta_similar_tasks_linear_vs_task_agnostic_loo_All.png").exists()
+    sel = pl.read_parquet(out / "selections.parquet")
+    b1 = sel.filter((pl.col("strategy") == "similar_tasks_linear") & (pl.col("budget") == 1))
+    picked = dict(b1.select("task", "model").iter_rows())
+    score = {(m, t): acc[m][t] + 0.01 * i for i, m in enumerate(models) for t in tasks}
+    for t in tasks:
+        rho = {
+            u: stats.spearmanr([score[m, t] for m in models], [score[m, u] for m in models])[0]
+            for u in tasks
+            if u != t
+        }
+        near = sorted((u for u in rho if rho[u] > 0), key=lambda u: -rho[u])[:3]
+        best = max(sum(acc[m][u] for u in near) / 3 for m in models)
+        assert sum(acc[picked[t]][u] for u in near) / 3 == pytest.approx(best), t
 
 
 def _linear_scores(tmp_path, keep=lambda m, t: True, rename=lambda t: t, empty=()) -> Path:

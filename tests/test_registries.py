@@ -170,10 +170,15 @@ ALL_STRATEGIES = [*STRATEGIES, *(s.name for s in proxy_strategies("linear"))]
 @pytest.mark.parametrize("name", ALL_STRATEGIES)
 def test_every_strategy_keeps_the_contract(name):
     """Parsed back from its name; ranks every task as a permutation of the pool; its slots
-    match pick_slots; and only the strategies that say they need fine-tune results look at them."""
+    match pick_slots; only the strategies that say they need fine-tune results look at them,
+    and those that say they leave one task out never look at the ranked task's own."""
     spec = parse_strategy(name, ["linear"])
     assert spec.name == name and spec.slots in {"agnostic", "aware", "hybrid", "reference"}
-    assert (spec.proxy is not None) == (spec.slots in {"aware", "hybrid"})
+    if spec.slots in {"aware", "hybrid"}:
+        assert spec.proxy is not None
+    elif spec.proxy is not None:  # a reference that picks with a proxy (similar_tasks_<proxy>)
+        assert spec.slots == "reference" and spec.needs_finetune
+    assert not spec.leave_one_out or spec.needs_finetune
     if spec.rank is None:  # random: a closed-form expectation (engine.analysis.curves)
         assert spec.needs_finetune
         return
@@ -186,6 +191,11 @@ def test_every_strategy_keeps_the_contract(name):
         assert len(slots) == 3 and (slots[0] == AGNOSTIC_SLOT) == (spec.slots != "aware")
     other = spec.rank(_strategy_pool(1))  # the same pool with other fine-tune accuracies
     assert (order == other).all() != spec.needs_finetune, name
+    if spec.leave_one_out:  # task t's own accuracies replaced, every other task's kept
+        for t in range(4):
+            pool = _strategy_pool(0)
+            pool.acc[t] = _strategy_pool(1).acc[t]
+            assert (spec.rank(pool)[t] == order[t]).all(), (name, t)
 
 
 def test_an_unknown_strategy_names_what_exists():

@@ -61,6 +61,7 @@ def test_bad_finetune_tables_name_file_and_entry(tmp_path, text, needle):
         ("model,task,proxy,score\na,t,linear,1\na,t,linear,2\n", "duplicate rows"),
         ("model,task,proxy,score\na,t,oracle,1\n", "proxy name 'oracle'"),
         ("model,task,proxy,score\na,t,hybrid_x,1\n", "proxy name 'hybrid_x'"),
+        ("model,task,proxy,score\na,t,similar_tasks_x,1\n", "proxy name 'similar_tasks_x'"),
     ],
 )
 def test_bad_scores_tables(tmp_path, text, needle):

@@ -27,6 +27,8 @@ BAR_STRATEGIES = (
     "hybrid_linear",
     "hybrid_knn",
     "task_agnostic_loo",
+    "similar_tasks_linear",
+    "similar_tasks_knn",
     "random",
 )
 # Default strategy pairs of the delta figure: the first pair whose two strategies both ran.

@@ -15,11 +15,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
+from scipy.stats import rankdata
 
 from engine.core.errors import UserError
 
 RANDOM = "random"
 HYBRID_PREFIX = "hybrid_"
+SIMILAR_PREFIX = "similar_tasks_"
+SIMILAR_K = 3  # neighbour tasks whose fine-tune results rank a task (similar_tasks_<proxy>)
+SIMILAR_MIN_MODELS = 3  # models two tasks need a score on for their similarity to count
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,87 @@ def task_agnostic_loo(pool: PoolData) -> np.ndarray:
     return _rank_by(loo_mean, task_agnostic_order(pool.meta))
 
 
+def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman ρ between each row of ``x`` and each row of ``y`` (rows without NaN), as a
+    (len(x), len(y)) array; NaN where a row's ranks are constant or there are fewer than
+    ``SIMILAR_MIN_MODELS`` columns (ties get average ranks)."""
+    out = np.full((x.shape[0], y.shape[0]), np.nan)
+    if x.shape[1] < SIMILAR_MIN_MODELS:
+        return out
+    rx, ry = rankdata(x, axis=1), rankdata(y, axis=1)
+    rx -= rx.mean(axis=1, keepdims=True)
+    ry -= ry.mean(axis=1, keepdims=True)
+    nx, ny = np.linalg.norm(rx, axis=1), np.linalg.norm(ry, axis=1)
+    ok = np.outer(nx > 1e-9, ny > 1e-9)
+    dots = rx @ ry.T
+    out[ok] = (dots / np.where(ok, np.outer(nx, ny), 1.0))[ok]
+    return np.clip(out, -1.0, 1.0)
+
+
+def task_similarity(scores: np.ndarray) -> np.ndarray:
+    """(tasks × tasks) Spearman correlation of the tasks' proxy-score vectors over the pool's
+    models, each pair over the models the proxy applies to on both tasks (not NaN); NaN where a
+    pair has fewer than ``SIMILAR_MIN_MODELS`` such models or constant scores on one of them."""
+    have = ~np.isnan(scores)
+    if (have == have[:1]).all():  # the common case: the proxy applies to the same models
+        common = scores[:, have[0]]
+        return _spearman_rows(common, common)
+    n = scores.shape[0]
+    out = np.full((n, n), np.nan)
+    for t in range(n):
+        for u in range(t, n):
+            both = have[t] & have[u]
+            rho = _spearman_rows(scores[t : t + 1, both], scores[u : u + 1, both])[0, 0]
+            out[t, u] = out[u, t] = rho
+    return out
+
+
+def similar_tasks_neighbours(scores: np.ndarray, k: int = SIMILAR_K) -> list[list[int]]:
+    """Per task t, the up to ``k`` other tasks most similar to it (``task_similarity``, ties by
+    task order), among those with a positive correlation; empty when t has fewer than 2 other
+    tasks or no positively correlated one."""
+    sim = task_similarity(scores)
+    n = sim.shape[0]
+    out = []
+    for t in range(n):
+        others = [u for u in range(n) if u != t and sim[t, u] > 0]  # NaN compares False
+        others.sort(key=lambda u: -sim[t, u])  # stable: equal similarity keeps task order
+        out.append(others[:k] if n >= 3 else [])
+    return out
+
+
+def similar_tasks(proxy: str) -> Callable[[PoolData], np.ndarray]:
+    """Meta-learned ranking from earlier tasks (issue 15.4): rank task t's models by their mean
+    fine-tune accuracy over the ``SIMILAR_K`` = 3 other tasks whose ``proxy`` scores correlate
+    best with t's (``similar_tasks_neighbours``; means equal to 12 decimals tie), ties by the
+    task-agnostic order; task_agnostic_loo's order where t has fewer than 2 other tasks or
+    none with a positive correlation. Never reads t's own fine-tune accuracies.
+
+    One strategy per proxy, like ``<proxy>`` and ``hybrid_<proxy>``: each proxy the store has
+    can serve as the cheap task fingerprint, and which one finds the useful neighbours is an
+    empirical question the regret tables answer. Spearman, not Pearson: only the order of the
+    models matters to a ranking, proxy scales differ (accuracies, log-evidence), and a few
+    outliers (random-init controls) would otherwise dominate the correlation. The k = 3 nearest,
+    unweighted, not a similarity-weighted mean over all positively correlated tasks: ρ over a
+    pool of ~10 models is noisy, so weights mostly add noise, while the far, barely correlated
+    tasks of a weighted mean pull the ranking back towards task_agnostic_loo; three neighbours
+    average out one task's fine-tune noise while staying local.
+    """
+
+    def rank(pool: PoolData) -> np.ndarray:
+        order = task_agnostic_loo(pool) if len(pool.tasks) >= 2 else task_agnostic(pool)
+        tie = task_agnostic_order(pool.meta)
+        for t, near in enumerate(similar_tasks_neighbours(pool.scores[proxy])):
+            if near:
+                # Rounded, so that equal means summed in another order tie, as they should.
+                mean = np.round(pool.acc[near].mean(axis=0, keepdims=True), 12)
+                order[t] = _rank_by(mean, tie)[0]
+        return order
+
+    rank.__name__ = SIMILAR_PREFIX + proxy
+    return rank
+
+
 def task_aware(proxy: str) -> Callable[[PoolData], np.ndarray]:
     """Rank by a proxy's score on the task's own data; models it does not apply to go last."""
 
@@ -171,7 +256,8 @@ class StrategySpec:
     proxy), ``"hybrid"`` (the first task-agnostic, the rest from a proxy) or ``"reference"`` (an
     analysis reference, not a recommendation); ``needs_finetune``: it ranks by fine-tune results
     of every model, so it can measure but never advise on a new task; ``min_tasks``: the tasks a
-    pool needs for it to apply; ``proxy``: the proxy it ranks by."""
+    pool needs for it to apply; ``proxy``: the proxy it ranks by; ``leave_one_out``: it ranks
+    each task by other tasks' fine-tune results only, never the task's own."""
 
     name: str
     rank: Callable[[PoolData], np.ndarray] | None
@@ -179,11 +265,12 @@ class StrategySpec:
     needs_finetune: bool = False
     min_tasks: int = 1
     proxy: str | None = None
+    leave_one_out: bool = False
 
 
 # The registry of strategies that need no proxy, in report order. Proxy strategies are made per
-# proxy by `proxy_strategies`, so every proxy of a scores table becomes `<proxy>` and
-# `hybrid_<proxy>` with no other code.
+# proxy by `proxy_strategies`, so every proxy of a scores table becomes `<proxy>`,
+# `hybrid_<proxy>` and `similar_tasks_<proxy>` with no other code.
 STRATEGIES: dict[str, StrategySpec] = {
     spec.name: spec
     for spec in (
@@ -191,43 +278,57 @@ STRATEGIES: dict[str, StrategySpec] = {
         StrategySpec("oracle", oracle, "reference", needs_finetune=True),
         StrategySpec(RANDOM, None, "reference", needs_finetune=True),
         StrategySpec("task_agnostic_oracle", task_agnostic_oracle, "reference", True),
-        StrategySpec("task_agnostic_loo", task_agnostic_loo, "reference", True, min_tasks=2),
+        StrategySpec(
+            "task_agnostic_loo", task_agnostic_loo, "reference", True, 2, leave_one_out=True
+        ),
     )
 }
 
 
-def proxy_strategies(proxy: str) -> tuple[StrategySpec, StrategySpec]:
-    """The two strategies of a proxy: task-aware ``<proxy>`` and ``hybrid_<proxy>``."""
+def proxy_strategies(proxy: str) -> tuple[StrategySpec, StrategySpec, StrategySpec]:
+    """The three strategies of a proxy: task-aware ``<proxy>``, ``hybrid_<proxy>`` and the
+    meta-learned reference ``similar_tasks_<proxy>`` (other tasks' fine-tune results, chosen
+    by the proxy's scores; at least 3 tasks, so that a task has 2 others to choose from)."""
     return (
         StrategySpec(proxy, task_aware(proxy), "aware", proxy=proxy),
         StrategySpec(HYBRID_PREFIX + proxy, hybrid(proxy), "hybrid", proxy=proxy),
+        StrategySpec(
+            SIMILAR_PREFIX + proxy,
+            similar_tasks(proxy),
+            "reference",
+            needs_finetune=True,
+            min_tasks=3,
+            proxy=proxy,
+            leave_one_out=True,
+        ),
     )
 
 
 def parse_strategy(name: str, proxies: Sequence[str]) -> StrategySpec:
-    """The one reading of a strategy name: a registered strategy, or ``<proxy>`` /
-    ``hybrid_<proxy>`` for one of ``proxies``; ``UserError`` naming what exists otherwise."""
+    """The one reading of a strategy name: a registered strategy, or ``<proxy>``,
+    ``hybrid_<proxy>`` or ``similar_tasks_<proxy>`` for one of ``proxies``; ``UserError``
+    naming what exists otherwise."""
     if name in STRATEGIES:
         return STRATEGIES[name]
-    proxy = name.removeprefix(HYBRID_PREFIX)
-    if proxy in proxies:
-        aware, hybrid_spec = proxy_strategies(proxy)
-        return hybrid_spec if name.startswith(HYBRID_PREFIX) else aware
+    for prefix, which in ((HYBRID_PREFIX, 1), (SIMILAR_PREFIX, 2), ("", 0)):
+        if name.startswith(prefix) and name.removeprefix(prefix) in proxies:
+            return proxy_strategies(name.removeprefix(prefix))[which]
     known = ", ".join(proxies) if proxies else "none given"
     raise UserError(
-        f"unknown strategy {name!r}: use {', '.join(STRATEGIES)}, a proxy ({known}) or "
-        f"{HYBRID_PREFIX}<proxy>"
+        f"unknown strategy {name!r}: use {', '.join(STRATEGIES)}, a proxy ({known}), "
+        f"{HYBRID_PREFIX}<proxy> or {SIMILAR_PREFIX}<proxy>"
     )
 
 
 def strategies_for(pool: PoolData) -> dict[str, Callable[[PoolData], np.ndarray] | None]:
     """Every strategy that applies to ``pool`` (its ranking function), in report order: the
-    registry's that the pool has tasks enough for, then both of each proxy with a score."""
-    specs = [s for s in STRATEGIES.values() if len(pool.tasks) >= s.min_tasks]
+    registry's, then the three of each proxy with a score, each where the pool has tasks
+    enough for it."""
+    specs = list(STRATEGIES.values())
     for proxy, values in pool.scores.items():
         if not np.isnan(values).all():
             specs.extend(proxy_strategies(proxy))
-    return {s.name: s.rank for s in specs}
+    return {s.name: s.rank for s in specs if len(pool.tasks) >= s.min_tasks}
 
 
 def dense_scores(
@@ -279,5 +380,6 @@ def dense_scores(
 
 
 def reserved_names() -> set[str]:
-    """Names a proxy may not take, since they would shadow a reference strategy."""
+    """Names a proxy may not take, since they would shadow a reference strategy (nor may it
+    start with ``HYBRID_PREFIX`` or ``SIMILAR_PREFIX``: ``engine.analysis.tables``)."""
     return set(STRATEGIES)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import polars as pl
 
-from engine.analysis.strategies import HYBRID_PREFIX, reserved_names
+from engine.analysis.strategies import HYBRID_PREFIX, SIMILAR_PREFIX, reserved_names
 from engine.core import schema
 from engine.core.errors import UserError
 from engine.core.files import read_toml
@@ -137,10 +137,12 @@ def load_scores(path: str | Path) -> pl.DataFrame:
         )
     _check_unique(df, ["model", "task", "proxy"], path)
     for proxy in df["proxy"].unique().sort():
-        if proxy in reserved_names() or proxy.startswith(HYBRID_PREFIX) or not proxy.isidentifier():
+        prefixed = proxy.startswith((HYBRID_PREFIX, SIMILAR_PREFIX))
+        if proxy in reserved_names() or prefixed or not proxy.isidentifier():
             raise UserError(
                 f"{path}: proxy name {proxy!r} is not allowed (it must be an identifier, not "
-                f"start with {HYBRID_PREFIX!r}, and not be one of {sorted(reserved_names())})"
+                f"start with {HYBRID_PREFIX!r} or {SIMILAR_PREFIX!r}, and not be one of "
+                f"{sorted(reserved_names())})"
             )
     return df.select(list(schema.SCORES))
 
