@@ -42,6 +42,13 @@ from engine.demo.pool import CONTROLS, EXPERTS, ensure_demo_pool
 from engine.stages.embed import embed, embed_config
 from engine.stages.finetune import run_finetune, select_pairs
 from engine.stages.probe import probe, write_scores
+from engine.stages.progressive import (
+    ProgressiveConfig,
+    check_config,
+    progressive_base,
+    progressive_names,
+    progressive_rank,
+)
 from engine.tasks.loader import (
     IMAGE_EXTENSIONS,
     MAX_LISTED,
@@ -230,8 +237,10 @@ def _quiet_repeats() -> Iterator[None]:
 
 
 def strategy_proxies(strategy: str) -> list[str]:
-    """The proxies a strategy needs: none for ``task_agnostic``, else its one proxy."""
-    spec = parse_strategy(strategy, list(PROXIES))
+    """The proxies a strategy needs: none for ``task_agnostic``, else its one proxy (for
+    ``[hybrid_]progressive_<proxy>``: ``progressive_<proxy>``, ranked by ``progressive_rank``)."""
+    progressive_base(strategy)  # an unknown proxy after progressive_ is named as such
+    spec = parse_strategy(strategy, list(PROXIES) + progressive_names())
     if spec.needs_finetune:
         raise UserError(
             f"strategy {strategy!r} needs fine-tune results of every model, which a search "
@@ -319,9 +328,12 @@ def aware_reason(
     na_reason: str | None,
 ) -> str:
     """Why the ``k``-th task-aware pick ``order[i]`` is where it is in the proxy's ranking."""
-    label = PROXIES[proxy].label
+    base = progressive_base(proxy)
+    label = PROXIES[proxy if base is None else base].label
     model = order[i]
     score = scores.get(model)
+    if base is not None and na_reason:  # the rung it reached and its score there
+        return f"{ordinal(k)} by progressive {label} ({na_reason})"
     if score is None:
         why = f": {na_reason}" if na_reason else ""
         return f"no {label} score{why}; placed by the task-agnostic order"
@@ -393,13 +405,23 @@ def search(
     finetune: bool = False,
     work_dir: str | Path | None = None,
     skip_unreadable: bool = False,
+    progressive: ProgressiveConfig | None = None,
 ) -> SearchResult:
     """Embed, probe and rank a pool's models for DATA and return the ``budget`` picks, each
     with its slot and reason; with ``finetune``, fine-tune the picks and export the winner.
     Image files that do not decode are all named in one error, or with ``skip_unreadable``
-    left out and listed in the result and the report."""
+    left out and listed in the result and the report. ``progressive``: the rungs of a
+    ``[hybrid_]progressive_<proxy>`` strategy (default ``ProgressiveConfig()``)."""
     data = Path(data).expanduser()
     proxies = strategy_proxies(strategy)
+    base = progressive_base(strategy)
+    if progressive is not None and base is None:
+        raise UserError(
+            f"--eta and --fractions apply to progressive_<proxy> strategies only, not {strategy!r}"
+        )
+    if base is not None:
+        progressive = progressive or ProgressiveConfig()
+        check_config(progressive)
     numbers = load_preset(preset)
     spec = task_spec(data, skip_unreadable)
     task = load_search_task(data, spec)
@@ -420,7 +442,17 @@ def search(
     scores, scores_path = None, None
     embedded, probed = (0, 0), (0, 0)
     with _quiet_repeats():
-        if proxies:
+        if base is not None:
+            keep = replace(progressive, keep_at_least=max(progressive.keep_at_least, budget))
+            ranked = progressive_rank(
+                cat, pool, [spec], base, work / "store", numbers, embed_config(numbers), keep
+            )
+            embedded = (sum(1 for n in ranked.rows_embedded.values() if n), 0)
+            probed = (ranked.rungs.height, 0)
+            scores, scores_path = ranked.scores, work / "scores.parquet"
+            write_scores(scores, scores_path)
+            _check_applicable(scores, proxies[0], pool)
+        elif proxies:
             summary = embed(cat, pool, [spec], work / "store", embed_config(numbers))
             embedded = (len(summary.computed), len(summary.reused))
             probe_summary = probe(work / "store", proxies, numbers, models, [spec.name])
