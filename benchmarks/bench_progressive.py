@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine_load import load1  # noqa: E402
+from machine_load import load1, wait_for_load  # noqa: E402
 
 from engine.analysis.regret import rel_regret  # noqa: E402
 from engine.analysis.strategies import hybrid_order, task_agnostic_order  # noqa: E402
@@ -84,6 +84,8 @@ def main() -> None:
     ap.add_argument("--fractions", default=None, help="default 1/8,1/4,1/2,1")
     ap.add_argument("--work", type=Path, default=Path("/tmp/progressive-cache/bench"))
     ap.add_argument("--json", type=Path, default=None, help="write the numbers here")
+    ap.add_argument("--quiet", type=float, default=2.0, help="wait for load1 below this")
+    ap.add_argument("--max-wait", type=float, default=120.0, help="... at most this many s")
     args = ap.parse_args()
     fractions = DEFAULT_FRACTIONS if args.fractions is None else parse_fractions(args.fractions)
     catalog, pool = ensure_demo_pool()
@@ -104,7 +106,7 @@ def main() -> None:
             ("full", ProgressiveConfig(fractions=(1.0,), eta=args.eta)),
             ("progressive", ProgressiveConfig(fractions=fractions, eta=args.eta)),
         ):
-            before = load1()
+            before = wait_for_load(args.quiet, args.max_wait, "  ")
             res, wall = run(cat, pool, tasks, proxy, preset, cfg, args.work)
             pos = {m: i for i, m in enumerate(models)}
             order = np.array([[pos[m] for m in res.ranking[t]] for t in names])
