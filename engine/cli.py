@@ -277,8 +277,13 @@ def cmd_search(args: argparse.Namespace) -> None:
     pool is used (works offline; the first such run pre-trains the demo's experts, a few minutes).
     """
     from engine.apps.search import format_result, search
+    from engine.stages.progressive import DEFAULT_FRACTIONS, ProgressiveConfig, parse_fractions
 
     check_directory(args.out, "--out")
+    progressive = None
+    if args.eta is not None or args.fractions is not None:
+        fractions = DEFAULT_FRACTIONS if args.fractions is None else parse_fractions(args.fractions)
+        progressive = ProgressiveConfig(fractions, 2 if args.eta is None else args.eta)
     result = search(
         args.data,
         catalogue=args.catalog,
@@ -289,6 +294,7 @@ def cmd_search(args: argparse.Namespace) -> None:
         finetune=args.finetune,
         work_dir=args.out,
         skip_unreadable=args.skip_unreadable,
+        progressive=progressive,
     )
     print(format_result(result), end="")
     print(f"wrote {result.work_dir / 'report'}: picks.parquet, picks.csv, summary.txt")
@@ -463,9 +469,12 @@ def add_search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--strategy",
         default="hybrid_linear",
-        help="task_agnostic, a proxy (linear, knn, logme, ...) or hybrid_<proxy> "
-        "(default hybrid_linear, the paper's recommendation)",
+        help="task_agnostic, a proxy (linear, knn, logme, ...), hybrid_<proxy> (default "
+        "hybrid_linear, the paper's recommendation), or [hybrid_]progressive_<proxy>: the proxy "
+        "by successive halving over growing slices of the data (--eta, --fractions)",
     )
+    p.add_argument("--eta", type=int, help="progressive_: keep the best 1/eta per rung (2)")
+    p.add_argument("--fractions", help="progressive_: slices of train/val per rung (1/8,1/4,1/2,1)")
     p.add_argument(
         "--preset",
         default="quick",

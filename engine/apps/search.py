@@ -42,6 +42,13 @@ from engine.demo.pool import CONTROLS, EXPERTS, ensure_demo_pool
 from engine.stages.embed import embed, embed_config
 from engine.stages.finetune import run_finetune, select_pairs
 from engine.stages.probe import probe, write_scores
+from engine.stages.progressive import (
+    ProgressiveConfig,
+    check_config,
+    progressive_base,
+    progressive_names,
+    progressive_rank,
+)
 from engine.tasks.loader import (
     IMAGE_EXTENSIONS,
     MAX_LISTED,
@@ -220,8 +227,10 @@ def _quiet_repeats() -> Iterator[None]:
 
 
 def strategy_proxies(strategy: str) -> list[str]:
-    """The proxies a strategy needs: none for ``task_agnostic``, else its one proxy."""
-    spec = parse_strategy(strategy, list(PROXIES))
+    """The proxies a strategy needs: none for ``task_agnostic``, else its one proxy (for
+    ``[hybrid_]progressive_<proxy>``: ``progressive_<proxy>``, ranked by ``progressive_rank``)."""
+    progressive_base(strategy)  # an unknown proxy after progressive_ is named as such
+    spec = parse_strategy(strategy, list(PROXIES) + progressive_names())
     if spec.needs_finetune:
         raise UserError(
             f"strategy {strategy!r} needs fine-tune results of every model, which a search "
@@ -309,9 +318,12 @@ def aware_reason(
     na_reason: str | None,
 ) -> str:
     """Why the ``k``-th task-aware pick ``order[i]`` is where it is in the proxy's ranking."""
-    label = PROXIES[proxy].label
+    base = progressive_base(proxy)
+    label = PROXIES[proxy if base is None else base].label
     model = order[i]
     score = scores.get(model)
+    if base is not None and na_reason:  # the rung it reached and its score there
+        return f"{ordinal(k)} by progressive {label} ({na_reason})"
     if score is None:
         why = f": {na_reason}" if na_reason else ""
         return f"no {label} score{why}; placed by the task-agnostic order"
@@ -383,27 +395,31 @@ def search(
     finetune: bool = False,
     work_dir: str | Path | None = None,
     skip_unreadable: bool = False,
+    progressive: ProgressiveConfig | None = None,
 ) -> SearchResult:
     """Embed, probe and rank a pool's models for DATA and return the ``budget`` picks, each
     with its slot and reason; with ``finetune``, fine-tune the picks and export the winner.
     Image files that do not decode are all named in one error, or with ``skip_unreadable``
-    left out and listed in the result and the report."""
+    left out and listed in the result and the report. ``progressive``: the rungs of a
+    ``[hybrid_]progressive_<proxy>`` strategy (default ``ProgressiveConfig()``)."""
     data = Path(data).expanduser()
     proxies = strategy_proxies(strategy)
+    base, progressive = _progressive_config(strategy, progressive)
     numbers = load_preset(preset)
     spec, task = _search_task(data, skip_unreadable)
     check_budget(catalogue, pool, budget)
     cat, pool = resolve_catalogue(catalogue, pool)
     meta = cat.pool(pool)
     work = (Path(work_dir) if work_dir else DEFAULT_WORK_ROOT / spec.name).resolve()
-    owned = [work / "report"]
-    if finetune:
-        owned += [work / "finetune" / "table", work / "finetune" / "winners" / spec.name]
-    for folder in owned:  # a user's folder there is refused before any work
-        check_replaceable(folder)
+    _check_owned(work, spec.name, finetune)
     models = meta["model"].to_list()
     with _quiet_repeats():
-        scores, scores_path, embedded, probed = _scores(cat, pool, spec, proxies, numbers, work)
+        if base is not None:
+            keep = replace(progressive, keep_at_least=max(progressive.keep_at_least, budget))
+            found = _progressive_scores(cat, pool, spec, base, proxies[0], numbers, work, keep)
+        else:
+            found = _scores(cat, pool, spec, proxies, numbers, work)
+        scores, scores_path, embedded, probed = found
         full = select_pairs(cat, pool, [spec.name], strategy, len(models), scores)
         agnostic = select_pairs(cat, pool, [spec.name], "task_agnostic", len(models), None)
         ranking = [m for m, _ in full]
@@ -431,12 +447,27 @@ def search(
         )
         if finetune:
             result = _finetune(result, cat, spec, numbers)
-    with atomic_directory(work / "report") as tmp:
+    _write_report(result, work / "report")
+    return result
+
+
+def _check_owned(work: Path, task: str, finetune: bool) -> None:
+    """Refuse, before any work, a user's folder where the search writes its report (and, with
+    ``finetune``, its fine-tune table and winner)."""
+    owned = [work / "report"]
+    if finetune:
+        owned += [work / "finetune" / "table", work / "finetune" / "winners" / task]
+    for folder in owned:
+        check_replaceable(folder)
+
+
+def _write_report(result: SearchResult, folder: Path) -> None:
+    """``folder``: the picks table, the printed summary and any unreadable files left out."""
+    with atomic_directory(folder) as tmp:
         write_table(picks_table(result), tmp, "picks")
         (tmp / "summary.txt").write_text(format_result(result))
         if result.unreadable:
             (tmp / "unreadable.txt").write_text("".join(f"{p}\n" for p in result.unreadable))
-    return result
 
 
 def _search_task(data: Path, skip_unreadable: bool) -> tuple[TaskSpec, TaskData]:
@@ -465,6 +496,44 @@ def _scores(
     embedded = (len(summary.computed), len(summary.reused))
     probed = (probe_summary.trials_run, probe_summary.trials_reused)
     return scores, work / "scores.parquet", embedded, probed
+
+
+def _progressive_config(
+    strategy: str, progressive: ProgressiveConfig | None
+) -> tuple[str | None, ProgressiveConfig | None]:
+    """The proxy a ``[hybrid_]progressive_<proxy>`` strategy runs progressively (None for
+    another strategy) and its checked rungs; --eta/--fractions only go with such a strategy."""
+    base = progressive_base(strategy)
+    if progressive is not None and base is None:
+        raise UserError(
+            f"--eta and --fractions apply to progressive_<proxy> strategies only, not {strategy!r}"
+        )
+    if base is None:
+        return None, None
+    progressive = progressive or ProgressiveConfig()
+    check_config(progressive)
+    return base, progressive
+
+
+def _progressive_scores(
+    cat: Catalogue,
+    pool: str,
+    spec: TaskSpec,
+    base: str,
+    proxy: str,
+    numbers: dict,
+    work: Path,
+    cfg: ProgressiveConfig,
+) -> tuple[pl.DataFrame, Path, tuple[int, int], tuple[int, int]]:
+    """``progressive_rank`` of DATA instead of embed + probe on the full data: its scores table
+    (proxy ``progressive_<base>``), the file, models that got new rows, and the proxy runs."""
+    ranked = progressive_rank(
+        cat, pool, [spec], base, work / "store", numbers, embed_config(numbers), cfg
+    )
+    write_scores(ranked.scores, work / "scores.parquet")
+    _check_applicable(ranked.scores, proxy, pool)
+    embedded = (sum(1 for n in ranked.rows_embedded.values() if n), 0)
+    return ranked.scores, work / "scores.parquet", embedded, (ranked.rungs.height, 0)
 
 
 def _check_applicable(scores: pl.DataFrame, proxy: str, pool: str) -> None:

@@ -581,6 +581,21 @@ def _embed_missing(
     log.info("embedding done in %.1f s", time.perf_counter() - start)
 
 
+def embed_rows(
+    tasks: list[TaskData], plans: list[ModelPlan], needs: dict[str, list[str]], cfg: EmbedConfig
+) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+    """The rows of ``tasks`` embedded by each plan for the tasks ``needs`` lists, outside the
+    store (its caller keeps what it wants): each task's columns (``index``, ``label``,
+    ``split``; per plan ``i``: ``emb_column(i)``, ``probs_column(i)``, ``seconds_column(i)``) as
+    soon as all its rows are through. Decodes once, as ``embed``; no reruns after a failure."""
+    ensure_ray()
+    ledger = RunLedger.options(scheduling_strategy=_here()).remote()
+    try:
+        yield from _run_pipeline(tasks, plans, needs, cfg, ledger)
+    except Exception as exc:  # errors raised in workers arrive wrapped by Ray
+        raise worker_error(exc) from exc
+
+
 def _record(
     store: Path, pool: str, plans: list[ModelPlan], task_meta: dict, summary: EmbedSummary
 ) -> None:

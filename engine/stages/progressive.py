@@ -1,0 +1,598 @@
+"""Progressive proxies (issue 15.1): successive halving over data and models.
+
+``progressive_rank`` scores every model of a pool with a proxy on a small, class-stratified slice
+of each task's train and val rows, keeps the best ``1/eta`` of them, and moves on to a larger
+slice, up to the whole of train and val at the last rung: the full data is embedded for a few
+models only. The final ranking orders models by the last rung they reached, then by their score
+there (ties by the task-agnostic order, as every ranking of the engine).
+
+Slices: per task and split one seeded, class-stratified order of the rows (the j-th of a class's
+``n_c`` rows gets the key ``(j + 0.5) / n_c``, ties broken at random), so every prefix keeps the
+class proportions; the slice at fraction ``f`` is the first ``ceil(f * n)`` rows of that order,
+hence a prefix of the next one.
+
+Store: ``STORE/slices/model=M/task=T/<key>/<chunk>.parquet`` (``key`` as the store's partitions:
+weights, preprocessing and task fingerprints). A chunk holds rows embedded once (``index``,
+``label``, ``split``, ``embedding``, ``probs``); a rung embeds only the slice rows that no chunk
+and no full-data partition of the ordinary store holds, so nothing is embedded twice.
+
+The ranking becomes the proxy ``progressive_<proxy>`` of a scores table (schema
+``SCORES_DETAIL``): its score is ``rung reached + the dense rank of the model's score within that
+rung / (models scored there + 1)``, so ranking by it (``task_aware``, ``hybrid_``) gives exactly
+the progressive ranking; ``reason`` says the rung and the proxy's own score there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+
+from actors.embedder import emb_column, probs_column, seconds_column
+from actors.probe_trial import proxy_input
+from actors.proxies import PROXIES, ProxyResult, run_proxy
+from engine.analysis.strategies import HYBRID_PREFIX, task_agnostic_order
+from engine.cluster.connect import ensure_ray
+from engine.core import schema
+from engine.core.catalog import Catalogue
+from engine.core.errors import UserError
+from engine.core.outputs import atomic_file
+from engine.core.presets import preset_resources
+from engine.core.resources import cluster_nodes, trial_resources
+from engine.stages.embed import (
+    EmbedConfig,
+    ModelPlan,
+    _load_tasks,
+    _partitions,
+    embed_rows,
+    plan_model,
+)
+from engine.stages.probe import proxy_options
+from engine.stages.store import partition_key, read_partition, record_run
+from engine.tasks.loader import TaskData, TaskSpec
+
+log = logging.getLogger("whichmodel")
+
+PREFIX = "progressive_"
+DEFAULT_FRACTIONS = (0.125, 0.25, 0.5, 1.0)
+SLICED = ("train", "val")
+
+
+@dataclass(frozen=True)
+class ProgressiveConfig:
+    """Rungs of the halving: ``fractions`` of train/val (increasing, the last 1) and ``eta``
+    (keep the best ``ceil(n / eta)`` at each rung, never fewer than ``keep_at_least``);
+    ``seed`` of the slice order; ``scale_steps``: a proxy with a ``steps`` option (linear)
+    trains ``ceil(steps * f)`` steps on the slice at fraction ``f`` (the same epochs)."""
+
+    fractions: tuple[float, ...] = DEFAULT_FRACTIONS
+    eta: int = 2
+    keep_at_least: int = 1
+    seed: int = 0
+    scale_steps: bool = True
+
+
+@dataclass
+class ProgressiveResult:
+    """A progressive ranking of a pool per task, its per-rung scores and what it cost."""
+
+    proxy: str
+    models: list[str]
+    ranking: dict[str, list[str]]  # task -> models, best first
+    rungs: pl.DataFrame  # one row per (task, rung, model scored there)
+    scores: pl.DataFrame  # SCORES_DETAIL rows of proxy progressive_<proxy>
+    embed_seconds: float = 0.0  # device-seconds of the forward passes
+    probe_seconds: float = 0.0  # device-seconds of the proxy
+    rows_embedded: dict[str, int] = field(default_factory=dict)  # model -> rows embedded
+    wall_seconds: float = 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs
+
+
+def check_config(cfg: ProgressiveConfig) -> None:
+    """``UserError`` on a bad eta or fractions (before any work)."""
+    eta = cfg.eta
+    if isinstance(eta, bool) or not isinstance(eta, int) or eta < 2:
+        raise UserError(f"--eta {eta!r}: must be an integer >= 2")
+    fr = cfg.fractions
+    if not fr:
+        raise UserError("--fractions: no fraction given")
+    for f in fr:
+        if isinstance(f, bool) or not isinstance(f, int | float) or not 0 < f <= 1:
+            raise UserError(f"--fractions: {f!r} is not in (0, 1]")
+    if any(b <= a for a, b in zip(fr, fr[1:], strict=False)):
+        raise UserError(f"--fractions {_show(fr)}: must be strictly increasing")
+    if fr[-1] != 1:
+        raise UserError(f"--fractions {_show(fr)}: must end at 1 (the whole train/val data)")
+    if not isinstance(cfg.keep_at_least, int) or cfg.keep_at_least < 1:
+        raise UserError(f"keep_at_least {cfg.keep_at_least!r}: must be an integer >= 1")
+
+
+def _show(fractions: tuple[float, ...]) -> str:
+    return ",".join(f"{f:g}" for f in fractions)
+
+
+def parse_fractions(text: str) -> tuple[float, ...]:
+    """``"1/8,1/4,1/2,1"`` or ``"0.125,0.5,1"`` as floats; ``UserError`` on anything else (the
+    order and range are checked by ``check_config``)."""
+    out = []
+    for item in text.split(","):
+        try:
+            out.append(float(Fraction(item.strip())))
+        except (ValueError, ZeroDivisionError):
+            raise UserError(f"--fractions {text!r}: {item.strip()!r} is not a number") from None
+    return tuple(out)
+
+
+def progressive_base(name: str) -> str | None:
+    """The proxy of a ``progressive_<proxy>`` or ``hybrid_progressive_<proxy>`` name (or the
+    proxy name ``progressive_<proxy>`` itself); None for any other name; ``UserError`` for an
+    unknown proxy."""
+    bare = name.removeprefix(HYBRID_PREFIX)
+    if not bare.startswith(PREFIX):
+        return None
+    proxy = bare.removeprefix(PREFIX)
+    if proxy not in PROXIES:
+        raise UserError(
+            f"strategy {name!r}: unknown proxy {proxy!r} after {PREFIX!r} "
+            f"(available: {', '.join(PROXIES)})"
+        )
+    return proxy
+
+
+def progressive_names() -> list[str]:
+    """``progressive_<proxy>`` for every proxy of the registry (the proxies of such rankings)."""
+    return [PREFIX + p for p in PROXIES]
+
+
+# ---------------------------------------------------------------------------------------------
+# slices
+
+
+def stratified_order(labels: np.ndarray, seed: int) -> np.ndarray:
+    """Positions of ``labels`` in an order whose every prefix keeps the class proportions."""
+    rng = np.random.default_rng(seed)
+    keys = np.empty(len(labels))
+    for c in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == c))
+        keys[rows] = (np.arange(len(rows)) + 0.5) / len(rows)
+    return np.lexsort((rng.random(len(labels)), keys))
+
+
+def slice_orders(data: TaskData, seed: int) -> dict[str, np.ndarray]:
+    """Per split of ``SLICED``, the task's row indices (``index`` column) in slice order."""
+    table = data.table
+    index = table["index"].to_numpy()
+    split = table["split"].to_numpy(zero_copy_only=False)
+    label = table["label"].to_numpy()
+    out = {}
+    for s in SLICED:
+        rows = np.flatnonzero(split == s)
+        rows = rows[np.argsort(index[rows], kind="stable")]
+        out[s] = index[rows][stratified_order(label[rows], seed)]
+    return out
+
+
+def slice_size(n: int, fraction: float) -> int:
+    """Rows of a split of ``n`` in the slice at ``fraction`` (at least 1)."""
+    return min(n, max(1, math.ceil(fraction * n - 1e-9)))
+
+
+def slice_indices(orders: dict[str, np.ndarray], fraction: float) -> dict[str, np.ndarray]:
+    return {s: o[: slice_size(len(o), fraction)] for s, o in orders.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# the slice store
+
+
+def slice_dir(store: Path, plan: ModelPlan, task: str, task_fp: str) -> Path:
+    """Where the chunks of one (model, task) live, under its content key."""
+    key = partition_key(plan.weights_fp, plan.preprocessing_fp, task_fp, "slices")
+    return store / "slices" / f"model={plan.name}" / f"task={task}" / key
+
+
+def read_chunks(folder: Path) -> dict[str, np.ndarray] | None:
+    """Every chunk of a (model, task), concatenated (``index``, ``label``, ``split``,
+    ``embedding``, ``probs``); None if there is none."""
+    files = sorted(folder.glob("*.parquet"))
+    if not files:
+        return None
+    table = pa.concat_tables([pq.read_table(f) for f in files])
+    out = {
+        "index": table["index"].to_numpy(),
+        "label": table["label"].to_numpy(),
+        "split": table["split"].to_numpy(zero_copy_only=False),
+        "embedding": _matrix(table["embedding"]),
+    }
+    if "probs" in table.column_names:
+        out["probs"] = _matrix(table["probs"])
+    return out
+
+
+def _matrix(column: pa.ChunkedArray) -> np.ndarray:
+    arr = column.combine_chunks()
+    return arr.flatten().to_numpy().reshape(len(arr), arr.type.list_size)
+
+
+def write_chunk(folder: Path, cols: dict[str, np.ndarray]) -> Path:
+    """One chunk of newly embedded rows, written atomically, named by its row indices."""
+    name = hashlib.sha256(np.sort(cols["index"]).astype(np.int64).tobytes()).hexdigest()[:16]
+    emb = np.ascontiguousarray(cols["embedding"], dtype=np.float32)
+    columns = {
+        "index": pa.array(cols["index"], pa.int64()),
+        "label": pa.array(cols["label"], pa.int64()),
+        "split": pa.array(cols["split"], pa.string()),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), emb.shape[1]),
+    }
+    if cols.get("probs") is not None:
+        p = np.ascontiguousarray(cols["probs"], dtype=np.float32)
+        columns["probs"] = pa.FixedSizeListArray.from_arrays(pa.array(p.ravel()), p.shape[1])
+    path = folder / f"rows-{len(emb)}-{name}.parquet"
+    atomic_file(path, lambda tmp: pq.write_table(pa.table(columns), tmp))
+    return path
+
+
+class _Rows:
+    """The embedded rows of one (model, task) the run knows of: chunks, plus the ordinary
+    store's full-data train/val partitions when they exist."""
+
+    def __init__(self, store: Path, plan: ModelPlan, task: str, task_fp: str):
+        self.folder = slice_dir(store, plan, task, task_fp)
+        self.parts: list[dict[str, np.ndarray]] = []
+        full = {p.split: p for p in _partitions(store, plan, task, task_fp)}
+        if all(full[s].exists() for s in SLICED):
+            for s in SLICED:
+                part = read_partition(full[s])
+                part["split"] = np.full(len(part["index"]), s, dtype=object)
+                self.parts.append(part)
+        chunks = read_chunks(self.folder)
+        if chunks is not None:
+            self.parts.append(chunks)
+
+    def known(self) -> set[int]:
+        return {int(i) for p in self.parts for i in p["index"]}
+
+    def add(self, cols: dict[str, np.ndarray]) -> None:
+        write_chunk(self.folder, cols)
+        self.parts.append(cols)
+
+    def arrays(self, wanted: dict[str, np.ndarray], num_classes: int) -> dict:
+        """The ``proxy_input`` arrays of the slice ``wanted`` (row indices per split)."""
+        cols = {k: np.concatenate([p[k] for p in self.parts]) for k in ("index", "label")}
+        emb = np.concatenate([p["embedding"] for p in self.parts])
+        has_probs = all("probs" in p and p["probs"] is not None for p in self.parts)
+        probs = np.concatenate([p["probs"] for p in self.parts]) if has_probs else None
+        where = {int(i): k for k, i in enumerate(cols["index"])}
+        out: dict = {"num_classes": num_classes}
+        for s, idx in wanted.items():
+            rows = np.array([where[int(i)] for i in idx], dtype=np.int64)
+            out[s] = {"label": cols["label"][rows], "embedding": emb[rows]}
+            if probs is not None:
+                out[s]["probs"] = probs[rows]
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# ranking
+
+
+def final_order(reached: np.ndarray, last_scores: np.ndarray, agnostic: np.ndarray) -> np.ndarray:
+    """Model positions best first: by the last rung reached (higher first), then the score there
+    (higher first, NaN last), then the task-agnostic order ``agnostic`` (positions, best
+    first)."""
+    tie = np.empty(len(agnostic), dtype=np.int64)
+    tie[agnostic] = np.arange(len(agnostic))
+    score = np.where(np.isnan(last_scores), np.inf, -last_scores)
+    return np.lexsort((tie, score, -reached))
+
+
+def encoded_scores(reached: np.ndarray, last_scores: np.ndarray) -> np.ndarray:
+    """The scores-table value of each model: rung reached + its dense rank among the finite
+    scores of that rung / (their count + 1); a NaN score counts 0; never scored: NaN."""
+    out = np.full(len(reached), np.nan)
+    for r in np.unique(reached):
+        here = reached == r
+        vals = last_scores[here]
+        finite = np.unique(vals[~np.isnan(vals)])
+        frac = np.where(
+            np.isnan(vals), 0.0, (np.searchsorted(finite, vals) + 1) / (len(finite) + 1)
+        )
+        out[here] = r + frac
+    return out
+
+
+def _proxy_options(proxy: str, preset: dict, fraction: float, scale: bool) -> dict:
+    opts = dict(proxy_options(preset, [proxy]).get(proxy, {}))
+    if scale and "steps" in opts:
+        opts["steps"] = max(1, math.ceil(int(opts["steps"]) * fraction))
+    return opts
+
+
+@ray.remote
+def _score(proxy: str, arrays: dict, options: dict) -> ProxyResult:
+    return run_proxy(proxy, proxy_input(arrays), **options)
+
+
+# ---------------------------------------------------------------------------------------------
+# the stage
+
+
+@dataclass
+class _Halving:
+    """Where successive halving stands, per task: the models still in (indices), the last rung
+    each reached and its score there, the per-rung rows, and the seconds spent."""
+
+    alive: dict[str, list[int]]
+    reached: dict[str, np.ndarray]
+    last: dict[str, np.ndarray]
+    rows: list[dict] = field(default_factory=list)
+    embedded: dict[str, int] = field(default_factory=dict)
+    embed_s: float = 0.0
+    probe_s: float = 0.0
+
+    @classmethod
+    def start(cls, tasks: list[str], models: list[str]) -> _Halving:
+        n = len(models)
+        return cls(
+            alive={t: list(range(n)) for t in tasks},
+            reached={t: np.zeros(n) for t in tasks},
+            last={t: np.full(n, np.nan) for t in tasks},
+            embedded=dict.fromkeys(models, 0),
+        )
+
+
+def progressive_rank(
+    catalogue: Catalogue,
+    pool: str,
+    tasks: list[TaskSpec],
+    proxy: str,
+    store: str | Path,
+    preset: dict,
+    embed_cfg: EmbedConfig,
+    cfg: ProgressiveConfig | None = None,
+) -> ProgressiveResult:
+    """Rank ``pool``'s models for every task by successive halving over slices of the data,
+    scored with ``proxy`` (options from ``preset``), embedding into ``store``'s slice chunks
+    only the rows no chunk or full partition holds yet."""
+    cfg = cfg or ProgressiveConfig()
+    check_config(cfg)
+    if proxy not in PROXIES:
+        raise UserError(f"unknown proxy {proxy!r} (available: {', '.join(PROXIES)})")
+    start = time.perf_counter()
+    store = Path(store).resolve()
+    meta = catalogue.pool(pool)
+    models = meta["model"].to_list()
+    agnostic = task_agnostic_order(meta)
+    plans = {
+        name: plan_model(name, source, catalogue.path.parent, embed_cfg)
+        for name, source in meta.select("model", "source").iter_rows()
+    }
+    data, fps, task_meta = _load_tasks(tasks)
+    ensure_ray()
+    res = trial_resources(preset_resources(preset), cluster_nodes(), "probe")
+    score_fn = _score.options(num_cpus=res["cpu"], num_gpus=res["gpu"])
+    orders = {t: slice_orders(d, cfg.seed) for t, d in data.items()}
+    stored = {(m, t): _Rows(store, plans[m], t, fps[t]) for m in models for t in data}
+    state = _Halving.start(list(data), models)
+    for r, fraction in enumerate(cfg.fractions):
+        wanted = {t: slice_indices(orders[t], fraction) for t in data}
+        seconds = _embed_rung(
+            plans, models, data, wanted, state.alive, stored, embed_cfg, state.embedded
+        )
+        state.embed_s += sum(seconds.values())
+        options = _proxy_options(proxy, preset, fraction, cfg.scale_steps)
+        refs = {
+            (t, m): score_fn.remote(
+                proxy, stored[models[m], t].arrays(wanted[t], len(data[t].classes)), options
+            )
+            for t in data
+            for m in state.alive[t]
+        }
+        results = _gather(refs, models, proxy, fraction)
+        _promote(state, r, fraction, results, wanted, seconds, models, agnostic, cfg)
+    ranking, scores = _ranking_and_scores(state, models, agnostic, proxy, cfg)
+    result = ProgressiveResult(
+        proxy=proxy,
+        models=models,
+        ranking=ranking,
+        rungs=pl.DataFrame(state.rows, schema=RUNGS),
+        scores=scores,
+        embed_seconds=state.embed_s,
+        probe_seconds=state.probe_s,
+        rows_embedded=state.embedded,
+        wall_seconds=time.perf_counter() - start,
+    )
+    run = {"stage": "progressive", "pool": pool, "proxy": proxy, "eta": cfg.eta}
+    run |= {"fractions": list(cfg.fractions), "rows_embedded": state.embedded}
+    record_run(
+        store, {}, task_meta, run | {"embed_seconds": state.embed_s, "probe_seconds": state.probe_s}
+    )
+    return result
+
+
+def _promote(
+    state: _Halving,
+    r: int,
+    fraction: float,
+    results: dict,
+    wanted: dict,
+    seconds: dict,
+    models: list[str],
+    agnostic: np.ndarray,
+    cfg: ProgressiveConfig,
+) -> None:
+    """Record rung ``r``'s scores, its rows, and keep each task's survivors."""
+    last_rung = r == len(cfg.fractions) - 1
+    for t in state.alive:
+        for m in state.alive[t]:
+            out = results[t, m]
+            state.probe_s += out.seconds
+            state.reached[t][m] = r
+            state.last[t][m] = np.nan if out.score is None else out.score
+        keep = _survivors(state.alive[t], state.last[t], agnostic, cfg, last_rung)
+        for m in state.alive[t]:
+            out = results[t, m]
+            state.rows.append(
+                {
+                    "task": t,
+                    "rung": r,
+                    "fraction": float(fraction),
+                    "train_rows": len(wanted[t]["train"]),
+                    "val_rows": len(wanted[t]["val"]),
+                    "model": models[m],
+                    "score": out.score,
+                    "reason": out.reason,
+                    "kept": m in keep,
+                    "embed_seconds": seconds.get((models[m], t), 0.0),
+                    "probe_seconds": out.seconds,
+                }
+            )
+        state.alive[t] = keep
+
+
+def _ranking_and_scores(
+    state: _Halving, models: list[str], agnostic: np.ndarray, proxy: str, cfg: ProgressiveConfig
+) -> tuple[dict[str, list[str]], pl.DataFrame]:
+    """Per task the final ranking, and the scores table (proxy ``progressive_<proxy>``) whose
+    scores rank exactly that way."""
+    ranking, score_rows = {}, []
+    n_rungs = len(cfg.fractions)
+    probe_s: dict[tuple[str, str], float] = {}
+    for row in state.rows:
+        key = (row["model"], row["task"])
+        probe_s[key] = probe_s.get(key, 0.0) + row["probe_seconds"]
+    for t, reached in state.reached.items():
+        last = state.last[t]
+        ranking[t] = [models[m] for m in final_order(reached, last, agnostic)]
+        enc = encoded_scores(reached, last)
+        for m, name in enumerate(models):
+            raw, rung = last[m], int(reached[m])
+            frac = cfg.fractions[rung]
+            raw_text = "not applicable" if np.isnan(raw) else f"{PROXIES[proxy].label} {raw:.4f}"
+            score_rows.append(
+                {
+                    "model": name,
+                    "task": t,
+                    "proxy": PREFIX + proxy,
+                    "score": None if np.isnan(enc[m]) else float(enc[m]),
+                    "reason": f"rung {rung + 1}/{n_rungs} ({frac:.1%} of train/val): {raw_text}",
+                    "seconds": probe_s.get((name, t), 0.0),
+                    "runs": json.dumps({"rung": rung, "fraction": frac, "score": _num(raw)}),
+                }
+            )
+    return ranking, pl.DataFrame(score_rows, schema=schema.SCORES_DETAIL)
+
+
+RUNGS = {
+    "task": pl.String,
+    "rung": pl.Int64,
+    "fraction": pl.Float64,
+    "train_rows": pl.Int64,
+    "val_rows": pl.Int64,
+    "model": pl.String,
+    "score": pl.Float64,
+    "reason": pl.String,
+    "kept": pl.Boolean,
+    "embed_seconds": pl.Float64,
+    "probe_seconds": pl.Float64,
+}
+
+
+def _num(x: float) -> float | None:
+    return None if np.isnan(x) else float(x)
+
+
+def _survivors(
+    alive: list[int], scores: np.ndarray, agnostic: np.ndarray, cfg: ProgressiveConfig, last: bool
+) -> list[int]:
+    """The models of ``alive`` that go on to the next rung (all of them after the last)."""
+    if last:
+        return list(alive)
+    keep = min(len(alive), max(math.ceil(len(alive) / cfg.eta), cfg.keep_at_least))
+    reached = np.zeros(len(scores))
+    reached[alive] = 1
+    order = final_order(reached, scores, agnostic)
+    return sorted(int(m) for m in order[:keep])
+
+
+def _gather(
+    refs: dict[tuple[str, int], ray.ObjectRef], models: list[str], proxy: str, fraction: float
+) -> dict[tuple[str, int], ProxyResult]:
+    out = {}
+    for (t, m), ref in refs.items():
+        try:
+            out[t, m] = ray.get(ref)
+        except Exception as exc:  # a proxy's ValueError arrives wrapped by Ray
+            cause = getattr(exc, "cause", None) or exc
+            raise UserError(
+                f"model {models[m]}, task {t}, proxy {proxy} on {fraction:.1%} of train/val: "
+                f"{str(cause).strip().splitlines()[-1]}"
+            ) from None
+    return out
+
+
+def _embed_rung(
+    plans: dict[str, ModelPlan],
+    models: list[str],
+    data: dict[str, TaskData],
+    wanted: dict[str, dict[str, np.ndarray]],
+    alive: dict[str, list[int]],
+    stored: dict[tuple[str, str], _Rows],
+    cfg: EmbedConfig,
+    embedded: dict[str, int],
+) -> dict[tuple[str, str], float]:
+    """Embed, for every surviving (model, task), the slice rows it has not got; models that
+    miss the same rows of a task share one pseudo-task (decoded once). Device-seconds per pair."""
+    groups: dict[tuple[str, tuple[int, ...]], list[str]] = {}
+    for t in data:
+        need = np.concatenate([wanted[t][s] for s in SLICED])
+        for m in alive[t]:
+            known = stored[models[m], t].known()
+            missing = tuple(sorted(int(i) for i in need if int(i) not in known))
+            if missing:
+                groups.setdefault((t, missing), []).append(models[m])
+    if not groups:
+        return {}
+    pseudo: dict[str, tuple[str, list[str]]] = {}
+    tables = []
+    for k, ((t, missing), names) in enumerate(groups.items()):
+        name = f"{t}#{k}"
+        pseudo[name] = (t, names)
+        table = data[t].table
+        take = np.flatnonzero(np.isin(table["index"].to_numpy(), np.array(missing)))
+        tables.append(TaskData(name, data[t].classes, table.take(take)))
+    work = [plans[m] for m in models if any(m in n for _, n in pseudo.values())]
+    needs = {p.name: [k for k, (_, n) in pseudo.items() if p.name in n] for p in work}
+    seconds: dict[tuple[str, str], float] = {}
+    for name, cols in embed_rows(tables, work, needs, cfg):
+        task, names = pseudo[name]
+        for i, plan in enumerate(work):
+            if plan.name not in names:
+                continue
+            probs = cols.get(probs_column(i))
+            stored[plan.name, task].add(
+                {
+                    "index": cols["index"],
+                    "label": cols["label"],
+                    "split": np.asarray(cols["split"], dtype=object),
+                    "embedding": cols[emb_column(i)],
+                    "probs": probs,
+                }
+            )
+            embedded[plan.name] += len(cols["index"])
+            seconds[plan.name, task] = float(cols[seconds_column(i)].sum())
+    return seconds

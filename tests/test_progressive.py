@@ -1,0 +1,222 @@
+"""Progressive proxies (issue 15.1) on the session's real Ray, real timm models and the
+test-written images of ``imageworld``: slices are stratified prefixes, nothing is embedded twice
+across rungs (checked on the store's chunk files), full-data partitions serve as rungs, the
+ranking equals a NumPy re-computation from the per-rung scores, ``progressive_linear`` works in
+``whichmodel search``, and bad inputs end with exit 2 before any work."""
+
+import math
+
+import imageworld
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from test_search import run_search, setup  # noqa: F401  (module fixture)
+
+from engine.analysis.strategies import task_agnostic_order
+from engine.core.catalog import load_catalogue
+from engine.core.errors import UserError
+from engine.core.presets import load_preset
+from engine.stages.finetune import select_pairs
+from engine.stages.progressive import (
+    ProgressiveConfig,
+    check_config,
+    progressive_rank,
+    slice_indices,
+    slice_orders,
+)
+from engine.tasks.loader import TaskData, load_tasks
+
+FRACTIONS = (1 / 3, 2 / 3, 1.0)
+
+
+def _task(labels: list[int], splits: list[str]) -> TaskData:
+    n = len(labels)
+    table = pa.table(
+        {
+            "index": pa.array(np.arange(n) * 3 + 7, pa.int64()),  # not 0..n-1 on purpose
+            "label": pa.array(labels, pa.int64()),
+            "split": pa.array(splits),
+            "path": pa.array(["x"] * n),
+        }
+    )
+    return TaskData("t", ["a", "b", "c"], table)
+
+
+def test_slices_are_stratified_prefixes_of_each_other():
+    rng = np.random.default_rng(3)
+    labels = rng.choice(3, size=300, p=[0.6, 0.3, 0.1]).tolist()
+    splits = rng.choice(["train", "val", "test"], size=300, p=[0.6, 0.2, 0.2]).tolist()
+    data = _task(labels, splits)
+    orders = slice_orders(data, seed=0)
+    index = data.table["index"].to_numpy()
+    lab = dict(zip(index.tolist(), labels, strict=True))
+    for split in ("train", "val"):
+        rows = set(index[np.asarray(splits) == split].tolist())
+        assert sorted(orders[split].tolist()) == sorted(rows)  # a permutation of the split
+    previous = None
+    for f in (1 / 8, 1 / 4, 1 / 2, 1.0):
+        sl = slice_indices(orders, f)
+        for split in ("train", "val"):
+            n = len(orders[split])
+            assert len(sl[split]) == math.ceil(f * n)
+            if previous is not None:  # a prefix of the next slice
+                assert sl[split][: len(previous[split])].tolist() == previous[split].tolist()
+            # class proportions of the split, within one row per class
+            full = np.bincount([lab[i] for i in orders[split]], minlength=3) / n
+            got = np.bincount([lab[i] for i in sl[split]], minlength=3)
+            assert np.all(np.abs(got - full * len(sl[split])) <= 1.0 + 1e-9)
+        previous = sl
+    assert slice_orders(data, seed=0)["train"].tolist() == orders["train"].tolist()
+    assert slice_orders(data, seed=1)["train"].tolist() != orders["train"].tolist()
+
+
+@pytest.mark.parametrize(
+    "cfg, text",
+    [
+        (ProgressiveConfig(eta=1), "--eta 1: must be an integer >= 2"),
+        (ProgressiveConfig(eta=2.5), "--eta 2.5"),
+        (ProgressiveConfig(fractions=(0.5, 0.25, 1.0)), "strictly increasing"),
+        (ProgressiveConfig(fractions=(0.25, 0.5)), "must end at 1"),
+        (ProgressiveConfig(fractions=(0.0, 1.0)), "0.0 is not in (0, 1]"),
+        (ProgressiveConfig(fractions=()), "no fraction"),
+    ],
+)
+def test_bad_configs_are_refused(cfg, text):
+    with pytest.raises(UserError, match=None) as err:
+        check_config(cfg)
+    assert text in str(err.value)
+
+
+def _chunks(store, model, task):
+    files = sorted((store / "slices" / f"model={model}" / f"task={task}").glob("*/*.parquet"))
+    return [pq.read_table(f)["index"].to_numpy() for f in files]
+
+
+def _recompute(rungs: pl.DataFrame, task: str, models: list[str], agnostic: list[str]):
+    """The ranking by the rule of the issue, from the per-rung scores table only."""
+    sub = rungs.filter(pl.col("task") == task)
+    last = sub.group_by("model").agg(pl.col("rung").max())
+    reached = dict(last.iter_rows())
+    score = {
+        m: s for m, r, s in sub.select("model", "rung", "score").iter_rows() if r == reached[m]
+    }
+    pos = {m: k for k, m in enumerate(agnostic)}
+
+    def key(m):
+        s = score[m]
+        return (-reached[m], math.inf if s is None else -s, pos[m])
+
+    return sorted(models, key=key)
+
+
+@pytest.fixture(scope="module")
+def progressive_run(world):
+    cat = load_catalogue(world["root"] / "catalog.toml")
+    tasks = load_tasks(world["root"] / "tasks.toml")
+    preset = load_preset("quick")
+    cfg = ProgressiveConfig(fractions=FRACTIONS, eta=2)
+    store = world["root"] / "progressive-store"
+    first = progressive_rank(cat, "Three", tasks, "knn", store, preset, imageworld.CFG, cfg)
+    again = progressive_rank(cat, "Three", tasks, "knn", store, preset, imageworld.CFG, cfg)
+    return cat, tasks, store, first, again
+
+
+def test_rungs_halve_and_nothing_is_embedded_twice(progressive_run):
+    cat, tasks, store, res, _ = progressive_run
+    models = cat.pool("Three")["model"].to_list()
+    for spec in tasks:
+        rungs = res.rungs.filter(pl.col("task") == spec.name)
+        assert rungs.group_by("rung").len().sort("rung")["len"].to_list() == [3, 2, 1]
+        for r in (0, 1):  # the kept ones are exactly those scored at the next rung
+            kept = set(rungs.filter((pl.col("rung") == r) & pl.col("kept"))["model"])
+            assert kept == set(rungs.filter(pl.col("rung") == r + 1)["model"])
+        for m in models:
+            chunks = _chunks(store, m, spec.name)
+            rows = np.concatenate(chunks)
+            assert len(np.unique(rows)) == len(rows)  # no row in two chunks
+            top = rungs.filter(pl.col("model") == m)["rung"].max()
+            last = rungs.filter((pl.col("model") == m) & (pl.col("rung") == top)).row(0, named=True)
+            assert len(rows) == last["train_rows"] + last["val_rows"]  # just the slice reached
+            assert len(chunks) == top + 1  # one chunk per rung reached
+    meta_rows = sum(res.rows_embedded.values())
+    assert meta_rows == sum(
+        len(np.concatenate(_chunks(store, m, s.name))) for m in models for s in tasks
+    )
+    assert res.embed_seconds > 0 and res.probe_seconds > 0
+
+
+def test_a_rerun_embeds_nothing_and_ranks_the_same(progressive_run):
+    _, _, _, first, again = progressive_run
+    assert sum(again.rows_embedded.values()) == 0 and again.embed_seconds == 0
+    assert again.ranking == first.ranking
+
+
+def test_ranking_is_the_numpy_recomputation_and_the_scores_reproduce_it(progressive_run):
+    cat, tasks, _, res, _ = progressive_run
+    meta = cat.pool("Three")
+    models = meta["model"].to_list()
+    agnostic = [models[i] for i in task_agnostic_order(meta)]
+    names = [s.name for s in tasks]
+    for task in names:
+        assert res.ranking[task] == _recompute(res.rungs, task, models, agnostic)
+    # the scores table ranks the same through the engine's strategies (task-aware, hybrid)
+    pairs = select_pairs(cat, "Three", names, "progressive_knn", len(models), res.scores)
+    for task in names:
+        assert [m for m, t in pairs if t == task] == res.ranking[task]
+    hybrid = select_pairs(cat, "Three", names, "hybrid_progressive_knn", 2, res.scores)
+    for task in names:
+        rest = [m for m in res.ranking[task] if m != agnostic[0]]
+        assert [m for m, t in hybrid if t == task] == [agnostic[0], rest[0]]
+
+
+def test_full_data_partitions_serve_as_rungs(world, first_run):
+    """The ordinary store's full-data partitions (pool Two, embedded by ``first_run``) are
+    read, not embedded again: only the third model of pool Three gets forward passes."""
+    cat = load_catalogue(world["root"] / "catalog.toml")
+    tasks = load_tasks(world["root"] / "tasks.toml")
+    cfg = ProgressiveConfig(fractions=(0.5, 1.0), eta=2)
+    res = progressive_rank(
+        cat, "Three", tasks, "knn", world["root"] / "store", load_preset("quick"),
+        imageworld.CFG, cfg,
+    )  # fmt: skip
+    assert res.rows_embedded["lite0"] == 0 and res.rows_embedded["rand_resnet"] == 0
+    assert res.rows_embedded["rand_mnv3"] > 0
+
+
+def test_search_progressive_linear_on_a_folder(setup):  # noqa: F811
+    rc, out, err, _ = run_search(
+        setup, "--budget", "2", "--strategy", "progressive_linear", "--fractions", "1/2,1"
+    )
+    assert rc == 0, err
+    scores = pl.read_parquet(setup / "work" / "scores.parquet")
+    assert scores["proxy"].unique().to_list() == ["progressive_linear"]
+    agnostic = {"lite0": 0, "rand_mnv3": 1, "rand_resnet": 2}  # by the ImageNet top-1 of MODELS
+    score = dict(scores.select("model", "score").iter_rows())
+    best = sorted(score, key=lambda m: (-score[m], agnostic[m]))  # ties: task-agnostic order
+    assert len(scores.filter(pl.col("score") >= 1)) == 2  # budget 2: two reach the last rung
+    picks = pl.read_parquet(setup / "work" / "report" / "picks.parquet")
+    assert picks["model"].to_list() == best[:2]
+    assert "by progressive linear-probe (rung 2/2 (100.0% of train/val)" in out
+
+
+@pytest.mark.parametrize(
+    "extra, text",
+    [
+        (["--strategy", "progressive_nope"], "unknown proxy 'nope' after 'progressive_'"),
+        (["--strategy", "hybrid_progressive_nope"], "unknown proxy 'nope'"),
+        (["--strategy", "progressive_linear", "--eta", "1"], "--eta 1: must be an integer"),
+        (["--strategy", "progressive_knn", "--fractions", "1/2,1/4,1"], "strictly increasing"),
+        (["--strategy", "progressive_knn", "--fractions", "1/4,1/2"], "must end at 1"),
+        (["--strategy", "progressive_knn", "--fractions", "0,1"], "is not in (0, 1]"),
+        (["--strategy", "progressive_knn", "--fractions", "a,1"], "'a' is not a number"),
+        (["--strategy", "linear", "--eta", "3"], "apply to progressive_<proxy> strategies"),
+    ],
+)
+def test_bad_progressive_inputs_exit_2_before_any_work(tmp_path, extra, text):
+    (tmp_path / "shapes").mkdir()  # never read: the error comes first
+    rc, out, err, _ = run_search(tmp_path, "--budget", "2", *extra)
+    assert rc == 2, err
+    assert text in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "work").exists()
