@@ -59,7 +59,7 @@ from engine.stages.embed import (
     plan_model,
 )
 from engine.stages.probe import proxy_options
-from engine.stages.store import partition_key, read_partition, record_run
+from engine.stages.store import embedding_columns, partition_key, read_partition, record_run
 from engine.tasks.loader import TaskData, TaskSpec
 
 log = logging.getLogger("whichmodel")
@@ -211,21 +211,7 @@ def read_chunks(folder: Path) -> dict[str, np.ndarray] | None:
     files = sorted(folder.glob("*.parquet"))
     if not files:
         return None
-    table = pa.concat_tables([pq.read_table(f) for f in files])
-    out = {
-        "index": table["index"].to_numpy(),
-        "label": table["label"].to_numpy(),
-        "split": table["split"].to_numpy(zero_copy_only=False),
-        "embedding": _matrix(table["embedding"]),
-    }
-    if "probs" in table.column_names:
-        out["probs"] = _matrix(table["probs"])
-    return out
-
-
-def _matrix(column: pa.ChunkedArray) -> np.ndarray:
-    arr = column.combine_chunks()
-    return arr.flatten().to_numpy().reshape(len(arr), arr.type.list_size)
+    return embedding_columns(pa.concat_tables([pq.read_table(f) for f in files]))
 
 
 def write_chunk(folder: Path, cols: dict[str, np.ndarray]) -> Path:

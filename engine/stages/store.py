@@ -92,7 +92,12 @@ def write_partition(
 
 def read_partition(part: Partition) -> dict[str, np.ndarray]:
     """``index``, ``label``, ``embedding`` (N × dim float32) and, if stored, ``probs``."""
-    table = pq.read_table(part.path)
+    return embedding_columns(pq.read_table(part.path))
+
+
+def embedding_columns(table: pa.Table) -> dict[str, np.ndarray]:
+    """An embeddings table as arrays: ``index``, ``label``, ``embedding`` (N × dim float32), and
+    ``probs`` and ``split`` where the table has them."""
     out = {
         "index": table["index"].to_numpy(),
         "label": table["label"].to_numpy(),
@@ -100,6 +105,8 @@ def read_partition(part: Partition) -> dict[str, np.ndarray]:
     }
     if "probs" in table.column_names:
         out["probs"] = _matrix(table["probs"])
+    if "split" in table.column_names:
+        out["split"] = table["split"].to_numpy(zero_copy_only=False)
     return out
 
 
