@@ -5,6 +5,8 @@ ranking equals a NumPy re-computation from the per-rung scores, ``progressive_li
 ``whichmodel search``, and bad inputs end with exit 2 before any work."""
 
 import math
+import shutil
+from pathlib import Path
 
 import imageworld
 import numpy as np
@@ -171,16 +173,21 @@ def test_ranking_is_the_numpy_recomputation_and_the_scores_reproduce_it(progress
         assert [m for m, t in hybrid if t == task] == [agnostic[0], rest[0]]
 
 
-def test_full_data_partitions_serve_as_rungs(world, first_run):
+def test_full_data_partitions_serve_as_rungs(world, first_run, tmp_path):
     """The ordinary store's full-data partitions (pool Two, embedded by ``first_run``) are
-    read, not embedded again: only the third model of pool Three gets forward passes."""
+    read, not embedded again: only the third model of pool Three gets forward passes. (A copy
+    of pool Two's partitions: other tests add pool Three's models to the session's store.)"""
     cat = load_catalogue(world["root"] / "catalog.toml")
     tasks = load_tasks(world["root"] / "tasks.toml")
+    shared, store = world["root"] / "store", tmp_path / "store"
+    for model in ("lite0", "rand_resnet"):
+        part = Path("embeddings") / f"model={model}"
+        shutil.copytree(shared / part, store / part)
+    shutil.copy(shared / "metadata.json", store / "metadata.json")
     cfg = ProgressiveConfig(fractions=(0.5, 1.0), eta=2)
     res = progressive_rank(
-        cat, "Three", tasks, "knn", world["root"] / "store", load_preset("quick"),
-        imageworld.CFG, cfg,
-    )  # fmt: skip
+        cat, "Three", tasks, "knn", store, load_preset("quick"), imageworld.CFG, cfg
+    )
     assert res.rows_embedded["lite0"] == 0 and res.rows_embedded["rand_resnet"] == 0
     assert res.rows_embedded["rand_mnv3"] > 0
 
