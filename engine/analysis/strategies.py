@@ -230,7 +230,9 @@ def pick_slots(strategy: str, budget: int) -> list[str]:
     """The rule that fills each of a strategy's first ``budget`` picks, as ``hybrid_order``
     builds them: a hybrid's first slot is task-agnostic and the rest task-aware; ``task_agnostic``
     fills every slot task-agnostically, a proxy every slot task-aware."""
-    slots = parse_strategy(strategy, [strategy.removeprefix(HYBRID_PREFIX)]).slots
+    # whatever follows a proxy strategy's prefix is taken as its proxy: only the slots matter here
+    named = [strategy.removeprefix(prefix) for prefix in (HYBRID_PREFIX, SIMILAR_PREFIX, "")]
+    slots = parse_strategy(strategy, named).slots
     if slots == "hybrid":
         return [AGNOSTIC_SLOT] + [AWARE_SLOT] * (budget - 1)
     return [AGNOSTIC_SLOT if slots == "agnostic" else AWARE_SLOT] * budget
