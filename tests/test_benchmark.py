@@ -7,6 +7,7 @@ import csv
 import html
 import io
 import json
+import math
 import shutil
 import statistics
 from collections import defaultdict
@@ -34,8 +35,12 @@ TABLES = (
     "curves",
     "zero_regret_budget",
     "quality",
+    "progressive_scores",
+    "progressive_rungs",
+    "progressive_cost",
 )
 PROXIES = ("linear", "knn")
+PROGRESSIVE = "progressive_linear"  # halving over 1/2 then all of train/val, eta 2
 PRESET = """
 [tiny]
 description = "test scale: 32 px, one lr, one repetition, a few steps"
@@ -88,6 +93,7 @@ def write_world(root: Path) -> Path:
         '[run]\nname = "reduced"\nout = "runs/reduced"\ncatalog = "catalog.toml"\n'
         'pools = ["All", "Two"]\ntasks = "tasks.toml"\npreset = "presets.toml:tiny"\n'
         f'proxies = {json.dumps(list(PROXIES))}\nbudgets = "1-3"\n'
+        'progressive = ["linear"]\neta = 2\nfractions = "1/2,1"\n'
     )
     return run_toml
 
@@ -190,7 +196,9 @@ def test_run_directory_holds_every_table_plot_and_the_report(study):
     assert tables.count("regret") == 2
     assert tables.count("quality") == 2  # estimator quality of linear and knn, per pool
     quality = pl.read_parquet(run / "tables" / "quality.parquet")
-    assert set(quality["proxy"]) == set(PROXIES) and set(quality["pool"]) == {"All", "Two"}
+    assert set(quality["proxy"]) == {*PROXIES, PROGRESSIVE}
+    assert set(quality["pool"]) == {"All", "Two"}
+    assert "progressive-table" in tables
 
 
 def test_report_numbers_equal_the_regret_table(study):
@@ -241,7 +249,8 @@ def test_regret_agrees_with_the_finetune_and_selections_tables(study):
     assert checked == sum(1 for r in regret if r["strategy"] != "random")
     strategies = {r["strategy"] for r in regret}
     assert {"task_agnostic", "oracle", "random", "task_agnostic_loo"} <= strategies
-    assert {*PROXIES, *(f"hybrid_{p}" for p in PROXIES)} <= strategies
+    ranked = (*PROXIES, PROGRESSIVE)
+    assert {*ranked, *(f"hybrid_{p}" for p in ranked)} <= strategies
 
 
 def test_findings_follow_the_regret_table(study):
@@ -251,7 +260,7 @@ def test_findings_follow_the_regret_table(study):
     items = parse_report(report).findings
     # Only the three-model pool has a budget where hybrid differs from its parts (B=2 < 3).
     assert {(f["data-pool"], f["data-proxy"], f["data-budget"]) for f in items} == {
-        ("All", p, "2") for p in PROXIES
+        ("All", p, "2") for p in (*PROXIES, PROGRESSIVE)
     }
     for f in items:
         h = means[("All", f"hybrid_{f['data-proxy']}", 2)][1]
@@ -280,13 +289,25 @@ def test_rerun_reuses_everything(study):
     n_pairs = len(MODELS) * 2
     assert (before["embed"]["computed"], before["embed"]["reused"]) == (n_pairs, 0)
     assert (before["probe"]["computed"], before["finetune"]["computed"]) == (n_pairs, n_pairs)
+    # progressive: pool All scores 3 models then 2 per task, pool Two 2 then 1; pool Two's
+    # first rung is pool All's (same models, slice and options), read from the store
+    n_runs = (3 + 2 + 2 + 1) * 2
+    first_prog = before["progressive"]
+    assert first_prog["computed"] + first_prog["reused"] == n_runs
+    assert first_prog["reused"] >= 2 * 2 and first_prog["computed"] >= (3 + 2) * 2
+    assert (now["progressive"]["computed"], now["progressive"]["reused"]) == (0, n_runs)
+    assert now["progressive"]["device_s"] == 0.0 and before["progressive"]["device_s"] > 0
     for stage in ("embed", "probe", "finetune"):
         assert (now[stage]["computed"], now[stage]["reused"]) == (0, n_pairs), stage
         assert now[stage]["device_s"] == 0.0, stage
         assert before[stage]["device_s"] > 0, stage
     # The store's own record of the second run: no forward pass.
     store_runs = json.loads((run / "store" / "metadata.json").read_text())["runs"]
-    assert store_runs[-1]["computed"] == [] and store_runs[-1]["images_decoded"] == 0
+    embeds = [r for r in store_runs if r.get("stage") != "progressive"]
+    assert embeds[-1]["computed"] == [] and embeds[-1]["images_decoded"] == 0
+    progressive = [r for r in store_runs if r.get("stage") == "progressive"]
+    assert len(progressive) == 2 * 2  # two pools, two invocations
+    assert all(n == 0 for r in progressive for n in r["rows_embedded"].values())
     assert f"embed: 0 computed, {n_pairs} reused" in study["log"]
     assert f"finetune: 0 computed, {n_pairs} reused" in study["log"]
     assert f"finetune: {n_pairs} computed, 0 reused" in study["first_log"]
@@ -297,6 +318,56 @@ def test_rerun_reuses_everything(study):
     ft = pl.read_parquet(run / "tables" / "finetune.parquet")
     assert compute["study_device_s"]["finetune"] == pytest.approx(ft["seconds"].sum())
     assert first["compute"]["study_device_s"] == pytest.approx(compute["study_device_s"])
+
+
+def test_progressive_picks_follow_the_rungs_and_the_cost_table_counts_them(study):
+    """Per pool, the picks of progressive_linear are the halving's ranking recomputed here from
+    the rung table (rung reached, then its score there, then the task-agnostic order: the
+    catalogue gives every model the same upstream facts, so most parameters first); the cost
+    table's rows are the slices each model reached."""
+    run = study["run"]
+    rungs = pl.read_parquet(run / "tables" / "progressive_rungs.parquet")
+    picks: dict = defaultdict(list)
+    for r in read_csv(run / "tables" / "selections.csv"):
+        if r["strategy"] == PROGRESSIVE:
+            picks[(r["pool"], int(r["budget"]), r["task"])].append(r["model"])
+    params = {m: p for m, _, p in MODELS}
+    pools = {"All": [m for m, _, _ in MODELS], "Two": ["rand_resnet", "rand_mnv3"]}
+    for pool, models in pools.items():
+        for task in ("shapes", "shapes_pq"):
+            sub = rungs.filter((pl.col("pool") == pool) & (pl.col("task") == task))
+            # eta 2: every model on half the data, then the better half on all of it
+            assert sub.filter(pl.col("rung") == 0)["model"].sort().to_list() == sorted(models)
+            assert sub.filter(pl.col("rung") == 1).height == math.ceil(len(models) / 2)
+            assert (
+                sub.filter(pl.col("rung") == 1)["fraction"].to_list()
+                == [1.0] * sub.filter(pl.col("rung") == 1).height
+            )
+            reached = {m: r for m, r in sub.group_by("model").agg(pl.col("rung").max()).rows()}
+            score = {m: s for m, r, s in sub.select("model", "rung", "score").rows()
+                     if r == reached[m]}  # fmt: skip
+
+            def key(m, reached=reached, score=score):
+                s = score[m]
+                return (-reached[m], math.inf if s is None else -s, -params[m])
+
+            ranking = sorted(models, key=key)
+            for budget in range(1, len(models) + 1):
+                assert sorted(picks[(pool, budget, task)]) == sorted(ranking[:budget])
+    cost = pl.read_parquet(run / "tables" / "progressive_cost.parquet")
+    tasks = pl.read_parquet(run / "tables" / "tasks.parquet")
+    whole = sum(tasks["n_train"]) + sum(tasks["n_val"])
+    for row in cost.iter_rows(named=True):
+        sub = rungs.filter(pl.col("pool") == row["pool"])
+        last = sub.sort("rung").group_by("task", "model").last()
+        assert row["rows"] == int((last["train_rows"] + last["val_rows"]).sum())
+        assert row["full_rows"] == whole * len(pools[row["pool"]])
+        assert row["rows"] < row["full_rows"]
+        assert row["models_per_rung"] == f"{len(pools[row['pool']])}→" + str(
+            math.ceil(len(pools[row["pool"]]) / 2)
+        )
+        assert row["probe_seconds"] == pytest.approx(sub["probe_seconds"].sum())
+        assert row["full_probe_seconds"] > 0
 
 
 def test_tasks_table_counts_the_written_images(study):
@@ -327,6 +398,9 @@ def config_world(tmp_path_factory):
     return root
 
 
+BASE = 'catalog = "catalog.toml"\ntasks = "tasks.toml"\n'
+
+
 @pytest.mark.parametrize(
     ("body", "needle"),
     [
@@ -337,6 +411,12 @@ def config_world(tmp_path_factory):
         ('catalog = "catalog.toml"\ntasks = "tasks.toml"\nproxies = ["magic"]\n', "'magic'"),
         ('catalog = "catalog.toml"\ntasks = "tasks.toml"\nbudgets = "0-2"\n', "budgets"),
         ('catalog = "catalog.toml"\ntasks = "tasks.toml"\npreset = "huge"\n', "'huge'"),
+        (f'{BASE}progressive = ["magic"]\n', "progressive: unknown proxy 'magic'"),
+        (f"{BASE}eta = 3\n", "eta applies to progressive proxies only"),
+        (f'{BASE}progressive = ["knn"]\neta = 1\n', "eta 1: must be an integer >= 2"),
+        (f'{BASE}progressive = ["knn"]\nfractions = "1/4,1/2"\n', "must end at 1"),
+        (f'{BASE}progressive = ["knn"]\nfractions = "a,1"\n', "'a' is not a number"),
+        (f'{BASE}progressive = ["knn"]\nfractions = 0.5\n', "fractions must be a list"),
     ],
 )
 def test_bad_config_exits_2_naming_the_key_or_file(config_world, body, needle, capsys):

@@ -56,6 +56,7 @@ class ReportData:
     tasks: pl.DataFrame | None = None
     models: pl.DataFrame | None = None
     config_path: str = ""
+    progressive: pl.DataFrame | None = None  # schema.PROGRESSIVE_COST; None: no such proxies
 
 
 @dataclass(frozen=True)
@@ -276,6 +277,28 @@ def quality_html(quality: pl.DataFrame, pools: list[PoolData]) -> str:
     )
 
 
+def progressive_html(cost: pl.DataFrame | None) -> str:
+    """The progressive-proxies section: per pool and proxy, the rows and proxy seconds its
+    ranking needed against the full-data proxy's; empty without progressive proxies."""
+    if cost is None:
+        return ""
+    note = (
+        '<p class="note">progressive_&lt;proxy&gt; ranks each pool by successive halving over '
+        "growing class-stratified slices of train/val: every model is scored on the first "
+        "slice, the best 1/eta go on to the next, the last slice is the whole data. Its regret "
+        "is in the tables above (progressive_&lt;proxy&gt; and hybrid_progressive_&lt;proxy&gt;"
+        "). Rows: the train+val rows its rankings read (each model up to the largest slice it "
+        "reached; the forward passes a store without them would compute) against every model "
+        "on the whole data; proxy seconds against the full-data proxy of the probe stage. "
+        "Its estimator-quality row ranks by rung reached, then the score there.</p>"
+    )
+    return (
+        f'<section id="progressive"><h2>Progressive proxies</h2>{note}'
+        + frame_html(cost, "progressive-table")
+        + "</section>"
+    )
+
+
 CAPTIONS = {
     "regret_per_task": "Relative regret per task at B=1 and B=2, tasks grouped by category "
     "(paper Fig. 3/4).",
@@ -371,6 +394,7 @@ that fine-tunes every model (Renggli et al., "Which Model to Transfer?", CVPR 20
 </section>
 <section id="pools"><h2>Regret per pool</h2>{"".join(pool_sections)}</section>
 <section id="quality"><h2>Estimator quality</h2>{quality_html(a.quality, a.pools)}</section>
+{progressive_html(data.progressive)}
 <section id="compute"><h2>Compute per stage</h2>{compute_html(data.compute)}</section>
 <section id="tasks"><h2>Tasks</h2>{frame_html(tasks, "tasks-table")}</section>
 <section id="models"><h2>Models</h2>{frame_html(models, "models-table")}</section>

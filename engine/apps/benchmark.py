@@ -1,9 +1,11 @@
 """`whichmodel benchmark --config RUN.toml`: the whole study in one run directory.
 
-Stages: embed → probe → fine-tune every pool model on every task (the oracle) → analyze →
-report. Each stage reuses what an earlier invocation computed (the embedding store, the probe
-experiment under ``STORE/probes/``, the fine-tune experiment under ``RUN/finetune/tune/``), so
-rerunning the same config computes nothing new. A RUN.toml (paths relative to the file)::
+Stages: embed → probe → progressive (successive halving over slices of the data, per pool and
+proxy named in ``progressive``) → fine-tune every pool model on every task (the oracle) →
+analyze → report. Each stage reuses what an earlier invocation computed (the embedding store,
+the probe experiment under ``STORE/probes/``, the progressive rungs' proxy results under
+``STORE/slices/``, the fine-tune experiment under ``RUN/finetune/tune/``), so rerunning the same
+config computes nothing new. A RUN.toml (paths relative to the file)::
 
     # command: whichmodel benchmark --config RUN.toml
     [run]
@@ -14,6 +16,9 @@ rerunning the same config computes nothing new. A RUN.toml (paths relative to th
     tasks = "tasks.toml"          # required
     preset = "quick"              # engine/core/presets.toml section, or FILE.toml[:NAME]
     proxies = ["linear", "knn"]   # default linear, knn; [] skips the probe stage
+    progressive = ["linear"]      # progressive_<proxy> rankings per pool (default none)
+    eta = 2                       # progressive: keep the best 1/eta at each rung (default 2)
+    fractions = "1/8,1/4,1/2,1"   # progressive: slices of train/val, the last 1 (the default)
     budgets = "1-3"               # default: 1 to each pool's size (at most 50)
     store = "store"               # embedding store (default RUN/store); may be shared
     log_odds = false              # relative regret in log-odds (paper App. C)
@@ -25,7 +30,9 @@ The run directory::
     RUN/scores.parquet          the probe stage's scores table
     RUN/finetune/               Tune experiment of the oracle fine-tunes, table/finetune.*
     RUN/tables/                 every table: tasks, models, scores, finetune, selections,
-                                regret, curves, zero_regret_budget (Parquet and CSV)
+                                regret, curves, zero_regret_budget, quality, and with
+                                ``progressive`` progressive_scores, progressive_rungs and
+                                progressive_cost (Parquet and CSV)
     RUN/plots/                  the analysis figures (PNG)
     RUN/summary.txt             regret summary, as printed
     RUN/compute.json            compute per stage, this invocation and the earlier ones
@@ -50,6 +57,7 @@ from actors.proxies import PROXIES
 from engine.analysis import tables
 from engine.analysis.analyze import Analysis, analyze
 from engine.analysis.plots import write_plots
+from engine.analysis.progressive_cost import progressive_cost
 from engine.analysis.report import ReportData, write_report
 from engine.analysis.summary import summary_text
 from engine.core import schema
@@ -69,6 +77,13 @@ from engine.core.presets import load_preset
 from engine.stages.embed import embed, embed_config
 from engine.stages.finetune import run_finetune
 from engine.stages.probe import probe, write_scores
+from engine.stages.progressive import (
+    DEFAULT_FRACTIONS,
+    ProgressiveConfig,
+    check_config,
+    parse_fractions,
+    progressive_rank,
+)
 from engine.stages.store import read_metadata, stored_pairs
 from engine.tasks.loader import TaskSpec, load_tasks
 
@@ -85,6 +100,9 @@ KEYS = (
     "budgets",
     "store",
     "log_odds",
+    "progressive",
+    "eta",
+    "fractions",
 )
 
 DEFAULT_PROXIES = tuple(name for name, spec in PROXIES.items() if spec.default)
@@ -106,6 +124,8 @@ class BenchmarkConfig:
     budgets: list[int] | None
     store: Path | None
     log_odds: bool = False
+    progressive: list[str] = dataclasses.field(default_factory=list)
+    progressive_cfg: ProgressiveConfig | None = None  # None when ``progressive`` is empty
 
 
 @dataclass
@@ -203,9 +223,40 @@ def load_config(path: Path) -> BenchmarkConfig:
         budgets=parse_budgets(run["budgets"], f"{path}: [run] budgets") if has_budgets else None,
         store=store.resolve() if store else None,
         log_odds=log_odds,
+        progressive=_names(path, "progressive", run.get("progressive", [])),
     )
+    config = dataclasses.replace(config, progressive_cfg=_progressive_cfg(path, run, config))
     _check_names(config)
     return config
+
+
+def _progressive_cfg(path: Path, run: dict, config: BenchmarkConfig) -> ProgressiveConfig | None:
+    """The rungs of the ``progressive`` proxies (``eta``, ``fractions``), checked; eta and
+    fractions without a progressive proxy are refused (they would do nothing)."""
+    if not config.progressive:
+        given = [k for k in ("eta", "fractions") if k in run]
+        if given:
+            raise UserError(
+                f"{path}: [run] {given[0]} applies to progressive proxies only; "
+                'name them in [run] progressive (e.g. progressive = ["linear"])'
+            )
+        return None
+    fractions = run.get("fractions", list(DEFAULT_FRACTIONS))
+    if isinstance(fractions, str):
+        fractions = parse_fractions(fractions)
+    elif isinstance(fractions, list):
+        fractions = tuple(fractions)
+    else:
+        raise UserError(
+            f"{path}: [run] fractions must be a list of numbers or a string like "
+            f'"1/8,1/4,1/2,1", got {fractions!r}'
+        )
+    cfg = ProgressiveConfig(fractions=fractions, eta=run.get("eta", ProgressiveConfig.eta))
+    try:
+        check_config(cfg)
+    except UserError as exc:
+        raise UserError(f"{path}: [run] {str(exc).removeprefix('--')}") from None
+    return cfg
 
 
 def _check_names(config: BenchmarkConfig) -> None:
@@ -222,12 +273,13 @@ def _check_names(config: BenchmarkConfig) -> None:
             )
     load_tasks(config.tasks)
     load_preset(config.preset)
-    for proxy in config.proxies:
-        if proxy not in PROXIES:
-            raise UserError(
-                f"{config.path}: [run] proxies: unknown proxy {proxy!r} "
-                f"(available: {', '.join(PROXIES)})"
-            )
+    for key, names in (("proxies", config.proxies), ("progressive", config.progressive)):
+        for proxy in names:
+            if proxy not in PROXIES:
+                raise UserError(
+                    f"{config.path}: [run] {key}: unknown proxy {proxy!r} "
+                    f"(available: {', '.join(PROXIES)})"
+                )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,14 +343,23 @@ def _study(config: BenchmarkConfig, run: Path) -> Path:
         _embed_stage(study, union, specs, store, preset, driver),
         _probe_stage(store, run, config.proxies, preset, models, task_names, driver),
     ]
+    prog_record, progressive = _progressive_stage(
+        config, catalogue, pools, specs, store, preset, driver
+    )
+    records.append(prog_record)
     ft_record, finetune_path = _finetune_stage(study, union, specs, preset, run, driver)
     records.append(ft_record)
     scores_path = run / "scores.parquet" if config.proxies else None
-    analysis, plots, summary, record = _analyze_stage(catalogue, pools, config, finetune_path, run)
+    analysis, plots, summary, record = _analyze_stage(
+        catalogue, pools, config, finetune_path, run, progressive.scores
+    )
     records.append(record)
     driver.say(record.line())
     compute = _compute(run, records, finetune_path, scores_path)
-    tasks_df, models_df = _write_tables(run, study, union, store, specs, analysis, pools)
+    cost = _progressive_cost(config, progressive, scores_path, catalogue, pools)
+    tasks_df, models_df = _write_tables(
+        run, study, union, store, specs, analysis, pools, progressive, cost
+    )
 
     report = write_report(
         ReportData(
@@ -310,6 +371,7 @@ def _study(config: BenchmarkConfig, run: Path) -> Path:
             compute=compute,
             tasks=tasks_df,
             models=models_df,
+            progressive=cost,
         ),
         run / "report.html",
     )
@@ -323,13 +385,20 @@ def _study(config: BenchmarkConfig, run: Path) -> Path:
 
 
 def _analyze_stage(
-    catalogue: Catalogue, pools: list[str], config: BenchmarkConfig, finetune_path: Path, run: Path
+    catalogue: Catalogue,
+    pools: list[str],
+    config: BenchmarkConfig,
+    finetune_path: Path,
+    run: Path,
+    progressive: pl.DataFrame,
 ) -> tuple[Analysis, dict, str, StageRecord]:
     """Strategies, regret, curves and plots of every pool, and the summary (also written to
     the run)."""
     start = time.perf_counter()
     scores_path = run / "scores.parquet" if config.proxies else None
-    analysis, plots = _analyze(catalogue, pools, config, finetune_path, scores_path, run)
+    analysis, plots = _analyze(
+        catalogue, pools, config, finetune_path, scores_path, run, progressive
+    )
     summary = summary_text(analysis)
     atomic_text(run / "summary.txt", summary)
     n_plots = sum(len(v) for v in plots.values())
@@ -384,6 +453,77 @@ def _probe_stage(store, run, proxies, preset, models, task_names, driver) -> Sta
     return record
 
 
+@dataclass
+class ProgressiveTables:
+    """The progressive stage's output: per pool its progressive_<proxy> scores (SCORES_DETAIL
+    with ``pool`` in front) and every rung's rows (schema.PROGRESSIVE_RUNGS)."""
+
+    scores: pl.DataFrame
+    rungs: pl.DataFrame
+
+
+def _progressive_stage(
+    config: BenchmarkConfig, catalogue, pools, specs, store, preset, driver
+) -> tuple[StageRecord, ProgressiveTables]:
+    """``progressive_rank`` for every pool and progressive proxy; the slices come from the
+    store's full-data partitions the embed stage wrote, and each rung's proxy results are kept
+    in the store, so a rerun computes nothing."""
+    start = time.perf_counter()
+    empty = ProgressiveTables(
+        pl.DataFrame(schema={"pool": pl.String, **schema.SCORES_DETAIL}),
+        pl.DataFrame(schema=schema.PROGRESSIVE_RUNGS),
+    )
+    if not config.progressive:
+        record = StageRecord("progressive", "skipped (none configured)", 0, 0, 0.0, 0.0)
+        driver.say(record.line())
+        return record, empty
+    cfg = config.progressive_cfg
+    driver.say(
+        f"progressive: {', '.join(config.progressive)} on {', '.join(pools)}, eta {cfg.eta}, "
+        f"fractions {', '.join(f'{f:g}' for f in cfg.fractions)}"
+    )
+    scores, rungs = [empty.scores], [empty.rungs]
+    scored = reused = 0
+    device = 0.0
+    for pool in pools:
+        for proxy in config.progressive:
+            res = progressive_rank(
+                catalogue, pool, specs, proxy, store, preset, embed_config(preset), cfg
+            )
+            scores.append(res.scores.select(pl.lit(pool).alias("pool"), pl.all()))
+            rungs.append(
+                res.rungs.select(pl.lit(pool).alias("pool"), pl.lit(proxy).alias("proxy"), pl.all())
+            )
+            scored, reused = scored + res.scored, reused + res.reused
+            device += res.embed_seconds + res.probe_seconds
+    record = StageRecord(
+        "progressive",
+        "proxy runs (pool, proxy, task, rung, model)",
+        scored,
+        reused,
+        time.perf_counter() - start,
+        device,
+    )
+    driver.say(record.line())
+    return record, ProgressiveTables(pl.concat(scores), pl.concat(rungs))
+
+
+def _progressive_cost(
+    config: BenchmarkConfig,
+    progressive: ProgressiveTables,
+    scores_path: Path | None,
+    catalogue: Catalogue,
+    pools: list[str],
+) -> pl.DataFrame | None:
+    """Per pool and progressive proxy, the rows and proxy seconds it needed next to the full-data
+    proxy's (``engine.analysis.progressive_cost``); None without progressive proxies."""
+    if not config.progressive:
+        return None
+    full = pl.read_parquet(scores_path) if scores_path else None
+    members = {p: catalogue.pool(p)["model"].to_list() for p in pools}
+    return progressive_cost(progressive.rungs, full, members, config.progressive_cfg.eta)
+
+
 def _finetune_stage(study, union, specs, preset, run, driver) -> tuple[StageRecord, Path]:
     start = time.perf_counter()
     out = run / "finetune"
@@ -417,8 +557,10 @@ def _analyze(
     finetune_path: Path,
     scores_path: Path | None,
     run: Path,
+    progressive: pl.DataFrame,
 ) -> tuple[Analysis, dict[str, list[Path]]]:
-    """Analyse each pool (budgets above a pool's size are left out for it); write the plots."""
+    """Analyse each pool (budgets above a pool's size are left out for it), each with its
+    own progressive rankings next to the probe stage's scores; write the plots."""
     finetune = tables.load_finetune(finetune_path)
     scores = tables.load_scores(scores_path) if scores_path else None
     categories = tables.load_task_categories(config.tasks)
@@ -430,8 +572,9 @@ def _analyze(
             raise UserError(
                 f"{config.path}: [run] budgets: none is within pool {pool!r} ({size} models)"
             )
+        pool_scores = _with_progressive(scores, progressive, pool)
         parts.append(
-            analyze(catalogue, finetune, scores, [pool], budgets, categories, config.log_odds)
+            analyze(catalogue, finetune, pool_scores, [pool], budgets, categories, config.log_odds)
         )
     analysis = Analysis(
         pools=[p for a in parts for p in a.pools],
@@ -447,6 +590,19 @@ def _analyze(
             written = write_plots([pool], analysis.regret, analysis.curves, tmp)
             plots[pool.name] = [run / "plots" / p.name for p in written]
     return analysis, plots
+
+
+def _with_progressive(
+    scores: pl.DataFrame | None, progressive: pl.DataFrame, pool: str
+) -> pl.DataFrame | None:
+    """The probe stage's scores plus ``pool``'s progressive_<proxy> rankings (each pool has its
+    own: which models survive a rung depends on the pool)."""
+    mine = progressive.filter(pl.col("pool") == pool)
+    if mine.height == 0:
+        return scores
+    columns = scores.columns if scores is not None else list(schema.SCORES)
+    mine = mine.select(columns)
+    return mine if scores is None else pl.concat([scores, mine])
 
 
 def _tasks_table(store: Path, models: list[str], specs: list[TaskSpec]) -> pl.DataFrame:
@@ -488,7 +644,7 @@ def _models_table(study: Catalogue, union: str, pools: list[str], analysis: Anal
     )
 
 
-def _write_tables(run, study, union, store, specs, analysis, pools):
+def _write_tables(run, study, union, store, specs, analysis, pools, progressive, cost):
     """Every table of the study into RUN/tables (atomically): the stage outputs and the analysis."""
     models = study.pool(union)["model"].to_list()
     tasks_df = _tasks_table(store, models, specs)
@@ -506,6 +662,10 @@ def _write_tables(run, study, union, store, specs, analysis, pools):
         write_table(analysis.curves, tmp, "curves")
         write_table(analysis.zero_regret_budget, tmp, "zero_regret_budget")
         write_table(analysis.quality, tmp, "quality")
+        if progressive.scores.height:
+            write_table(progressive.scores, tmp, "progressive_scores")
+            write_table(progressive.rungs, tmp, "progressive_rungs")
+            write_table(cost, tmp, "progressive_cost")
     return tasks_df, models_df
 
 

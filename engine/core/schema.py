@@ -144,3 +144,41 @@ HALVING = {
     "eta": pl.Int64,
     "grace": pl.Int64,
 }
+
+# What progressive halving records (engine.stages.progressive): one row per (task, rung, model
+# scored there): the slice (fraction of train/val and its rows), the proxy's score and reason,
+# whether the model went on (`kept`) and the device-seconds of its rows' forward passes in that
+# call and of its proxy run. A benchmark's table adds the pool and the proxy in front.
+PROGRESSIVE_RUNG = {
+    "task": pl.String,
+    "rung": pl.Int64,
+    "fraction": pl.Float64,
+    "train_rows": pl.Int64,
+    "val_rows": pl.Int64,
+    "model": pl.String,
+    "score": pl.Float64,
+    "reason": pl.String,
+    "kept": pl.Boolean,
+    "embed_seconds": pl.Float64,
+    "probe_seconds": pl.Float64,
+}
+PROGRESSIVE_RUNGS = {"pool": pl.String, "proxy": pl.String, **PROGRESSIVE_RUNG}
+
+# What a progressive ranking needed (engine.analysis.progressive_cost), per pool and proxy:
+# models scored per rung (e.g. "10→5→3→2", the same for every task), the train+val rows its
+# rankings read (each (task, model) up to the largest slice it reached) against every model on
+# the whole data, and the proxy's device-seconds against the full-data proxy's (null when the
+# probe stage did not run that proxy).
+PROGRESSIVE_COST = {
+    "pool": pl.String,
+    "proxy": pl.String,
+    "eta": pl.Int64,
+    "fractions": pl.String,
+    "models_per_rung": pl.String,
+    "rows": pl.Int64,
+    "full_rows": pl.Int64,
+    "rows_share": pl.Float64,
+    "probe_seconds": pl.Float64,
+    "full_probe_seconds": pl.Float64,
+    "probe_share": pl.Float64,
+}

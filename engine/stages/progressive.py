@@ -14,7 +14,10 @@ hence a prefix of the next one.
 Store: ``STORE/slices/model=M/task=T/<key>/<chunk>.parquet`` (``key`` as the store's partitions:
 weights, preprocessing and task fingerprints). A chunk holds rows embedded once (``index``,
 ``label``, ``split``, ``embedding``, ``probs``); a rung embeds only the slice rows that no chunk
-and no full-data partition of the ordinary store holds, so nothing is embedded twice.
+and no full-data partition of the ordinary store holds, so nothing is embedded twice. Next to
+the chunks, ``scores/<proxy>-<hash>.json`` keeps each proxy result of a rung (the hash covers
+the proxy's options, the seed and the slice's rows per split), so an interrupted or repeated
+run computes only the results it has not got.
 
 The ranking becomes the proxy ``progressive_<proxy>`` of a scores table (schema
 ``SCORES_DETAIL``): its score is ``rung reached + the dense rank of the model's score within that
@@ -47,7 +50,7 @@ from engine.cluster.connect import ensure_ray
 from engine.core import schema
 from engine.core.catalog import Catalogue
 from engine.core.errors import UserError
-from engine.core.outputs import atomic_file
+from engine.core.outputs import atomic_file, atomic_text
 from engine.core.presets import preset_resources
 from engine.core.resources import cluster_nodes, trial_resources
 from engine.stages.embed import (
@@ -92,10 +95,12 @@ class ProgressiveResult:
     ranking: dict[str, list[str]]  # task -> models, best first
     rungs: pl.DataFrame  # one row per (task, rung, model scored there)
     scores: pl.DataFrame  # SCORES_DETAIL rows of proxy progressive_<proxy>
-    embed_seconds: float = 0.0  # device-seconds of the forward passes
-    probe_seconds: float = 0.0  # device-seconds of the proxy
+    embed_seconds: float = 0.0  # device-seconds of the forward passes in this call
+    probe_seconds: float = 0.0  # device-seconds of the proxy in this call
     rows_embedded: dict[str, int] = field(default_factory=dict)  # model -> rows embedded
     wall_seconds: float = 0.0
+    scored: int = 0  # (task, model, rung) proxy results computed by this call
+    reused: int = 0  # ... read from the slice store (an earlier call scored the same slice)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,6 +261,20 @@ class _Rows:
         write_chunk(self.folder, cols)
         self.parts.append(cols)
 
+    def saved_score(self, key: str) -> ProxyResult | None:
+        """The proxy result saved under ``key`` by an earlier call (None if there is none)."""
+        path = self.folder / "scores" / f"{key}.json"
+        if not path.exists():
+            return None
+        doc = json.loads(path.read_text())
+        return ProxyResult(doc["score"], doc["reason"], doc["runs"], doc["seconds"])
+
+    def save_score(self, key: str, result: ProxyResult) -> None:
+        doc = {"score": result.score, "reason": result.reason, "runs": result.runs}
+        doc["seconds"] = result.seconds
+        text = json.dumps(doc, default=float)
+        atomic_text(self.folder / "scores" / f"{key}.json", text)
+
     def arrays(self, wanted: dict[str, np.ndarray], num_classes: int) -> dict:
         """The ``proxy_input`` arrays of the slice ``wanted`` (row indices per split)."""
         cols = {k: np.concatenate([p[k] for p in self.parts]) for k in ("index", "label")}
@@ -328,7 +347,9 @@ class _Halving:
     rows: list[dict] = field(default_factory=list)
     embedded: dict[str, int] = field(default_factory=dict)
     embed_s: float = 0.0
-    probe_s: float = 0.0
+    probe_s: float = 0.0  # computed in this call (saved results not counted)
+    scored: int = 0  # (task, model, rung) results computed in this call
+    reused: int = 0  # ... read from the slice store
 
     @classmethod
     def start(cls, tasks: list[str], models: list[str]) -> _Halving:
@@ -381,14 +402,9 @@ def progressive_rank(
         )
         state.embed_s += sum(seconds.values())
         options = _proxy_options(proxy, preset, fraction, cfg.scale_steps)
-        refs = {
-            (t, m): score_fn.remote(
-                proxy, stored[models[m], t].arrays(wanted[t], len(data[t].classes)), options
-            )
-            for t in data
-            for m in state.alive[t]
-        }
-        results = _gather(refs, models, proxy, fraction)
+        results = _score_rung(
+            score_fn, proxy, options, cfg.seed, state, stored, models, data, wanted, fraction
+        )
         _promote(state, r, fraction, results, wanted, seconds, models, agnostic, cfg)
     ranking, scores = _ranking_and_scores(state, models, agnostic, proxy, cfg)
     result = ProgressiveResult(
@@ -401,6 +417,8 @@ def progressive_rank(
         probe_seconds=state.probe_s,
         rows_embedded=state.embedded,
         wall_seconds=time.perf_counter() - start,
+        scored=state.scored,
+        reused=state.reused,
     )
     run = {"stage": "progressive", "pool": pool, "proxy": proxy, "eta": cfg.eta}
     run |= {"fractions": list(cfg.fractions), "rows_embedded": state.embedded}
@@ -408,6 +426,50 @@ def progressive_rank(
         store, {}, task_meta, run | {"embed_seconds": state.embed_s, "probe_seconds": state.probe_s}
     )
     return result
+
+
+def _score_rung(
+    score_fn,
+    proxy: str,
+    options: dict,
+    seed: int,
+    state: _Halving,
+    stored: dict[tuple[str, str], _Rows],
+    models: list[str],
+    data: dict[str, TaskData],
+    wanted: dict[str, dict[str, np.ndarray]],
+    fraction: float,
+) -> dict[tuple[str, int], ProxyResult]:
+    """The proxy's result for every surviving (task, model) on this rung's slice: read from the
+    slice store where an earlier call scored the same slice with the same options, else
+    computed (in parallel Ray tasks) and saved, so an interrupted or repeated run resumes."""
+    results, refs, keys = {}, {}, {}
+    for t in data:
+        n_rows = {s: len(v) for s, v in wanted[t].items()}
+        for m in state.alive[t]:
+            rows = stored[models[m], t]
+            keys[t, m] = score_key(proxy, options, seed, n_rows)
+            cached = rows.saved_score(keys[t, m])
+            if cached is not None:
+                results[t, m] = cached
+                state.reused += 1
+                continue
+            arrays = rows.arrays(wanted[t], len(data[t].classes))
+            refs[t, m] = score_fn.remote(proxy, arrays, options)
+    computed = _gather(refs, models, proxy, fraction)
+    for (t, m), out in computed.items():
+        stored[models[m], t].save_score(keys[t, m], out)
+        state.probe_s += out.seconds
+        state.scored += 1
+    return results | computed
+
+
+def score_key(proxy: str, options: dict, seed: int, n_rows: dict[str, int]) -> str:
+    """The name of a saved proxy result: the proxy, its options and the slice (seed and rows
+    per split; the task's content is in the folder's key)."""
+    spec = {"proxy": proxy, "options": options, "seed": seed, "rows": n_rows}
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{proxy}-{digest}"
 
 
 def _promote(
@@ -426,7 +488,6 @@ def _promote(
     for t in state.alive:
         for m in state.alive[t]:
             out = results[t, m]
-            state.probe_s += out.seconds
             state.reached[t][m] = r
             state.last[t][m] = np.nan if out.score is None else out.score
         keep = _survivors(state.alive[t], state.last[t], agnostic, cfg, last_rung)
@@ -483,19 +544,7 @@ def _ranking_and_scores(
     return ranking, pl.DataFrame(score_rows, schema=schema.SCORES_DETAIL)
 
 
-RUNGS = {
-    "task": pl.String,
-    "rung": pl.Int64,
-    "fraction": pl.Float64,
-    "train_rows": pl.Int64,
-    "val_rows": pl.Int64,
-    "model": pl.String,
-    "score": pl.Float64,
-    "reason": pl.String,
-    "kept": pl.Boolean,
-    "embed_seconds": pl.Float64,
-    "probe_seconds": pl.Float64,
-}
+RUNGS = schema.PROGRESSIVE_RUNG
 
 
 def _num(x: float) -> float | None:
