@@ -150,3 +150,4 @@ def test_tiny_pool_catalogue_and_run_config(tmp_path, ray_session):
 
     config = load_config(run_toml)
     assert config.catalog == catalog and config.pools == ["All", "Experts"]
+    assert config.progressive == ["linear", "knn"] and config.progressive_cfg.eta >= 2

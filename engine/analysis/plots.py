@@ -130,20 +130,55 @@ def delta_bars(
     plt.close(fig)
 
 
+REFERENCE_STYLES = {  # strategies that see fine-tune results, and random
+    "oracle": ("black", "--"),
+    "task_agnostic_oracle": ("dimgrey", "--"),
+    "task_agnostic_loo": ("grey", ":"),
+    "random": ("darkgrey", "--"),
+    "task_agnostic": ("black", "-"),
+}
+# Line style per kind of proxy strategy; the colour says which proxy it is built on.
+KIND_STYLES = (
+    ("hybrid_progressive_", "-.", "s"),
+    ("similar_tasks_progressive_", (0, (1, 3)), "+"),
+    ("similar_tasks_", ":", "x"),
+    ("hybrid_", "--", "s"),
+    ("progressive_", "-.", "."),
+    ("", "-", "."),
+)
+
+
+def curve_style(name: str, proxies: list[str]) -> dict:
+    """Colour, line style and marker of a strategy's budget curve: one colour per proxy (the
+    order of ``proxies``), one line style per kind (task-aware, hybrid, progressive, ...)."""
+    if name in REFERENCE_STYLES:
+        colour, line = REFERENCE_STYLES[name]
+        return {"color": colour, "linestyle": line, "marker": "."}
+    for prefix, line, marker in KIND_STYLES:
+        if name.startswith(prefix):
+            base = name.removeprefix(prefix).removeprefix("progressive_")
+            colour = f"C{proxies.index(base) % 10}" if base in proxies else "C9"
+            return {"color": colour, "linestyle": line, "marker": marker, "markersize": 4}
+    raise AssertionError(name)  # the empty prefix matches every name
+
+
 def budget_curves(pool: PoolData, curves: pl.DataFrame, path: Path) -> None:
     """Fraction of tasks with zero regret and mean relative regret against the budget."""
     rows = curves.filter(pl.col("pool") == pool.name)
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
-    for name in rows["strategy"].unique(maintain_order=True):
+    names = rows["strategy"].unique(maintain_order=True).to_list()
+    proxies = [p.removeprefix("progressive_") for p in pool.scores]
+    proxies = list(dict.fromkeys(proxies))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9.5, 7), sharex=True)
+    for name in names:
         sub = rows.filter(pl.col("strategy") == name).sort("budget")
-        style = "--" if name in ("oracle", "random", "task_agnostic_oracle") else "-"
-        top.plot(sub["budget"], sub["frac_zero_regret"], style, label=name, marker=".")
-        bottom.plot(sub["budget"], sub["mean_rel_regret"], style, label=name, marker=".")
+        style = curve_style(name, proxies)
+        top.plot(sub["budget"], sub["frac_zero_regret"], label=name, **style)
+        bottom.plot(sub["budget"], sub["mean_rel_regret"], label=name, **style)
     top.set_ylabel("fraction of tasks with zero regret")
     top.set_ylim(-0.02, 1.02)
     bottom.set_ylabel("mean relative regret")
     bottom.set_xlabel("budget B (models fine-tuned)")
-    top.legend(fontsize=7, ncol=2)
+    top.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.suptitle(f"pool {pool.name}: budget curves ({len(pool.tasks)} tasks, {pool.size} models)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
