@@ -153,6 +153,28 @@ def test_a_rerun_embeds_nothing_and_ranks_the_same(progressive_run):
     _, _, _, first, again = progressive_run
     assert sum(again.rows_embedded.values()) == 0 and again.embed_seconds == 0
     assert again.ranking == first.ranking
+    # every rung's proxy result was saved by the first call: nothing is scored again
+    assert (first.scored, first.reused) == ((3 + 2 + 1) * 2, 0)
+    assert (again.scored, again.reused) == (0, first.scored) and again.probe_seconds == 0
+    assert again.rungs.drop("embed_seconds").equals(first.rungs.drop("embed_seconds"))
+
+
+def test_a_run_missing_one_result_computes_only_that_one(progressive_run, tmp_path):
+    """As after an interruption: one saved proxy result is gone (a copy of the store), so a
+    call scores that (task, model, rung) alone and ranks as before."""
+    cat, tasks, store, first, again = progressive_run
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    saved = sorted((copy / "slices").glob("model=*/task=*/*/scores/*.json"))
+    assert len(saved) == first.scored
+    saved[0].unlink()
+    cfg = ProgressiveConfig(fractions=FRACTIONS, eta=2)
+    res = progressive_rank(
+        cat, "Three", tasks, "knn", copy, load_preset("quick"), imageworld.CFG, cfg
+    )
+    assert (res.scored, res.reused) == (1, first.scored - 1)
+    assert res.ranking == first.ranking
+    assert res.rungs.drop("probe_seconds").equals(again.rungs.drop("probe_seconds"))
 
 
 def test_ranking_is_the_numpy_recomputation_and_the_scores_reproduce_it(progressive_run):

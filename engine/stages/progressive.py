@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -456,12 +457,12 @@ def _score_rung(
                 continue
             arrays = rows.arrays(wanted[t], len(data[t].classes))
             refs[t, m] = score_fn.remote(proxy, arrays, options)
-    computed = _gather(refs, models, proxy, fraction)
-    for (t, m), out in computed.items():
-        stored[models[m], t].save_score(keys[t, m], out)
-        state.probe_s += out.seconds
+    for (t, m), out in _gather(refs, models, proxy, fraction):
+        stored[models[m], t].save_score(keys[t, m], out)  # saved at once: a later failure
+        state.probe_s += out.seconds  # leaves the finished results for the next call
         state.scored += 1
-    return results | computed
+        results[t, m] = out
+    return results
 
 
 def score_key(proxy: str, options: dict, seed: int, n_rows: dict[str, int]) -> str:
@@ -566,18 +567,18 @@ def _survivors(
 
 def _gather(
     refs: dict[tuple[str, int], ray.ObjectRef], models: list[str], proxy: str, fraction: float
-) -> dict[tuple[str, int], ProxyResult]:
-    out = {}
+) -> Iterator[tuple[tuple[str, int], ProxyResult]]:
+    """Each result as it is fetched; the first failure ends it as a ``UserError`` naming the
+    model, task and slice."""
     for (t, m), ref in refs.items():
         try:
-            out[t, m] = ray.get(ref)
+            yield (t, m), ray.get(ref)
         except Exception as exc:  # a proxy's ValueError arrives wrapped by Ray
             cause = getattr(exc, "cause", None) or exc
             raise UserError(
                 f"model {models[m]}, task {t}, proxy {proxy} on {fraction:.1%} of train/val: "
                 f"{str(cause).strip().splitlines()[-1]}"
             ) from None
-    return out
 
 
 def _embed_rung(
