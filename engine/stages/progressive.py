@@ -240,27 +240,41 @@ def write_chunk(folder: Path, cols: dict[str, np.ndarray]) -> Path:
 
 class _Rows:
     """The embedded rows of one (model, task) the run knows of: chunks, plus the ordinary
-    store's full-data train/val partitions when they exist."""
+    store's full-data train/val partitions when they exist. Embeddings are read only when a
+    proxy needs them (a rung whose results are all saved reads none)."""
 
     def __init__(self, store: Path, plan: ModelPlan, task: str, task_fp: str):
         self.folder = slice_dir(store, plan, task, task_fp)
-        self.parts: list[dict[str, np.ndarray]] = []
         full = {p.split: p for p in _partitions(store, plan, task, task_fp)}
-        if all(full[s].exists() for s in SLICED):
-            for s in SLICED:
-                part = read_partition(full[s])
-                part["split"] = np.full(len(part["index"]), s, dtype=object)
-                self.parts.append(part)
-        chunks = read_chunks(self.folder)
-        if chunks is not None:
-            self.parts.append(chunks)
+        self.full = [full[s] for s in SLICED] if all(full[s].exists() for s in SLICED) else []
+        self._parts: list[dict[str, np.ndarray]] | None = None
 
-    def known(self) -> set[int]:
-        return {int(i) for p in self.parts for i in p["index"]}
+    @property
+    def parts(self) -> list[dict[str, np.ndarray]]:
+        if self._parts is None:
+            self._parts = []
+            for split, partition in zip(SLICED, self.full, strict=False):
+                part = read_partition(partition)
+                part["split"] = np.full(len(part["index"]), split, dtype=object)
+                self._parts.append(part)
+            chunks = read_chunks(self.folder)
+            if chunks is not None:
+                self._parts.append(chunks)
+        return self._parts
+
+    def missing(self, need: np.ndarray) -> tuple[int, ...]:
+        """The rows of ``need`` (train/val indices) that no chunk or full partition holds."""
+        if self.full:
+            return ()
+        files = sorted(self.folder.glob("*.parquet"))
+        known = [pq.read_table(f, columns=["index"])["index"].to_numpy() for f in files]
+        have = np.concatenate(known) if known else np.zeros(0, np.int64)
+        return tuple(int(i) for i in np.sort(need[~np.isin(need, have)]))
 
     def add(self, cols: dict[str, np.ndarray]) -> None:
         write_chunk(self.folder, cols)
-        self.parts.append(cols)
+        if self._parts is not None:  # else the chunk is read with the others when needed
+            self._parts.append(cols)
 
     def saved_score(self, key: str) -> ProxyResult | None:
         """The proxy result saved under ``key`` by an earlier call (None if there is none)."""
@@ -597,8 +611,7 @@ def _embed_rung(
     for t in data:
         need = np.concatenate([wanted[t][s] for s in SLICED])
         for m in alive[t]:
-            known = stored[models[m], t].known()
-            missing = tuple(sorted(int(i) for i in need if int(i) not in known))
+            missing = stored[models[m], t].missing(need)
             if missing:
                 groups.setdefault((t, missing), []).append(models[m])
     if not groups:
