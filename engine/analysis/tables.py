@@ -144,6 +144,8 @@ def load_scores(path: str | Path) -> pl.DataFrame:
                 f"start with {HYBRID_PREFIX!r} or {SIMILAR_PREFIX!r}, and not be one of "
                 f"{sorted(reserved_names())})"
             )
+    if "runs" in df.columns:  # the terms of proxies combined across a pool (dense_scores)
+        return df.select(*schema.SCORES, pl.col("runs").cast(pl.String))
     return df.select(list(schema.SCORES))
 
 

@@ -41,7 +41,7 @@ import ray
 
 from actors.embedder import emb_column, probs_column, seconds_column
 from actors.probe_trial import proxy_input
-from actors.proxies import PROXIES, ProxyResult, run_proxy
+from actors.proxies import PROXIES, ProxyResult, pool_scores, run_proxy
 from engine.analysis.strategies import HYBRID_PREFIX, task_agnostic_order
 from engine.cluster.connect import ensure_ray
 from engine.core import schema
@@ -389,7 +389,7 @@ def progressive_rank(
             for m in state.alive[t]
         }
         results = _gather(refs, models, proxy, fraction)
-        _promote(state, r, fraction, results, wanted, seconds, models, agnostic, cfg)
+        _promote(state, r, fraction, results, wanted, seconds, models, agnostic, cfg, proxy)
     ranking, scores = _ranking_and_scores(state, models, agnostic, proxy, cfg)
     result = ProgressiveResult(
         proxy=proxy,
@@ -420,15 +420,19 @@ def _promote(
     models: list[str],
     agnostic: np.ndarray,
     cfg: ProgressiveConfig,
+    proxy: str,
 ) -> None:
-    """Record rung ``r``'s scores, its rows, and keep each task's survivors."""
+    """Record rung ``r``'s scores, its rows, and keep each task's survivors. The models scored
+    at the rung are its pool: ``pool_scores`` combines their scores (NCTI, ETran: min-max
+    across them), and the combined score is what ranks, is kept and is recorded."""
     last_rung = r == len(cfg.fractions) - 1
     for t in state.alive:
-        for m in state.alive[t]:
-            out = results[t, m]
+        outs = [results[t, m] for m in state.alive[t]]
+        pooled = pool_scores(proxy, [o.score for o in outs], [o.runs for o in outs])
+        for m, out, score in zip(state.alive[t], outs, pooled, strict=True):
             state.probe_s += out.seconds
             state.reached[t][m] = r
-            state.last[t][m] = np.nan if out.score is None else out.score
+            state.last[t][m] = score
         keep = _survivors(state.alive[t], state.last[t], agnostic, cfg, last_rung)
         for m in state.alive[t]:
             out = results[t, m]
@@ -440,7 +444,7 @@ def _promote(
                     "train_rows": len(wanted[t]["train"]),
                     "val_rows": len(wanted[t]["val"]),
                     "model": models[m],
-                    "score": out.score,
+                    "score": _num(state.last[t][m]),
                     "reason": out.reason,
                     "kept": m in keep,
                     "embed_seconds": seconds.get((models[m], t), 0.0),
