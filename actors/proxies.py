@@ -11,8 +11,10 @@ call and guarantees a finite score or ``None`` (not applicable, with a reason).
 - ``logme``, ``hscore_reg``, ``gbc``: label-aware scores of the training split.
 - ``leep``, ``nce``: need source-class probabilities (a model with a source head).
 - ``sfda``, ``ncti``, ``etran``, ``parc``: newer estimators (SFDA, NCTI, ETran, PARC), each
-  checked against a transcription of its authors' code; NCTI and ETran add their raw terms
-  (the authors min-max them across a pool, which one (model, task) cannot see).
+  checked against a transcription of its authors' code. NCTI and ETran score one (model, task)
+  by the raw sum of their terms and put the terms in ``runs``; their ``ProxySpec.pool_combine``
+  min-maxes the terms across the model pool of a task as the authors do, and ``pool_scores``
+  is the one place every ranking of a pool (analysis, search, progressive rungs) applies it.
 
 The scores computed on one split (LogME, H-score, GBC, LEEP, NCE) use the training split, as the
 papers do ("computed on the target training set"); ``split="trainval"`` pools both splits.
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -802,9 +804,10 @@ def ncti(inp: ProxyInput, *, pca_dims: int = 64, split: str = "train") -> ProxyR
     S_vc = log Σ_c nuclear norm of class c's posterior rows. The authors min-max normalise each
     term over the *model pool* of a task and score S_ncc + S_seli - S_vc; a per-(model, task)
     proxy cannot see the pool, so this score is the raw S_ncc + S_seli - S_vc (the three terms
-    are in ``runs`` for a pool-level normalisation). Deviations: the PCA is exact (their
-    scikit-learn default may pick the randomised solver, unseeded) and keeps at most
-    min(64, n, d) components; classes are indexed among the present ones.
+    are in ``runs``). ``ncti_pool`` is the authors' pool step, applied wherever a pool is ranked.
+    Deviations: the PCA is exact (their scikit-learn default may pick the randomised solver,
+    unseeded) and keeps at most min(64, n, d) components; classes are indexed among the present
+    ones.
     """
     if pca_dims < 1:
         raise ValueError(f"ncti: pca_dims must be >= 1, got {pca_dims}")
@@ -834,7 +837,8 @@ def etran(inp: ProxyInput, *, energy_weight: float = 0.15, split: str = "train")
     with the eigenvectors of ``np.linalg.eigh(inv(S_w) @ S_b)``, which are orthonormal, so its
     coef = μVVᵀ = μ and the posterior is softmax(x·μ_c - ½‖μ_c‖² + log π_c), whatever S_w.
     Score 0.15 S_en + 0.85 S_lda; the authors min-max normalise both terms over the model pool
-    of a task first (``tw.py``), which a per-pair proxy cannot, so the terms are in ``runs``.
+    of a task first (``tw.py``), which a per-pair proxy cannot, so the terms are in ``runs`` and
+    ``etran_pool`` is that pool step, applied wherever a pool is ranked.
     The paper's SVD term is for detection and absent from their classification code; left out.
     """
     if not 0.0 <= energy_weight <= 1.0:
@@ -851,7 +855,8 @@ def etran(inp: ProxyInput, *, energy_weight: float = 0.15, split: str = "train")
     logits = f @ means.T - 0.5 * (means**2).sum(1) + np.log(counts / len(y))
     s_lda = float(_softmax_rows(logits)[np.arange(len(y)), inv].mean())
     score = energy_weight * s_en + (1.0 - energy_weight) * s_lda
-    return ProxyResult(score, runs=[{"energy": s_en, "lda": s_lda, "energy_examples": m}])
+    run = {"energy": s_en, "lda": s_lda, "energy_examples": m, "energy_weight": energy_weight}
+    return ProxyResult(score, runs=[run])
 
 
 def _rank_average(v: np.ndarray) -> np.ndarray:
@@ -909,6 +914,73 @@ def parc(inp: ProxyInput, *, n_dims: int = 32, split: str = "train") -> ProxyRes
 
 
 # ---------------------------------------------------------------------------------------------
+# pool-level combination (NCTI, ETran): the authors min-max each term over the models of a pool
+
+
+class MissingTerm(ValueError):
+    """A scored model of a pool whose runs lack a term its proxy's ``pool_combine`` needs."""
+
+    def __init__(self, index: int, key: str):
+        super().__init__(f"pool model {index} has no finite {key!r} term")
+        self.index, self.key = index, key
+
+
+def minmax_pool(values: np.ndarray) -> np.ndarray:
+    """(x - min) / (max - min) over the finite entries, as both authors' pool loops compute it.
+
+    NaN (a model without terms) stays NaN and takes no part in the min and max. A term equal
+    on every model (max == min, also a pool of one) gives 0 for all: the authors' code divides
+    by zero there (NCTI's NumPy gives NaN, ETran's Python floats raise), and a constant term
+    cannot change a ranking, so 0 keeps the other terms' order."""
+    v = np.asarray(values, dtype=np.float64)
+    out = np.full(v.shape, np.nan)
+    ok = ~np.isnan(v)
+    if ok.any():
+        lo, hi = float(v[ok].min()), float(v[ok].max())
+        out[ok] = (v[ok] - lo) / (hi - lo) if hi > lo else 0.0
+    return out
+
+
+def _pool_terms(terms: Sequence[Mapping | None], keys: Sequence[str]) -> np.ndarray:
+    """(models × keys) array of the terms; a NaN row for a model without terms (None)."""
+    out = np.full((len(terms), len(keys)), np.nan)
+    for i, t in enumerate(terms):
+        if t is None:
+            continue
+        for j, key in enumerate(keys):
+            v = t.get(key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise MissingTerm(i, key)
+            out[i, j] = v
+    return out
+
+
+def ncti_pool(terms: Sequence[Mapping | None]) -> np.ndarray:
+    """NCTI over a pool as BUserName/NCTI ``evaluate_metric_group1_cpu.py`` (commit 770be72)
+    scores it: each of S_seli, S_ncc, S_vc min-maxed over the pool's models
+    (``(x - x.min()) / (x.max() - x.min())``), then S_ncc + S_seli - S_vc. ``terms``: per model
+    the ``ncti`` run dict, or None (no score: NaN, out of the min and max); ``minmax_pool``
+    says what a constant term gives."""
+    t = _pool_terms(terms, ("seli", "ncc", "vc"))
+    seli, ncc, vc = (minmax_pool(t[:, j]) for j in range(3))
+    return ncc + seli - vc
+
+
+def etran_pool(terms: Sequence[Mapping | None]) -> np.ndarray:
+    """ETran over a pool as mgholamikn/ETran ``tw.py`` (commit a63361e) scores it: ``scale``
+    min-maxes S_en (their ``energy`` scores) and S_lda (``lda``) over the pool's models, then
+    0.15 S_en + 0.85 S_lda (the weight: the runs' ``energy_weight``, 0.15 where absent, one for
+    the whole pool). ``terms``: per model the ``etran`` run dict, or None (NaN, out of the min
+    and max); ``minmax_pool`` says what a constant term gives."""
+    t = _pool_terms(terms, ("energy", "lda"))
+    weights = {float(d.get("energy_weight", 0.15)) for d in terms if d is not None}
+    if len(weights) > 1:
+        raise ValueError(f"etran: the pool's models were scored with energy weights {weights}")
+    w = weights.pop() if weights else 0.15
+    return w * minmax_pool(t[:, 0]) + (1.0 - w) * minmax_pool(t[:, 1])
+
+
+# ---------------------------------------------------------------------------------------------
 # registry and the checked entry point
 
 
@@ -920,7 +992,9 @@ class ProxySpec:
     ``needs_val``: scores on the validation split (refused without one); ``needs_source_probs``:
     needs the model's source-class probabilities (other models get "not applicable");
     ``preset_section``: the preset table its options come from (``[NAME.<section>]``), if any;
-    ``default``: run by a benchmark whose config names no proxies."""
+    ``default``: run by a benchmark whose config names no proxies; ``pool_combine``: for a
+    proxy whose authors normalise across the model pool, the pool's scores from its models'
+    run dicts (one per model, None where not applicable; ``pool_scores`` applies it)."""
 
     name: str
     fn: Callable[..., ProxyResult]
@@ -929,6 +1003,7 @@ class ProxySpec:
     needs_source_probs: bool = False
     preset_section: str | None = None
     default: bool = False
+    pool_combine: Callable[[Sequence[Mapping | None]], np.ndarray] | None = None
 
 
 PROXIES: dict[str, ProxySpec] = {
@@ -944,8 +1019,8 @@ PROXIES: dict[str, ProxySpec] = {
         ProxySpec("leep", leep, "LEEP", needs_source_probs=True),
         ProxySpec("nce", nce, "NCE", needs_source_probs=True),
         ProxySpec("sfda", sfda, "SFDA"),
-        ProxySpec("ncti", ncti, "NCTI"),
-        ProxySpec("etran", etran, "ETran"),
+        ProxySpec("ncti", ncti, "NCTI", pool_combine=ncti_pool),
+        ProxySpec("etran", etran, "ETran", pool_combine=etran_pool),
         ProxySpec("parc", parc, "PARC"),
     )
 }
@@ -1020,3 +1095,35 @@ def run_proxy(name: str, inp: ProxyInput, **options) -> ProxyResult:
     elif not result.reason:
         raise ValueError(f"proxy {name!r} returned no score and no reason")
     return replace(result, seconds=seconds)
+
+
+def pool_scores(
+    proxy: str,
+    scores: Sequence[float | None] | np.ndarray,
+    runs: Sequence[Sequence[Mapping] | None],
+    names: Sequence[str] | None = None,
+) -> np.ndarray:
+    """The scores by which ``proxy`` ranks the models of ONE pool on ONE task.
+
+    ``scores``: each model's score as the proxy returned it (None/NaN: not applicable);
+    ``runs``: each model's ``ProxyResult.runs``. A proxy without ``pool_combine`` (also a name
+    outside the registry, e.g. ``progressive_<proxy>``) ranks by ``scores`` as they are; one
+    with it by ``pool_combine`` of the first run dict of every scored model (NaN stays NaN).
+    Raises ValueError naming the model (``names``, else its position) whose runs lack a term.
+    """
+    raw = np.array([np.nan if s is None else s for s in scores], dtype=np.float64)
+    spec = PROXIES.get(proxy)
+    if spec is None or spec.pool_combine is None:
+        return raw
+    if len(runs) != len(raw):
+        raise ValueError(f"{proxy}: {len(raw)} scores but {len(runs)} runs")
+    # a scored model with no runs gets {}: its missing terms are named below
+    terms = [None if np.isnan(s) else (r[0] if r else {}) for s, r in zip(raw, runs, strict=True)]
+    try:
+        out = np.asarray(spec.pool_combine(terms), dtype=np.float64)
+    except MissingTerm as e:
+        who = repr(names[e.index]) if names is not None else f"number {e.index + 1}"
+        raise ValueError(
+            f"{proxy}: model {who} has a score but no finite {e.key!r} term in its runs"
+        ) from None
+    return np.where(np.isnan(raw), np.nan, out)

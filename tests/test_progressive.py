@@ -14,8 +14,10 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from test_proxies import projected_pool
 from test_search import run_search, setup  # noqa: F401  (module fixture)
 
+from actors.proxies import pool_scores, run_proxy
 from engine.analysis.strategies import task_agnostic_order
 from engine.core.catalog import load_catalogue
 from engine.core.errors import UserError
@@ -23,6 +25,8 @@ from engine.core.presets import load_preset
 from engine.stages.finetune import select_pairs
 from engine.stages.progressive import (
     ProgressiveConfig,
+    _Halving,
+    _promote,
     check_config,
     progressive_rank,
     slice_indices,
@@ -193,6 +197,53 @@ def test_ranking_is_the_numpy_recomputation_and_the_scores_reproduce_it(progress
     for task in names:
         rest = [m for m in res.ranking[task] if m != agnostic[0]]
         assert [m for m, t in hybrid if t == task] == [agnostic[0], rest[0]]
+
+
+def test_a_rung_is_the_pool_of_a_pool_normalised_proxy():
+    """ETran at a rung: the models scored there are the pool its terms are min-maxed over
+    (``pool_scores``), so the survivors are the best by that score; the raw sums, dominated by
+    the energy of the features' scale, would keep others (real proxy results on
+    test_proxies' projected pool, seed 6)."""
+    pool = projected_pool(6)
+    models = list(pool)
+    results = {("t", m): run_proxy("etran", pool[name]) for m, name in enumerate(models)}
+    raw = np.array([results["t", m].score for m in range(len(models))])
+    cfg = ProgressiveConfig(fractions=(0.5, 1.0), eta=2)
+    state = _Halving.start(["t"], models)
+    wanted = {"t": {"train": np.arange(120), "val": np.arange(10)}}
+    agnostic = np.arange(len(models))
+    _promote(state, 0, 0.5, results, wanted, {}, models, agnostic, cfg, "etran")
+    want = pool_scores("etran", raw, [results["t", m].runs for m in range(len(models))])
+    np.testing.assert_array_equal(state.last["t"], want)
+    assert state.alive["t"] == sorted(np.argsort(-want)[:3].tolist())
+    assert state.alive["t"] != sorted(np.argsort(-raw)[:3].tolist())
+    rows = [r["score"] for r in state.rows]
+    np.testing.assert_array_equal(rows, want)  # the rung rows record the score that ranked
+    # the next rung's pool is the survivors alone: min-maxed over them, not over all five
+    kept = state.alive["t"]
+    _promote(state, 1, 1.0, results, wanted, {}, models, agnostic, cfg, "etran")
+    again = pool_scores("etran", raw[kept], [results["t", m].runs for m in kept])
+    np.testing.assert_array_equal(state.last["t"][kept], again)
+    assert not np.array_equal(again, want[kept])
+
+
+def test_progressive_etran_normalises_each_rung_over_its_models(world):
+    """End to end on pool Three: with two models at a rung each ETran term min-maxes to 0 and
+    1, so their scores sum to 0.15 + 0.85 = 1; the one model of the last rung scores 0."""
+    cat = load_catalogue(world["root"] / "catalog.toml")
+    tasks = load_tasks(world["root"] / "tasks.toml")
+    cfg = ProgressiveConfig(fractions=FRACTIONS, eta=2)
+    store = world["root"] / "progressive-store"
+    res = progressive_rank(
+        cat, "Three", tasks, "etran", store, load_preset("quick"), imageworld.CFG, cfg
+    )
+    for spec in tasks:
+        rungs = res.rungs.filter(pl.col("task") == spec.name)
+        per_rung = [rungs.filter(pl.col("rung") == r)["score"].to_list() for r in range(3)]
+        assert [len(s) for s in per_rung] == [3, 2, 1]
+        assert min(per_rung[0]) >= 0 and max(per_rung[0]) <= 1
+        assert sum(per_rung[1]) == pytest.approx(1.0, abs=1e-12)
+        assert per_rung[2] == [0.0]
 
 
 def test_full_data_partitions_serve_as_rungs(world, first_run, tmp_path):

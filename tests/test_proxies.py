@@ -812,3 +812,129 @@ def test_new_proxies_real_embeddings(real, name):
     want = NEW_REFS[name](real)
     assert got == pytest.approx(want, rel=1e-6, abs=1e-9)
     assert want == pytest.approx(PINNED["real"][name], rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# NCTI and ETran across a model pool: the authors' pool loops, transcribed (same commits)
+
+
+def ref_ncti_pool(score_dict, models_hub):
+    """BUserName/NCTI evaluate_metric_group1_cpu.py, the loop after every model of the hub is
+    scored (commit 770be727e6ab3d085073c70f0d5537a544e9c1b7); ``score_dict[model]`` is
+    NCTI_Score's (all_lowfeat_nuc, sfda_score, log class_pred_nuc) = (S_seli, S_ncc, S_vc)."""
+    all_score = []
+    cls_score = []
+    cls_compact = []
+    for model in models_hub:
+        all_score.append(score_dict[model][0])
+        cls_score.append(score_dict[model][1])
+        cls_compact.append(score_dict[model][2])
+    all_score = np.array(all_score)
+    cls_score = np.array(cls_score)
+    cls_compact = np.array(cls_compact)
+    all_score_min = all_score.min()
+    all_score_div = all_score.max() - all_score.min()
+    cls_score_min = cls_score.min()
+    cls_score_div = cls_score.max() - cls_score.min()
+    cls_compact_min = cls_compact.min()
+    cls_compact_div = cls_compact.max() - cls_compact_min
+    for model in models_hub:
+        mascore = (score_dict[model][0] - all_score_min) / all_score_div
+        mcscore = (score_dict[model][1] - cls_score_min) / cls_score_div
+        cpscore = (score_dict[model][2] - cls_compact_min) / cls_compact_div
+        score_dict[model] = mcscore + mascore - cpscore
+    return score_dict
+
+
+def ref_etran_pool(score, score_labeled):
+    """mgholamikn/ETran tw.py, ``metric == 'etran'`` (commit
+    a63361e1cd0e090b9d0462bf6e3bdf4dc547b22d): ``score`` the energy scores of the pool's
+    models, ``score_labeled`` their LDA scores (dicts model -> value, as load_score returns)."""
+
+    def scale(score):
+        min_score = 10e10
+        max_score = -10e10
+        for key in score.keys():  # noqa: SIM118 (as theirs)
+            if score[key] < min_score:
+                min_score = score[key]
+            if score[key] > max_score:
+                max_score = score[key]
+        for key in score.keys():  # noqa: SIM118 (as theirs)
+            score[key] = (score[key] - min_score) / (max_score - min_score)
+        return score
+
+    score = scale(score)
+    score_labeled = scale(score_labeled)
+    for key in score.keys():  # noqa: SIM118 (as theirs)
+        score[key] = score[key] * 0.15 + score_labeled[key] * 0.85
+    return score
+
+
+# (projected dimension, scale, noise) of each "model": random projections of the same labelled
+# data (blobs seed 19, 120 × 20, 4 classes); projection seed 6 is one where the pool's min-max
+# moves both proxies' top pick (found by trying seeds 0..11; 6 and 11 do).
+POOL_MODELS = [(16, 1.0, 0.0), (8, 4.0, 1.0), (24, 0.5, 0.0), (4, 2.0, 0.5), (20, 1.0, 0.2)]
+
+
+def projected_pool(seed=6):
+    base = blobs(19, 120, 10, 20, 4, sep=1.0)
+    rng = np.random.default_rng(seed)
+    pool = {}
+    for k, (dim, scale, noise) in enumerate(POOL_MODELS):
+        r = rng.normal(size=(20, dim)) * scale / math.sqrt(20)
+        x = base.train_x @ r + noise * scale * rng.normal(size=(len(base.train_y), dim))
+        xv = base.val_x @ r
+        pool[f"m{k}"] = ProxyInput(
+            x.astype(np.float32), base.train_y, xv.astype(np.float32), base.val_y, 4
+        )
+    return pool
+
+
+@pytest.fixture(scope="module")
+def pool_inputs():
+    return projected_pool()
+
+
+def test_pool_normalised_ncti_and_etran_equal_the_authors_pool_loops(pool_inputs):
+    names = list(pool_inputs)
+    x = {m: np.asarray(inp.train_x, dtype=np.float64) for m, inp in pool_inputs.items()}
+    y = pool_inputs[names[0]].train_y
+    et = {m: ref_etran_terms(x[m], y) for m in names}
+    want = {
+        "ncti": ref_ncti_pool({m: ref_ncti_terms(x[m], y)[:3] for m in names}, names),
+        "etran": ref_etran_pool(
+            {m: float(et[m][0]) for m in names}, {m: float(et[m][1]) for m in names}
+        ),
+    }
+    for proxy in ("ncti", "etran"):
+        results = [run_proxy(proxy, pool_inputs[m]) for m in names]
+        raw = [r.score for r in results]
+        got = P.pool_scores(proxy, raw, [r.runs for r in results], names)
+        np.testing.assert_allclose(got, [want[proxy][m] for m in names], rtol=0, atol=1e-6)
+        # the min-max moves the top pick against the raw sum: the test can tell them apart
+        assert np.argmax(got) != np.argmax(raw), proxy
+        assert names[int(np.argmax(got))] == max(want[proxy], key=want[proxy].get)
+
+
+def test_pool_combine_leaves_out_models_without_terms_and_a_constant_term_gives_zero():
+    terms = [
+        {"seli": 3.0, "ncc": 0.5, "vc": 1.0},
+        None,  # not applicable: NaN, and out of the min and max
+        {"seli": 1.0, "ncc": 0.9, "vc": 1.0},
+        {"seli": 2.0, "ncc": 0.7, "vc": 1.0},
+    ]
+    got = P.ncti_pool(terms)
+    # seli → 1, 0, 0.5; ncc → 0, 1, 0.5; vc constant → 0 (their code would divide by zero)
+    np.testing.assert_allclose(got, [1.0, np.nan, 1.0, 1.0])
+    np.testing.assert_allclose(P.minmax_pool(np.array([np.nan, 2.0, 2.0])), [np.nan, 0.0, 0.0])
+    energy = [{"energy": e, "lda": d} for e, d in ((5.0, 0.2), (1.0, 0.6), (3.0, 1.0))]
+    np.testing.assert_allclose(P.etran_pool(energy), [0.15, 0.85 * 0.5, 0.15 * 0.5 + 0.85])
+    # a proxy without pool_combine ranks by its scores as they are
+    np.testing.assert_array_equal(P.pool_scores("knn", [0.5, None], [[], []]), [0.5, np.nan])
+    # a scored model of the pool whose runs lack a term is named
+    with pytest.raises(ValueError, match=r"'b' has a score but no finite 'vc' term"):
+        P.pool_scores(
+            "ncti", [1.0, 2.0], [[terms[0]], [{"seli": 1.0, "ncc": 0.1}]], names=["a", "b"]
+        )
+    with pytest.raises(ValueError, match="'b' has a score but no finite 'seli'"):
+        P.pool_scores("ncti", [1.0, 2.0], [[terms[0]], []], names=["a", "b"])

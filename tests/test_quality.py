@@ -2,6 +2,7 @@
 computed here on the hand-filtered arrays and against hit rates worked out by hand; `whichmodel
 analyze` writing quality.{parquet,csv} on the published VTAB-1k matrix; the report's section."""
 
+import json
 import math
 from html.parser import HTMLParser
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 from scipy import stats
+from test_proxies import ref_ncti_pool
 
 from engine import cli
 from engine.analysis.analyze import analyze
@@ -260,3 +262,41 @@ def test_report_section_shows_the_mean_rows():
     without = analyze(catalogue, pl.read_csv(VTAB_FT), budgets=[1])
     page = render(ReportData(title="t", config_text="", analysis=without))
     assert "No proxy scores in this run" in page and 'class="quality"' not in page
+
+
+def test_quality_judges_ncti_as_normalised_across_each_pool(tmp_path):
+    """A scores table as the probe stage writes it (terms in ``runs``), through the CLI: the
+    quality rows are scipy's on the authors' pool-normalised NCTI over each pool's members,
+    not on the raw sum in ``score`` (made here to be dominated by an uninformative S_seli)."""
+    ft = pl.read_csv(VTAB_FT).select("model", "task", "test_acc")
+    rng = np.random.default_rng(3)
+    n = ft.height
+    seli = 100 + 10 * rng.normal(size=n)
+    ncc = ft["test_acc"].to_numpy() + 0.02 * rng.normal(size=n)
+    vc = 3 + 0.1 * rng.normal(size=n)
+    ft = ft.with_columns(seli=seli, ncc=ncc, vc=vc)
+    runs = [json.dumps([t]) for t in ft.select("seli", "ncc", "vc").iter_rows(named=True)]
+    table = ft.select("model", "task").with_columns(
+        proxy=pl.lit("ncti"), score=pl.Series(ncc + seli - vc), runs=pl.Series(runs)
+    )
+    table.write_parquet(tmp_path / "scores.parquet")
+    out = tmp_path / "out"
+    argv = ["analyze", "--catalog", str(VTAB_CATALOG), "--finetune", str(VTAB_FT), "--force"]
+    argv += ["--scores", str(tmp_path / "scores.parquet"), "--out", str(out), "--budgets", "1"]
+    assert cli.main(argv) == 0
+    quality = pl.read_parquet(out / "quality.parquet").filter(pl.col("task").is_not_null())
+    catalogue = load_catalogue(VTAB_CATALOG)
+    terms = {(m, t): (a, b, c) for m, t, _, a, b, c in ft.iter_rows()}
+    acc = {(m, t): a for m, t, a, *_ in ft.iter_rows()}
+    raw_taus, pooled_taus = [], []
+    for row in quality.iter_rows(named=True):
+        members = [m for m in catalogue.pool(row["pool"])["model"] if (m, row["task"]) in acc]
+        pooled = ref_ncti_pool({m: terms[m, row["task"]] for m in members}, members)
+        s = np.array([pooled[m] for m in members])
+        a = np.array([acc[m, row["task"]] for m in members])
+        raw = np.array([sum(terms[m, row["task"]][:2]) - terms[m, row["task"]][2] for m in members])
+        assert row["weighted_tau"] == pytest.approx(stats.weightedtau(s, a)[0], abs=1e-12)
+        assert row["kendall_tau"] == pytest.approx(stats.kendalltau(s, a)[0], abs=1e-12)
+        raw_taus.append(stats.kendalltau(raw, a)[0])
+        pooled_taus.append(row["kendall_tau"])
+    assert len(pooled_taus) > 19 and np.mean(pooled_taus) > np.mean(raw_taus) + 0.2

@@ -12,7 +12,7 @@ from imageworld import write_folder, write_parquet_task
 from poolmaker import make_meta, make_pool
 
 from actors.finetune import FinetuneConfig, check_config
-from actors.proxies import PROXIES, ProxyInput, run_proxy
+from actors.proxies import PROXIES, ProxyInput, pool_scores, run_proxy
 from engine.analysis.strategies import (
     AGNOSTIC_SLOT,
     STRATEGIES,
@@ -71,6 +71,22 @@ def test_every_proxy_keeps_the_contract(name):
     if spec.needs_val:
         with pytest.raises(ValueError, match="validation"):
             run_proxy(name, empty_val, **small)
+
+
+@pytest.mark.parametrize("name", [n for n, s in PROXIES.items() if s.pool_combine is not None])
+def test_every_pool_combine_scores_each_model_from_its_own_proxys_runs(name):
+    """Four models (different data seeds) and one not applicable: a finite score per scored
+    model, from nothing but the proxy's own runs; NaN stays NaN and takes no part."""
+    results = [run_proxy(name, tiny_input(False, seed)) for seed in range(4)]
+    scores = [r.score for r in results] + [None]
+    runs = [r.runs for r in results] + [[]]
+    pooled = pool_scores(name, scores, runs)
+    assert pooled.shape == (5,) and np.isfinite(pooled[:4]).all() and np.isnan(pooled[4])
+    np.testing.assert_array_equal(pool_scores(name, scores[:4], runs[:4]), pooled[:4])
+    assert len(set(pooled[:4])) > 1  # the pool's models are told apart
+    np.testing.assert_array_equal(
+        PROXIES[name].pool_combine([r.runs[0] for r in results]), pooled[:4]
+    )
 
 
 def test_default_proxies_are_the_papers():

@@ -5,6 +5,7 @@ hybrid rule re-implemented here on the scores table the run wrote."""
 
 import contextlib
 import io
+import json
 import logging
 import re
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 import timm
 from imageworld import write_folder, write_parquet_task
 from PIL import Image
+from test_proxies import ref_etran_pool
 
 from actors.finetune import decode_task, evaluate, load_finetuned
 from engine import cli
@@ -323,3 +325,26 @@ def test_bad_budget_and_strategy_fail_before_any_work(setup, capsys):
         )
         err = capsys.readouterr().err
         assert rc == 2 and needle in err
+
+
+def test_etran_ranks_and_prints_the_pool_normalised_score(setup, first):
+    """ETran's terms (the written scores table's ``runs``) min-maxed across the pool by the
+    authors' tw.py, transcribed in test_proxies: that is the order of the picks and the score
+    printed for each, not the raw sum in the table's ``score``."""
+    rc, out, err, _ = run_search(setup, "--budget", "3", "--strategy", "etran")
+    assert rc == 0, err
+    table = pl.read_parquet(setup / "work" / "scores.parquet").filter(pl.col("proxy") == "etran")
+    terms = {m: json.loads(r)[0] for m, r in table.select("model", "runs").iter_rows()}
+    pooled = ref_etran_pool(
+        {m: t["energy"] for m, t in terms.items()}, {m: t["lda"] for m, t in terms.items()}
+    )
+    _, expected = expected_rankings(pooled)  # by the pooled score, ties task-agnostically
+    rows = ROW.findall(out)
+    assert [r[1] for r in rows] == expected
+    for _, model, _, score, _, _ in rows:
+        assert float(score) == pytest.approx(pooled[model], abs=5e-5)
+    picks = pl.read_parquet(setup / "work" / "report" / "picks.parquet")
+    assert picks["model"].to_list() == expected
+    np.testing.assert_allclose(picks["score_etran"], [pooled[m] for m in expected], atol=1e-12)
+    raw = dict(table.select("model", "score").iter_rows())
+    assert any(raw[m] != pytest.approx(pooled[m], abs=1e-3) for m in raw)  # not the raw sum

@@ -1,12 +1,18 @@
 """Strategies on hand-made pools: the paper's rules, checked case by case."""
 
+import json
+
 import numpy as np
+import polars as pl
 import pytest
 from poolmaker import make_meta, make_pool
 from scipy import stats
+from test_proxies import projected_pool, ref_etran_pool, ref_ncti_pool
 
+from actors.proxies import run_proxy
 from engine.analysis.curves import prefix_outcome
 from engine.analysis.strategies import (
+    dense_scores,
     hybrid,
     hybrid_order,
     oracle,
@@ -18,6 +24,8 @@ from engine.analysis.strategies import (
     task_aware,
     task_similarity,
 )
+from engine.core import schema
+from engine.core.errors import UserError
 
 
 def test_task_agnostic_prefers_imagenet_accuracy():
@@ -188,3 +196,80 @@ def test_task_similarity_paths_agree():
     slow = task_similarity(np.vstack([pool.scores["knn"], np.full((1, pool.size), np.nan)]))
     np.testing.assert_allclose(slow[:-1, :-1], fast, equal_nan=True)
     assert np.isnan(fast[0]).all() and np.isnan(slow[-1]).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# NCTI and ETran: dense_scores normalises their terms across the pool being ranked
+
+
+@pytest.fixture(scope="module")
+def pooled_table():
+    """The scores table (SCORES_DETAIL) of ncti, etran and knn on five projected "models" of
+    two tasks (test_proxies.projected_pool, seeds 6 and 11), plus a sixth model that ncti and
+    etran do not apply to (an empty score, as the probe stage writes it)."""
+    rows = []
+    for task, seed in (("t0", 6), ("t1", 11)):
+        for model, inp in projected_pool(seed).items():
+            for proxy in ("ncti", "etran", "knn"):
+                res = run_proxy(proxy, inp)
+                runs = json.dumps(res.runs)
+                rows.append((model, task, proxy, res.score, "", res.seconds, runs))
+        for proxy in ("ncti", "etran", "knn"):
+            score = 0.5 if proxy == "knn" else None
+            rows.append(("m5", task, proxy, score, "not applicable", 0.0, "[]"))
+    return pl.DataFrame(rows, schema=schema.SCORES_DETAIL, orient="row")
+
+
+def _authors_pool(table, proxy, models, task):
+    """The authors' pool loop (test_proxies' transcriptions) over the models with a score."""
+    sub = table.filter(
+        pl.col("proxy") == proxy, pl.col("task") == task, pl.col("model").is_in(models)
+    )
+    terms = {m: json.loads(r)[0] for m, s, r in sub.select("model", "score", "runs").iter_rows()
+             if s is not None}  # fmt: skip
+    if proxy == "ncti":
+        want = ref_ncti_pool({m: (t["seli"], t["ncc"], t["vc"]) for m, t in terms.items()}, terms)
+    else:
+        want = ref_etran_pool(
+            {m: t["energy"] for m, t in terms.items()}, {m: t["lda"] for m, t in terms.items()}
+        )
+    return np.array([want.get(m, np.nan) for m in models])
+
+
+@pytest.mark.parametrize("proxy", ["ncti", "etran"])
+def test_dense_scores_normalise_across_each_pool_and_task(pooled_table, proxy):
+
+    tasks = ["t0", "t1"]
+    pools = {"All": [f"m{k}" for k in range(6)], "Some": ["m0", "m1", "m3", "m5"]}
+    got = {}
+    for pool, models in pools.items():
+        got[pool] = dense_scores(pooled_table, models, tasks, pool)
+        for t, task in enumerate(tasks):
+            want = _authors_pool(pooled_table, proxy, models, task)
+            np.testing.assert_allclose(got[pool][proxy][t], want, rtol=0, atol=1e-12)
+        assert np.isnan(got[pool][proxy][:, -1]).all()  # m5: not applicable, stays NaN
+        # a proxy without pool_combine is ranked by the table's scores as they are
+        knn = pooled_table.filter(pl.col("proxy") == "knn")
+        raw = dict(((m, t), s) for m, t, s in knn.select("model", "task", "score").iter_rows())
+        want_knn = [[raw[m, t] for m in models] for t in tasks]
+        np.testing.assert_array_equal(got[pool]["knn"], want_knn)
+    # the same model scores differently in another pool: the min and max are the pool's
+    assert got["All"][proxy][0, 0] != got["Some"][proxy][0, 0]
+    # and the min-max changes the ranking against the raw scores (task t0, as test_proxies)
+    raw = dense_scores(pooled_table.drop("runs"), pools["All"], tasks, "All", [proxy])[proxy]
+    assert np.nanargmax(raw[0]) != np.nanargmax(got["All"][proxy][0])
+    ranked = task_aware(proxy)(make_pool(np.zeros((2, 6)), scores={proxy: got["All"][proxy]}))
+    assert (ranked[:, 0] == np.nanargmax(got["All"][proxy], axis=1)).all()
+    assert (ranked[:, -1] == 5).all()  # not applicable: last
+
+
+def test_dense_scores_name_a_row_whose_terms_are_missing(pooled_table):
+
+    models = [f"m{k}" for k in range(5)]
+    hit = (pl.col("model") == "m2") & (pl.col("task") == "t1") & (pl.col("proxy") == "ncti")
+    broken = pooled_table.with_columns(runs=pl.when(hit).then(pl.lit("[{}]")).otherwise("runs"))
+    with pytest.raises(UserError, match=r"task 't1' of pool P: ncti: model 'm2' has a score but"):
+        dense_scores(broken, models, ["t0", "t1"], "P")
+    garbled = pooled_table.with_columns(runs=pl.when(hit).then(pl.lit("{")).otherwise("runs"))
+    with pytest.raises(UserError, match=r"'ncti', model 'm2', task 't1': runs is not a JSON list"):
+        dense_scores(garbled, models, ["t0", "t1"], "P")

@@ -10,6 +10,7 @@ Ties are broken the same way everywhere: by the task-agnostic order (which itsel
 catalogue file order), so every ranking is deterministic.
 """
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -340,8 +341,14 @@ def dense_scores(
     pool: str,
     proxies: Sequence[str] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Per proxy, the (tasks × models) scores of a pool; NaN where the table states the proxy
-    does not apply (a row with an empty score).
+    """Per proxy, the (tasks × models) scores by which the pool is ranked; NaN where the table
+    states the proxy does not apply (a row with an empty score).
+
+    A proxy whose authors normalise across the model pool (``ProxySpec.pool_combine``: NCTI,
+    ETran) is combined here, per task over this pool's models, from the terms in the table's
+    ``runs`` column (``actors.proxies.pool_scores``); the table's ``score`` stays the per-pair
+    raw score. A table without a ``runs`` column (one not written by the probe stage) is
+    ranked by its scores as they are.
 
     Every (model, task) of the pool needs a row for every proxy (default: every proxy of the
     table): otherwise a ``UserError`` names the proxy and the first missing pairs, since a
@@ -377,7 +384,51 @@ def dense_scores(
             )
         values = np.full((len(tasks), len(models)), np.nan)
         values[rows, cols] = sub["score"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+        if "runs" in sub.columns:
+            values = _pool_combined(proxy, values, sub, rows, cols, models, tasks, pool)
         out[proxy] = values
+    return out
+
+
+def _pool_combined(
+    proxy: str,
+    values: np.ndarray,
+    sub: pl.DataFrame,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    models: Sequence[str],
+    tasks: Sequence[str],
+    pool: str,
+) -> np.ndarray:
+    """``values`` (tasks × models) with each task's row through ``pool_scores`` of ``proxy``,
+    the terms read from ``sub``'s ``runs`` JSON."""
+    # Here, not at the top: actors.proxies loads torch, which `whichmodel analyze` of a table
+    # without runs never needs (docs/design.md §6: analyze starts without Ray and torch).
+    from actors.proxies import PROXIES, pool_scores
+
+    spec = PROXIES.get(proxy)
+    if spec is None or spec.pool_combine is None:
+        return values
+    runs: list[list] = [[None] * len(models) for _ in tasks]
+    for t, m, text in zip(rows, cols, sub["runs"], strict=True):
+        if text is None or np.isnan(values[t, m]):
+            continue
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError:
+            parsed = None
+        if not isinstance(parsed, list) or not all(isinstance(r, dict) for r in parsed):
+            raise UserError(
+                f"scores table: proxy {proxy!r}, model {models[m]!r}, task {tasks[t]!r}: "
+                "runs is not a JSON list of objects"
+            )
+        runs[t][m] = parsed
+    out = np.empty_like(values)
+    for t, task in enumerate(tasks):
+        try:
+            out[t] = pool_scores(proxy, values[t], runs[t], models)
+        except ValueError as e:
+            raise UserError(f"scores table, task {task!r} of pool {pool}: {e}") from None
     return out
 
 

@@ -126,7 +126,9 @@ def _task_categories(df: pl.DataFrame, path: Path) -> pl.DataFrame | None:
 
 
 def load_scores(path: str | Path) -> pl.DataFrame:
-    """The scores table: one row per (model, task, proxy); a null score means not applicable."""
+    """The scores table: one row per (model, task, proxy); a null score means not applicable.
+    A ``runs`` column (the probe stage's per-run detail) is kept: NCTI's and ETran's terms are
+    combined across each pool from it (``strategies.dense_scores``)."""
     path = Path(path)
     df = _require(read_table(path), schema.SCORES, path, "scores")
     nan = df.filter(pl.col("score").is_nan() | pl.col("score").is_infinite())
@@ -144,6 +146,8 @@ def load_scores(path: str | Path) -> pl.DataFrame:
                 f"start with {HYBRID_PREFIX!r} or {SIMILAR_PREFIX!r}, and not be one of "
                 f"{sorted(reserved_names())})"
             )
+    if "runs" in df.columns:
+        return df.select(*schema.SCORES, pl.col("runs").cast(pl.String))
     return df.select(list(schema.SCORES))
 
 

@@ -29,6 +29,7 @@ from actors.proxies import PROXIES
 from engine.analysis.strategies import (
     AGNOSTIC_SLOT,
     agnostic_key,
+    dense_scores,
     parse_strategy,
     pick_slots,
 )
@@ -342,20 +343,25 @@ def explain(
     budget: int,
     scores: pl.DataFrame | None,
     task: str,
+    pool: str = "",
 ) -> list[Pick]:
-    """The first ``budget`` models of ``ranking`` as picks, each with its slot and reason."""
+    """The first ``budget`` models of ``ranking`` as picks, each with its slot and reason; a
+    pick's scores are those it was ranked by (``dense_scores``: NCTI and ETran normalised
+    across the pool)."""
     models = meta["model"].to_list()
     rows = {m: i for i, m in enumerate(models)}
     agnostic_rows = [rows[m] for m in agnostic]
     proxies = strategy_proxies(strategy)
     table: dict[str, dict[str, float | None]] = {p: {} for p in proxies}
     reasons: dict[tuple[str, str], str | None] = {}
-    if scores is not None:
-        for m, p, s, r in (
-            scores.filter(pl.col("task") == task).select("model", "proxy", "score", "reason")
+    if scores is not None and proxies:
+        for p, values in dense_scores(scores, models, [task], pool, proxies).items():
+            row = [None if np.isnan(v) else float(v) for v in values[0]]
+            table[p] = dict(zip(models, row, strict=True))
+        for m, p, r in (
+            scores.filter(pl.col("task") == task).select("model", "proxy", "reason")
         ).iter_rows():
             if p in table:
-                table[p][m] = None if s is None or not np.isfinite(s) else float(s)
                 reasons[(m, p)] = r
     slots = pick_slots(strategy, budget)
     aware_from = slots.count(AGNOSTIC_SLOT)  # 1 for a hybrid, 0 for a proxy
@@ -424,7 +430,7 @@ def search(
         agnostic = select_pairs(cat, pool, [spec.name], "task_agnostic", len(models), None)
         ranking = [m for m, _ in full]
         picks = explain(
-            meta, strategy, ranking, [m for m, _ in agnostic], budget, scores, spec.name
+            meta, strategy, ranking, [m for m, _ in agnostic], budget, scores, spec.name, pool
         )
         result = SearchResult(
             task=spec.name,

@@ -45,7 +45,7 @@ import ray
 
 from actors.embedder import emb_column, probs_column, seconds_column
 from actors.probe_trial import proxy_input
-from actors.proxies import PROXIES, ProxyResult, run_proxy
+from actors.proxies import PROXIES, ProxyResult, pool_scores, run_proxy
 from engine.analysis.strategies import HYBRID_PREFIX, task_agnostic_order
 from engine.cluster.connect import ensure_ray
 from engine.core import schema
@@ -420,7 +420,7 @@ def progressive_rank(
         results = _score_rung(
             score_fn, proxy, options, cfg.seed, state, stored, models, data, wanted, fraction
         )
-        _promote(state, r, fraction, results, wanted, seconds, models, agnostic, cfg)
+        _promote(state, r, fraction, results, wanted, seconds, models, agnostic, cfg, proxy)
     ranking, scores = _ranking_and_scores(state, models, agnostic, proxy, cfg)
     result = ProgressiveResult(
         proxy=proxy,
@@ -497,14 +497,18 @@ def _promote(
     models: list[str],
     agnostic: np.ndarray,
     cfg: ProgressiveConfig,
+    proxy: str,
 ) -> None:
-    """Record rung ``r``'s scores, its rows, and keep each task's survivors."""
+    """Record rung ``r``'s scores, its rows, and keep each task's survivors. The models scored
+    at the rung are its pool: ``pool_scores`` combines their scores (NCTI, ETran: min-max
+    across them), and the combined score is what ranks, is kept and is recorded."""
     last_rung = r == len(cfg.fractions) - 1
     for t in state.alive:
-        for m in state.alive[t]:
-            out = results[t, m]
+        outs = [results[t, m] for m in state.alive[t]]
+        pooled = pool_scores(proxy, [o.score for o in outs], [o.runs for o in outs])
+        for m, score in zip(state.alive[t], pooled, strict=True):
             state.reached[t][m] = r
-            state.last[t][m] = np.nan if out.score is None else out.score
+            state.last[t][m] = score
         keep = _survivors(state.alive[t], state.last[t], agnostic, cfg, last_rung)
         for m in state.alive[t]:
             out = results[t, m]
@@ -516,7 +520,7 @@ def _promote(
                     "train_rows": len(wanted[t]["train"]),
                     "val_rows": len(wanted[t]["val"]),
                     "model": models[m],
-                    "score": out.score,
+                    "score": _num(state.last[t][m]),
                     "reason": out.reason,
                     "kept": m in keep,
                     "embed_seconds": seconds.get((models[m], t), 0.0),
