@@ -19,7 +19,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -46,7 +46,7 @@ from actors.models import (
     weights_fingerprint,
 )
 from actors.pipeline import RunLedger, decode_stage
-from engine.cluster.connect import cluster_cpus_gpus, ensure_ray
+from engine.cluster.connect import cluster_address, cluster_cpus_gpus, ensure_ray
 from engine.cluster.failures import is_ray_failure, worker_error
 from engine.core.catalog import Catalogue
 from engine.core.names import check_name
@@ -236,7 +236,7 @@ def _run_pipeline(
     # Here the driver's forward passes take the cores Ray does not see: one CPU per decode task
     # (half as many decoders at once, each a whole core; measured faster on 2 cores).
     decode_cfg = replace(cfg, decode_cpus=max(1.0, cfg.decode_cpus)) if here else cfg
-    ds = decoded_dataset(tasks, _decode_geometry(plans), decode_cfg, ledger)
+    geometry = _decode_geometry(plans)
     specs = [
         dict(
             position=i,
@@ -255,8 +255,11 @@ def _run_pipeline(
     if here:
         # One CPU node (a laptop): the driver, which has torch and timm imported already, runs
         # every model on the decoded blocks while Ray Data decodes ahead; no actor start-up.
-        yield from _forward_here(ds, specs, cpus, cfg, rows)
+        yield from _forward_here(
+            lambda: decoded_dataset(tasks, geometry, decode_cfg, ledger), specs, cpus, cfg, rows
+        )
         return
+    ds = decoded_dataset(tasks, geometry, decode_cfg, ledger)
     ds = _embed_stages(ds, specs, cpus, gpus, cfg)
     yield from complete_tasks(ds.drop_columns(["pixels"]), rows)
 
@@ -312,18 +315,28 @@ def forward_in_driver(cfg: EmbedConfig) -> bool:
 
 
 def _forward_here(
-    ds: ray.data.Dataset, specs: list[dict], cpus: float, cfg: EmbedConfig, rows: dict[str, int]
+    dataset: Callable[[], ray.data.Dataset],
+    specs: list[dict],
+    cpus: float,
+    cfg: EmbedConfig,
+    rows: dict[str, int],
 ) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
-    """``complete_tasks`` of the decoded ``ds`` embedded in this process by every model."""
+    """``complete_tasks`` of the decoded dataset that ``dataset()`` makes, embedded in this
+    process by every model."""
     threads = torch.get_num_threads()
-    batches = iter(ds.iter_batches(batch_size=cfg.batch_size, batch_format="numpy"))
-    # Ray Data starts decoding on the first request for a batch: make it from a thread while
-    # this one builds the models, so worker start-up and the first decode overlap the builds.
+
+    def start() -> tuple[Iterator[dict[str, np.ndarray]], dict[str, np.ndarray] | None]:
+        batches = iter(dataset().iter_batches(batch_size=cfg.batch_size, batch_format="numpy"))
+        return batches, next(batches, None)
+
+    # Making the dataset (Ray Data's first use in a process: its blocks put in the object store,
+    # a task per block for their metadata) and the first request for a batch (Ray Data starts
+    # decoding then) run in a thread while this one builds the models, so they overlap.
     with ThreadPoolExecutor(1, thread_name_prefix="whichmodel-first-batch") as pool:
-        first = pool.submit(next, batches, None)
+        first = pool.submit(start)
         try:
             embedder = PoolEmbedder(models=specs, threads=cpu_actor_threads(cpus, cfg)[0])
-            head = first.result()
+            batches, head = first.result()
         except BaseException:
             first.cancel()
             raise
@@ -502,12 +515,19 @@ def embed(
     """
     cfg = cfg or EmbedConfig()
     store = Path(store)
-    members = catalogue.pool(pool)
-    plans = [
-        plan_model(name, source, catalogue.path.parent, cfg)
-        for name, source in members.select("model", "source").iter_rows()
-    ]
-    data, fingerprints, task_meta = _load_tasks(tasks)
+    models = list(catalogue.pool(pool).select("model", "source").iter_rows())
+    # Planning the models (the first plan imports timm) and loading the tasks (files read and
+    # hashed) are independent: each in a thread. Where the store surely lacks a partition, this
+    # thread starts the local Ray meanwhile (seconds on a small machine), as the run needs it.
+    with ThreadPoolExecutor(2, thread_name_prefix="whichmodel-plan") as threads:
+        planning = threads.submit(
+            lambda: [plan_model(n, src, catalogue.path.parent, cfg) for n, src in models]
+        )
+        loading = threads.submit(_load_tasks, tasks)
+        if cluster_address() is None and _surely_missing(store, [n for n, _ in models], tasks):
+            ensure_ray()
+        plans = planning.result()
+        data, fingerprints, task_meta = loading.result()
     summary = EmbedSummary()
     needs = _missing(store, plans, fingerprints)
     summary.reused = [(p.name, t) for p in plans for t in data if t not in needs[p.name]]
@@ -517,6 +537,17 @@ def embed(
         log.info("every (model, task) pair reused from the store")
     _record(store, pool, plans, task_meta, summary)
     return summary
+
+
+def _surely_missing(store: Path, models: list[str], tasks: list[TaskSpec]) -> bool:
+    """Whether some (model, task, split) partition is missing from ``store`` for certain, before
+    anything is planned: its folder does not exist (a new store, model or task)."""
+    return any(
+        not Partition(store, model, task.name, split, "").directory.is_dir()
+        for model in models
+        for task in tasks
+        for split in SPLITS
+    )
 
 
 def _load_tasks(tasks: list[TaskSpec]) -> tuple[dict[str, TaskData], dict[str, str], dict]:
