@@ -19,7 +19,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -236,7 +236,7 @@ def _run_pipeline(
     # Here the driver's forward passes take the cores Ray does not see: one CPU per decode task
     # (half as many decoders at once, each a whole core; measured faster on 2 cores).
     decode_cfg = replace(cfg, decode_cpus=max(1.0, cfg.decode_cpus)) if here else cfg
-    geometry = _decode_geometry(plans)
+    ds = decoded_dataset(tasks, _decode_geometry(plans), decode_cfg, ledger)
     specs = [
         dict(
             position=i,
@@ -255,11 +255,8 @@ def _run_pipeline(
     if here:
         # One CPU node (a laptop): the driver, which has torch and timm imported already, runs
         # every model on the decoded blocks while Ray Data decodes ahead; no actor start-up.
-        yield from _forward_here(
-            lambda: decoded_dataset(tasks, geometry, decode_cfg, ledger), specs, cpus, cfg, rows
-        )
+        yield from _forward_here(ds, specs, cpus, cfg, rows)
         return
-    ds = decoded_dataset(tasks, geometry, decode_cfg, ledger)
     ds = _embed_stages(ds, specs, cpus, gpus, cfg)
     yield from complete_tasks(ds.drop_columns(["pixels"]), rows)
 
@@ -315,28 +312,18 @@ def forward_in_driver(cfg: EmbedConfig) -> bool:
 
 
 def _forward_here(
-    dataset: Callable[[], ray.data.Dataset],
-    specs: list[dict],
-    cpus: float,
-    cfg: EmbedConfig,
-    rows: dict[str, int],
+    ds: ray.data.Dataset, specs: list[dict], cpus: float, cfg: EmbedConfig, rows: dict[str, int]
 ) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
-    """``complete_tasks`` of the decoded dataset that ``dataset()`` makes, embedded in this
-    process by every model."""
+    """``complete_tasks`` of the decoded ``ds`` embedded in this process by every model."""
     threads = torch.get_num_threads()
-
-    def start() -> tuple[Iterator[dict[str, np.ndarray]], dict[str, np.ndarray] | None]:
-        batches = iter(dataset().iter_batches(batch_size=cfg.batch_size, batch_format="numpy"))
-        return batches, next(batches, None)
-
-    # Making the dataset (Ray Data's first use in a process: its blocks put in the object store,
-    # a task per block for their metadata) and the first request for a batch (Ray Data starts
-    # decoding then) run in a thread while this one builds the models, so they overlap.
+    batches = iter(ds.iter_batches(batch_size=cfg.batch_size, batch_format="numpy"))
+    # Ray Data starts decoding on the first request for a batch: make it from a thread while
+    # this one builds the models, so worker start-up and the first decode overlap the builds.
     with ThreadPoolExecutor(1, thread_name_prefix="whichmodel-first-batch") as pool:
-        first = pool.submit(start)
+        first = pool.submit(next, batches, None)
         try:
             embedder = PoolEmbedder(models=specs, threads=cpu_actor_threads(cpus, cfg)[0])
-            batches, head = first.result()
+            head = first.result()
         except BaseException:
             first.cancel()
             raise
