@@ -20,13 +20,15 @@ Three things are timed, after waiting for the machine to be quiet:
   ``inference_mode``, one untimed warm-up batch per model, model build not timed), each model
   in NCHW and in channels-last; the ceiling takes each model's faster layout.
 - **engine**, as a CLI run pays it: a fresh Python process (this script with ``--engine-child``)
-  imports the engine, calls ``engine.cluster.connect.ensure_ray()`` (``ray.init``, as ``embed()``
-  and the CLI do; timed on its own), then ``engine.stages.embed.embed(catalogue, "Bench", tasks,
-  store, EmbedConfig(image_size=64, batch_size=64))`` into an empty store (the **cold** call),
-  then again into another empty store (the **warm** call: Ray's workers already started). The
-  engine's time in the ratios is the cold one, ``ray.init`` included: what ``whichmodel embed``
-  pays after its imports. Process start and imports are printed too, not counted (the loop's
-  imports are not timed either).
+  imports the engine and calls ``engine.stages.embed.embed(catalogue, "Bench", tasks, store,
+  EmbedConfig(image_size=64, batch_size=64))`` into an empty store (the **cold** call), as
+  ``whichmodel embed`` does: ``embed()`` starts Ray itself (``ray.init``, timed inside it, and
+  overlapped with its planning), then again into another empty store (the **warm** call: Ray's
+  workers already started). The engine's time in the ratios is the cold one, ``ray.init``
+  included: what ``whichmodel embed`` pays after its imports. ``--ray-first`` calls
+  ``engine.cluster.connect.ensure_ray()`` before the cold call instead (timed on its own, added
+  to the cold call's time: the measure before 2026-12-04, later). Process start and imports are
+  printed too, not counted (the loop's imports are not timed either).
 
 It checks that the engine's ResNet-18 embeddings (cold call) equal the loop's (by file) and
 prints the times, the ratios and the goals (loop / engine >= 1.6, engine / ceiling <= 1.2).
@@ -362,12 +364,30 @@ def best_forward(variants: list[tuple[float, float]]) -> float:
 
 
 class _CallTrace:
-    """Driver-side events of one ``embed()`` call (``--trace``): the all-models embedder's
-    construction and each batch it embeds, in ``time.perf_counter`` seconds."""
+    """Driver-side events of one ``embed()`` call (``--trace``): ``ray.init`` if the call made
+    it, the all-models embedder's construction and each batch it embeds, in
+    ``time.perf_counter`` seconds."""
 
     def __init__(self) -> None:
+        self.ray_init: tuple[float, float] | None = None
         self.build: tuple[float, float] | None = None
         self.calls: list[tuple[float, float]] = []
+
+
+def _time_ray_init(spans: list[tuple[float, float]]) -> None:
+    """Wrap ``ray.init`` (benchmark only) so each call's (start, end) is appended to ``spans``."""
+    import ray
+
+    base = ray.init
+
+    def timed(*a, **kw):
+        start = time.perf_counter()
+        try:
+            return base(*a, **kw)
+        finally:
+            spans.append((start, time.perf_counter()))
+
+    ray.init = timed
 
 
 def _install_trace() -> list[_CallTrace]:
@@ -402,7 +422,12 @@ def trace_lines(trace: _CallTrace, t0: float, wall: float) -> list[str]:
     first, last = trace.calls[0][0] - t0, trace.calls[-1][1] - t0
     compute = sum(b - a for a, b in trace.calls)
     waited = (last - b1) - compute if b1 < first else last - first - compute
+    init = []
+    if trace.ray_init is not None:
+        r0, r1 = (t - t0 for t in trace.ray_init)
+        init = [f"    {r0:.2f}-{r1:.2f} s  ray.init (inside the call, with the planning)"]
     return [
+        *init,
         f"    0.00-{b0:.2f} s  plan, load the task, fingerprints, ledger, dataset",
         f"    {b0:.2f}-{b1:.2f} s  build the {len(MODELS)} models in the driver",
         f"    {first:.2f} s  first decoded batch embedded ({len(trace.calls)} batches in all)",
@@ -426,9 +451,13 @@ def engine_child(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     workdir = args.workdir.resolve()
     traces = _install_trace() if args.trace else []
-    start = time.perf_counter()
-    ensure_ray(args.cpus)
-    ray_init = time.perf_counter() - start
+    spans: list[tuple[float, float]] = []
+    _time_ray_init(spans)
+    ray_init = 0.0
+    if args.ray_first or args.cpus is not None:  # embed() starts Ray with Ray's own CPU count
+        start = time.perf_counter()
+        ensure_ray(args.cpus)
+        ray_init = time.perf_counter() - start
     ray.data.DataContext.get_current().enable_progress_bars = False
     calls = {}
     for label in ("cold", "warm"):
@@ -442,8 +471,12 @@ def engine_child(args: argparse.Namespace) -> int:
         cfg = EmbedConfig(image_size=args.size, batch_size=args.batch)
         summary = embed(catalogue, POOL, tasks, store, cfg)
         wall = time.perf_counter() - t0
+        inside = [sp for sp in spans if sp[0] >= t0]
+        if inside:
+            traces[-1].ray_init = inside[0]
         calls[label] = {
             "s": wall,
+            "ray_init_inside_s": inside[0][1] - inside[0][0] if inside else 0.0,
             "store": str(store),
             "images_decoded": summary.images_decoded,
             "rows": summary.rows,
@@ -483,6 +516,8 @@ def run_engine_child(args: argparse.Namespace, k: int) -> dict:
         cmd += ["--cpus", str(args.cpus)]
     if args.trace:
         cmd.append("--trace")
+    if args.ray_first:
+        cmd.append("--ray-first")
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start
@@ -492,6 +527,7 @@ def run_engine_child(args: argparse.Namespace, k: int) -> dict:
         raise SystemExit(f"engine child {k} failed (exit {proc.returncode})")
     result = json.loads(lines[-1][len("RESULT ") :])
     result.update(run=k, process_s=wall)
+    # ray.init before the call (--ray-first) plus the cold call (which holds ray.init otherwise)
     result["cli_s"] = result["ray_init_s"] + result["cold"]["s"]
     return result
 
@@ -559,6 +595,41 @@ def pick(results: list[tuple[object, bool]], key) -> tuple[object, bool]:
     return min(clean or results, key=lambda r: key(r[0]))
 
 
+def engine_runs(args: argparse.Namespace) -> list[tuple[dict, bool]]:
+    """The engine's timings (``--repeat`` fresh processes), each printed."""
+    print(
+        "engine:   a fresh process per run: imports, "
+        + ("ensure_ray() (ray.init), " if args.ray_first else "")
+        + "embed() into an empty store (cold"
+        + ("" if args.ray_first else ", starts Ray itself as the CLI")
+        + "), embed() into another empty store (warm)"
+    )
+    count = iter(range(1, 1000))
+
+    def report_engine(result, meter) -> None:
+        cold, warm = result["cold"], result["warm"]
+        init = (
+            f"ray.init {result['ray_init_s']:.2f} s ({result['ray_cpus']:g} CPUs), cold embed() "
+            f"{cold['s']:.2f} s (= {result['cli_s']:.2f} s with ray.init)"
+            if result["ray_init_s"]
+            else f"cold embed() {cold['s']:.2f} s (ray.init {cold['ray_init_inside_s']:.2f} s "
+            f"inside it, {result['ray_cpus']:g} CPUs)"
+        )
+        print(
+            f"  run {result['run']}: imports {result['imports_s']:.2f} s, {init}, warm embed() "
+            f"{warm['s']:.2f} s; process {result['process_s']:.2f} s; images decoded "
+            f"{cold['images_decoded']}, rows {cold['rows']}; {meter}"
+        )
+        for label in ("cold", "warm") if args.trace else ():
+            print(f"   {label} embed():")
+            print("\n".join(result[label]["trace"]))
+
+    runs = measured(
+        args, "engine (fresh process)", lambda: run_engine_child(args, next(count)), report_engine
+    )
+    return runs
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=2000)
@@ -590,6 +661,17 @@ def main() -> int:
         action="store_true",
         help="print where each engine call's time went and time each model's forward with 1 thread",
     )
+    ap.add_argument(
+        "--ray-first",
+        action="store_true",
+        help="start Ray (ensure_ray) before the cold embed() call and time it on its own (the "
+        "measure before 2026-12-04, later); default: embed() starts it, as the CLI",
+    )
+    ap.add_argument(
+        "--engine-only",
+        action="store_true",
+        help="time only the engine (no loop, no ceiling, no ratios): for trying engine changes",
+    )
     ap.add_argument("--engine-child", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--spawned", type=float, default=0.0, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -609,6 +691,9 @@ def main() -> int:
         f"models: {', '.join(MODELS)}; {args.size} px, crop_pct {CROP_PCT}, batch {args.batch}"
     )
 
+    if args.engine_only:
+        engine_runs(args)
+        return 0
     print(
         f"loop:     per model ImageFolder + timm eval transform + DataLoader(num_workers="
         f"{'|'.join(map(str, workers))}) + forward, torch threads {torch.get_num_threads()}"
@@ -661,30 +746,9 @@ def main() -> int:
     forward_s = sum(best_forward(f) for f in forward.values())
     ceiling_s = decode_s + forward_s
 
-    print(
-        "engine:   a fresh process per run: imports, ensure_ray() (ray.init), embed() into an "
-        "empty store (cold), embed() into another empty store (warm)"
-    )
-    count = iter(range(1, 1000))
-
-    def report_engine(result, meter) -> None:
-        cold, warm = result["cold"], result["warm"]
-        print(
-            f"  run {result['run']}: imports {result['imports_s']:.2f} s, ray.init "
-            f"{result['ray_init_s']:.2f} s ({result['ray_cpus']:g} CPUs), cold embed() "
-            f"{cold['s']:.2f} s (= {result['cli_s']:.2f} s with ray.init), warm embed() "
-            f"{warm['s']:.2f} s; process {result['process_s']:.2f} s; images decoded "
-            f"{cold['images_decoded']}, rows {cold['rows']}; {meter}"
-        )
-        for label in ("cold", "warm") if args.trace else ():
-            print(f"   {label} embed():")
-            print("\n".join(result[label]["trace"]))
-
-    runs = measured(
-        args, "engine (fresh process)", lambda: run_engine_child(args, next(count)), report_engine
-    )
+    runs = engine_runs(args)
     best, engine_clean = pick(runs, key=lambda r: r["cli_s"])
-    engine_s, ray_init_s = best["cli_s"], best["ray_init_s"]
+    engine_s, ray_init_s = best["cli_s"], best["ray_init_s"] or best["cold"]["ray_init_inside_s"]
     cold_s, warm_s = best["cold"]["s"], min(r[0]["warm"]["s"] for r in runs)
 
     store = Path(best["cold"]["store"])
@@ -703,8 +767,13 @@ def main() -> int:
     print(
         f"times:    loop {loop_s:.2f} s (best: num_workers={loop_w}; {loops_text})"
         f"{note(loop_clean)}; ceiling {ceiling_s:.2f} s = decode {decode_s:.2f} + forward "
-        f"{forward_s:.2f}{note(ceiling_clean)}; engine {engine_s:.2f} s = ray.init "
-        f"{ray_init_s:.2f} + cold embed() {cold_s:.2f} (run {best['run']}){note(engine_clean)}; "
+        f"{forward_s:.2f}{note(ceiling_clean)}; engine {engine_s:.2f} s = "
+        + (
+            f"ray.init {ray_init_s:.2f} + cold embed() {cold_s:.2f}"
+            if best["ray_init_s"]
+            else f"cold embed() with ray.init {ray_init_s:.2f} inside"
+        )
+        + f" (run {best['run']}){note(engine_clean)}; "
         f"warm embed() {warm_s:.2f} s" + (" (best undisturbed timings)" if args.repeat > 1 else "")
     )
     loop_ratio = loop_s / engine_s
@@ -722,9 +791,14 @@ def main() -> int:
             f"goal:     {label} = {value:.2f} ({goal}, cold call with ray.init): "
             f"{'met' if good else 'NOT met'}"
         )
+    also = (
+        f"without ray.init: loop / engine {loop_s / cold_s:.2f}, engine / ceiling "
+        f"{cold_s / ceiling_s:.2f}; "
+        if best["ray_init_s"]
+        else ""
+    )
     print(
-        f"also:     without ray.init: loop / engine {loop_s / cold_s:.2f}, engine / ceiling "
-        f"{cold_s / ceiling_s:.2f}; warm call: loop / engine {loop_s / warm_s:.2f}, engine / "
+        f"also:     {also}warm call: loop / engine {loop_s / warm_s:.2f}, engine / "
         f"ceiling {warm_s / ceiling_s:.2f}"
     )
     result = {

@@ -1,7 +1,10 @@
 """The embedding stage on a real local Ray: real image files of many kinds, a Parquet task,
 real timm models (a random-init one and the converted ImageNet EfficientNet-Lite0)."""
 
+import os
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -125,6 +128,38 @@ def test_changed_task_data_reembeds_only_that_task(world, first_run, tmp_path):
     out = embed_world(w)
     assert sorted(out.computed) == [("lite0", "shapes"), ("rand_resnet", "shapes")]
     assert out.images_decoded == world["n_folder"]
+
+
+def test_a_partition_surely_missing_is_told_from_the_store_folders(world, first_run, tmp_path):
+    # embed() starts the local Ray while it plans only when the store surely lacks a partition
+    from engine.stages.embed import _surely_missing
+
+    tasks = load_tasks(world["root"] / "tasks.toml")
+    two = ["lite0", "rand_resnet"]
+    assert not _surely_missing(world["root"] / "store", two, tasks)
+    assert _surely_missing(world["root"] / "store", [*two, "never_embedded"], tasks)
+    assert _surely_missing(tmp_path / "empty_store", two, tasks)
+    shutil.copytree(world["root"] / "store", tmp_path / "store")
+    shutil.rmtree(tmp_path / "store" / "embeddings" / "model=lite0" / "task=shapes" / "split=val")
+    assert _surely_missing(tmp_path / "store", two, tasks)
+
+
+def test_a_call_that_reuses_everything_never_starts_ray(world, first_run):
+    # A fresh process (as `whichmodel embed`): nothing to embed, so no ray.init.
+    code = (
+        "import ray\n"
+        "from imageworld import embed_world\n"
+        "from pathlib import Path\n"
+        f"out = embed_world({{'root': Path({str(world['root'])!r})}})\n"
+        "print('RESULT', len(out.computed), len(out.reused), ray.is_initialized())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), *sys.path])
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "RESULT 0 4 False" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
 
 
 def _bad_world(tmp_path, break_it):

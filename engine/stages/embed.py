@@ -46,7 +46,7 @@ from actors.models import (
     weights_fingerprint,
 )
 from actors.pipeline import RunLedger, decode_stage
-from engine.cluster.connect import cluster_cpus_gpus, ensure_ray
+from engine.cluster.connect import cluster_address, cluster_cpus_gpus, ensure_ray
 from engine.cluster.failures import is_ray_failure, worker_error
 from engine.core.catalog import Catalogue
 from engine.core.names import check_name
@@ -502,12 +502,19 @@ def embed(
     """
     cfg = cfg or EmbedConfig()
     store = Path(store)
-    members = catalogue.pool(pool)
-    plans = [
-        plan_model(name, source, catalogue.path.parent, cfg)
-        for name, source in members.select("model", "source").iter_rows()
-    ]
-    data, fingerprints, task_meta = _load_tasks(tasks)
+    models = list(catalogue.pool(pool).select("model", "source").iter_rows())
+    # Planning the models (the first plan imports timm) and loading the tasks (files read and
+    # hashed) are independent: each in a thread. Where the store surely lacks a partition, this
+    # thread starts the local Ray meanwhile (seconds on a small machine), as the run needs it.
+    with ThreadPoolExecutor(2, thread_name_prefix="whichmodel-plan") as threads:
+        planning = threads.submit(
+            lambda: [plan_model(n, src, catalogue.path.parent, cfg) for n, src in models]
+        )
+        loading = threads.submit(_load_tasks, tasks)
+        if cluster_address() is None and _surely_missing(store, [n for n, _ in models], tasks):
+            ensure_ray()
+        plans = planning.result()
+        data, fingerprints, task_meta = loading.result()
     summary = EmbedSummary()
     needs = _missing(store, plans, fingerprints)
     summary.reused = [(p.name, t) for p in plans for t in data if t not in needs[p.name]]
@@ -517,6 +524,17 @@ def embed(
         log.info("every (model, task) pair reused from the store")
     _record(store, pool, plans, task_meta, summary)
     return summary
+
+
+def _surely_missing(store: Path, models: list[str], tasks: list[TaskSpec]) -> bool:
+    """Whether some (model, task, split) partition is missing from ``store`` for certain, before
+    anything is planned: its folder does not exist (a new store, model or task)."""
+    return any(
+        not Partition(store, model, task.name, split, "").directory.is_dir()
+        for model in models
+        for task in tasks
+        for split in SPLITS
+    )
 
 
 def _load_tasks(tasks: list[TaskSpec]) -> tuple[dict[str, TaskData], dict[str, str], dict]:
