@@ -2,7 +2,7 @@
 
 Runs ``progressive_rank`` on every demo task with each proxy twice, each time into a fresh store
 (nothing reused, so the device-seconds are the whole cost): with the rungs (default 1/8, 1/4,
-1/2, 1 of train/val, eta 2) and with one rung at the whole data (the full-data proxy, through the
+1/2, 1 of train/val, eta 3) and with one rung at the whole data (the full-data proxy, through the
 same code). Reports the mean relative regret at B = 1..3 of ``<proxy>``, ``progressive_<proxy>``
 and their ``hybrid_`` forms against the demo's fine-tune table (the oracle), and the
 device-seconds of embedding + probing. Then projects, from per-model GPU throughput, the time to
@@ -80,7 +80,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--demo-run", type=Path, required=True, help="a `whichmodel demo` run dir")
     ap.add_argument("--proxies", default="linear,knn")
-    ap.add_argument("--eta", type=int, default=2)
+    ap.add_argument("--eta", type=int, default=3)
     ap.add_argument("--fractions", default=None, help="default 1/8,1/4,1/2,1")
     ap.add_argument("--work", type=Path, default=Path("/tmp/progressive-cache/bench"))
     ap.add_argument("--json", type=Path, default=None, help="write the numbers here")

@@ -473,7 +473,7 @@ def add_search_parser(sub: argparse._SubParsersAction) -> None:
         "hybrid_linear, the paper's recommendation), or [hybrid_]progressive_<proxy>: the proxy "
         "by successive halving over growing slices of the data (--eta, --fractions)",
     )
-    p.add_argument("--eta", type=int, help="progressive_: keep the best 1/eta per rung (2)")
+    p.add_argument("--eta", type=int, help="progressive_: keep the best 1/eta per rung (3)")
     p.add_argument("--fractions", help="progressive_: slices of train/val per rung (1/8,1/4,1/2,1)")
     p.add_argument(
         "--preset",

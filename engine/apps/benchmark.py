@@ -17,7 +17,7 @@ config computes nothing new. A RUN.toml (paths relative to the file)::
     preset = "quick"              # engine/core/presets.toml section, or FILE.toml[:NAME]
     proxies = ["linear", "knn"]   # default linear, knn; [] skips the probe stage
     progressive = ["linear"]      # progressive_<proxy> rankings per pool (default none)
-    eta = 2                       # progressive: keep the best 1/eta at each rung (default 2)
+    eta = 3                       # progressive: keep the best 1/eta at each rung (default 3)
     fractions = "1/8,1/4,1/2,1"   # progressive: slices of train/val, the last 1 (the default)
     budgets = "1-3"               # default: 1 to each pool's size (at most 50)
     store = "store"               # embedding store (default RUN/store); may be shared
