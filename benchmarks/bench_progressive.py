@@ -136,24 +136,36 @@ def main() -> None:
         args.json.write_text(json.dumps(report, indent=1))
 
 
+# The paper's linear-probe grid (2 lrs x 5 reps x 2,500 steps, batch 512) per (model, task) on
+# one GPU: the engine's linear_grid on an H100, 0.50-0.71 s at 800/200 rows (RESULTS.md, "The
+# paper's linear grid"); its mean. A rung at fraction f trains ceil(f x 2,500) steps.
+PROBE_S_PER_PAIR = (0.66 + 0.71 + 0.50) / 3
+
+
 def cost_model(fractions, eta: int, tasks: int = 19, rows: int = 1000) -> dict:
-    """Embedding hours of every model of pools/timm-imagenet.toml on one GPU, VTAB-1k-sized
-    (``tasks`` × ``rows`` train+val images), full vs progressive. A model's throughput is scaled
-    from the measured one of the nearest family member by parameters (img/s ∝ 1/params: crude,
-    stated as such). Progressive: survivors at rung r are ceil(n / eta^r); 'mean' assumes they
-    are a random subset (mean seconds per image), 'worst' that the slowest models survive."""
+    """Hours to a hybrid ranking of every model of pools/timm-imagenet.toml on one GPU,
+    VTAB-1k-sized (``tasks`` x ``rows`` train+val images), full vs progressive: the forward
+    passes plus the paper's linear probe (the task-agnostic slot costs nothing). A model's
+    throughput is scaled from the measured one of the nearest family member by parameters
+    (img/s ∝ 1/params: crude, stated as such). Progressive: survivors at rung r are
+    ceil(n / eta^r), each embedding only the slice's new rows and probed on the whole slice with
+    steps scaled by its fraction; 'mean' assumes they are a random subset (mean seconds per
+    image), 'worst' that the slowest models survive. Decoding is left out: every image is
+    decoded once either way."""
     cat = load_catalogue(Path(__file__).resolve().parents[1] / "pools" / "timm-imagenet.toml")
     meta = cat.models
     ref_rate = np.mean([r * p for r, p in MEASURED.values()])  # img/s × params
     per_image = np.sort(np.asarray(meta["params"].to_list(), float) / ref_rate)[::-1]
     n = len(per_image)
     full = tasks * rows * per_image.sum()
-    mean_cost = worst = 0.0
+    full_probe = tasks * n * PROBE_S_PER_PAIR
+    mean_cost = worst = probe = 0.0
     alive, prev = n, 0.0
     for f in fractions:
         new = tasks * rows * (f - prev)
         mean_cost += alive * per_image.mean() * new
         worst += per_image[:alive].sum() * new
+        probe += tasks * alive * PROBE_S_PER_PAIR * f
         alive, prev = max(1, math.ceil(alive / eta)), f
     return {
         "models": n,
@@ -162,6 +174,11 @@ def cost_model(fractions, eta: int, tasks: int = 19, rows: int = 1000) -> dict:
         "progressive_worst_h": float(worst / 3600),
         "ratio_mean": float(mean_cost / full),
         "ratio_worst": float(worst / full),
+        "probe_full_h": float(full_probe / 3600),
+        "probe_progressive_h": float(probe / 3600),
+        "ranking_full_h": float((full + full_probe) / 3600),
+        "ranking_progressive_mean_h": float((mean_cost + probe) / 3600),
+        "ranking_progressive_worst_h": float((worst + probe) / 3600),
     }
 
 
