@@ -1,6 +1,8 @@
 """Small pieces of the embedding pipeline that run in Ray workers: the decode stage and the
 ledger that accounts for every image decoded and every row embedded in a run (and where)."""
 
+import contextlib
+
 import numpy as np
 import ray
 
@@ -42,5 +44,8 @@ def decode_stage(
     """Decode, convert to RGB, resize the short side and centre-crop one batch (uint8 pixels)."""
     out = decode_batch(batch, size=size, resize=resize, interpolation=interpolation)
     if ledger is not None:
-        ledger.add.remote(len(out["pixels"]))
+        # Waited for: the batch must be counted before the driver can see it, or the driver's
+        # final count may reach the ledger first (calls from two processes are not ordered).
+        with contextlib.suppress(ray.exceptions.RayError):  # a lost ledger: counts, not run
+            ray.get(ledger.add.remote(len(out["pixels"])))
     return out
