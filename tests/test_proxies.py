@@ -811,7 +811,10 @@ def test_new_proxies_real_embeddings(real, name):
     got = run_proxy(name, real).score
     want = NEW_REFS[name](real)
     assert got == pytest.approx(want, rel=1e-6, abs=1e-9)
-    assert want == pytest.approx(PINNED["real"][name], rel=1e-6)
+    # `real` comes from a float32 CPU forward pass whose last bits vary from run to run (seen:
+    # PARC 23.116885 against the pinned 23.116915 in one full-suite run): the pin guards the
+    # transcription against a silent change, not the forward pass, so it allows 1e-5.
+    assert want == pytest.approx(PINNED["real"][name], rel=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------
