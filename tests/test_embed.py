@@ -20,7 +20,7 @@ from actors.models import build_model, embed_forward, parse_source
 from engine.core.catalog import load_catalogue
 from engine.core.errors import UserError
 from engine.core.schema import SPLITS
-from engine.stages.embed import embed
+from engine.stages.embed import batches_by_models, embed
 from engine.stages.store import Partition, read_metadata, read_partition
 from engine.tasks.loader import load_tasks
 
@@ -245,3 +245,53 @@ def test_cli_reports_reuse_and_rejects_an_unknown_pool(world, first_run, capsys)
     assert "embedded 0 (model, task) pair(s), reused 4; 0 images decoded" in out
     assert cli.main([*argv, "--pool", "Nope"]) == 2
     assert "unknown pool 'Nope'" in capsys.readouterr().err
+
+
+def _decoded(tasks: dict[str, int], batch_size: int, seed: int) -> list[dict[str, np.ndarray]]:
+    """Decoded-like batches of ``tasks`` (name -> rows), tasks interleaved at random."""
+    rng = np.random.default_rng(seed)
+    names = np.concatenate([[t] * n for t, n in tasks.items()])
+    names = names[rng.permutation(len(names))]
+    index = np.arange(len(names))
+    pixels = rng.integers(0, 256, (len(names), 4, 4, 3), dtype=np.uint8)
+    return [
+        {"task": names[a : a + batch_size], "index": index[a : a + batch_size],
+         "pixels": pixels[a : a + batch_size]}
+        for a in range(0, len(names), batch_size)
+    ]  # fmt: skip
+
+
+def test_batches_are_cut_by_the_models_that_need_them():
+    """Each model needs all or none of a batch's rows; every row comes out once with its
+    pixels; a group of tasks needed by the same models fills whole batches but its last."""
+    rows = {"a": 70, "b": 45, "c": 33, "d": 9}
+    needs = [["a", "b"], ["a", "b", "c"], ["c"], None, ["d"]]  # a, b: models 0, 1, 3; ...
+    batches = _decoded(rows, 16, seed=3)
+    out = list(batches_by_models(iter(batches), 16, rows, needs))
+    users = {t: {i for i, n in enumerate(needs) if n is None or t in n} for t in rows}
+    groups = {"ab": {"a", "b"}, "c": {"c"}, "d": {"d"}}
+    sizes: dict[str, list[int]] = {g: [] for g in groups}
+    for batch in out:
+        present = set(batch["task"].tolist())
+        assert len({frozenset(users[t]) for t in present}) == 1, present
+        sizes[next(g for g, ts in groups.items() if present <= ts)].append(len(batch["task"]))
+    for g, ts in groups.items():  # whole batches, then the rest
+        total = sum(rows[t] for t in ts)
+        assert sizes[g] == [16] * (total // 16) + ([total % 16] if total % 16 else []), g
+
+    def rows_of(bs):
+        cols = ("index", "task", "pixels")
+        return {int(i): (t, p) for b in bs for i, t, p in zip(*(b[c] for c in cols), strict=True)}
+
+    got, want = rows_of(out), rows_of(batches)
+    assert sorted(got) == sorted(want) == list(range(sum(rows.values())))
+    assert sum(len(b["index"]) for b in out) == len(want)
+    for i, (t, p) in want.items():
+        assert got[i][0] == t and np.array_equal(got[i][1], p)
+
+
+def test_batches_pass_unchanged_when_every_model_needs_every_task():
+    rows = {"a": 30, "b": 20}
+    batches = _decoded(rows, 16, seed=4)
+    out = list(batches_by_models(iter(batches), 16, rows, [None, ["a", "b"]]))
+    assert len(out) == len(batches) and all(x is y for x, y in zip(out, batches, strict=True))
