@@ -82,6 +82,9 @@ def main() -> None:
     ap.add_argument("--proxies", default="linear,knn")
     ap.add_argument("--eta", type=int, default=3)
     ap.add_argument("--fractions", default=None, help="default 1/8,1/4,1/2,1")
+    ap.add_argument(
+        "--no-keep-ties", action="store_true", help="cut ties at a rung by the agnostic order"
+    )
     ap.add_argument("--work", type=Path, default=Path("/tmp/progressive-cache/bench"))
     ap.add_argument("--json", type=Path, default=None, help="write the numbers here")
     ap.add_argument("--quiet", type=float, default=2.0, help="wait for load1 below this")
@@ -100,11 +103,12 @@ def main() -> None:
     agnostic = task_agnostic_order(meta)
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"pool {pool}: {len(models)} models, {len(names)} tasks; load1 {load1():.2f}")
-    report: dict = {"fractions": list(fractions), "eta": args.eta, "rows": []}
+    ties = not args.no_keep_ties
+    report: dict = {"fractions": list(fractions), "eta": args.eta, "keep_ties": ties, "rows": []}
     for proxy in args.proxies.split(","):
         for kind, cfg in (
             ("full", ProgressiveConfig(fractions=(1.0,), eta=args.eta)),
-            ("progressive", ProgressiveConfig(fractions=fractions, eta=args.eta)),
+            ("progressive", ProgressiveConfig(fractions, args.eta, keep_ties=ties)),
         ):
             before = wait_for_load(args.quiet, args.max_wait, "  ")
             res, wall = run(cat, pool, tasks, proxy, preset, cfg, args.work)

@@ -27,11 +27,13 @@ from engine.stages.progressive import (
     ProgressiveConfig,
     _Halving,
     _promote,
+    _survivors,
     check_config,
     progressive_rank,
     slice_indices,
     slice_orders,
 )
+from engine.stages.store import embedding_columns
 from engine.tasks.loader import TaskData, load_tasks
 
 FRACTIONS = (1 / 3, 2 / 3, 1.0)
@@ -134,10 +136,16 @@ def test_rungs_halve_and_nothing_is_embedded_twice(progressive_run):
     models = cat.pool("Three")["model"].to_list()
     for spec in tasks:
         rungs = res.rungs.filter(pl.col("task") == spec.name)
-        assert rungs.group_by("rung").len().sort("rung")["len"].to_list() == [3, 2, 1]
+        assert rungs["rung"].unique().sort().to_list() == [0, 1, 2]
+        assert len(rungs.filter(pl.col("rung") == 0)) == 3
         for r in (0, 1):  # the kept ones are exactly those scored at the next rung
-            kept = set(rungs.filter((pl.col("rung") == r) & pl.col("kept"))["model"])
+            here = rungs.filter(pl.col("rung") == r)
+            kept = set(here.filter(pl.col("kept"))["model"])
             assert kept == set(rungs.filter(pl.col("rung") == r + 1)["model"])
+            # ceil(n / eta) of them, and any tied with the last of those (keep_ties)
+            ranked = sorted(here["score"].to_list(), reverse=True)
+            base = math.ceil(len(ranked) / 2)
+            assert len(kept) == base + ranked[base:].count(ranked[base - 1])
         for m in models:
             chunks = _chunks(store, m, spec.name)
             rows = np.concatenate(chunks)
@@ -153,12 +161,37 @@ def test_rungs_halve_and_nothing_is_embedded_twice(progressive_run):
     assert res.embed_seconds > 0 and res.probe_seconds > 0
 
 
+def test_rung_embeddings_equal_the_full_data_pass(world, first_run, progressive_run):
+    """A rung embeds each model's slice rows in batches cut by the models that need them
+    (``batches_by_models``); the rows equal the full-data store's embeddings of the same
+    images (pool Two, embedded by ``first_run`` in one pass)."""
+    _, tasks, store, _, _ = progressive_run
+    full = world["root"] / "store" / "embeddings"
+    compared = 0
+    for model in ("lite0", "rand_resnet"):
+        for spec in tasks:
+            want = {}
+            for split in ("train", "val"):
+                for f in (full / f"model={model}" / f"task={spec.name}" / f"split={split}").glob(
+                    "*.parquet"
+                ):
+                    cols = embedding_columns(pq.read_table(f))
+                    want |= dict(zip(cols["index"].tolist(), cols["embedding"], strict=True))
+            folder = store / "slices" / f"model={model}" / f"task={spec.name}"
+            for f in sorted(folder.glob("*/*.parquet")):
+                cols = embedding_columns(pq.read_table(f))
+                for i, emb in zip(cols["index"].tolist(), cols["embedding"], strict=True):
+                    np.testing.assert_allclose(emb, want[i], rtol=1e-4, atol=1e-5)
+                    compared += 1
+    assert compared > 0
+
+
 def test_a_rerun_embeds_nothing_and_ranks_the_same(progressive_run):
     _, _, _, first, again = progressive_run
     assert sum(again.rows_embedded.values()) == 0 and again.embed_seconds == 0
     assert again.ranking == first.ranking
     # every rung's proxy result was saved by the first call: nothing is scored again
-    assert (first.scored, first.reused) == ((3 + 2 + 1) * 2, 0)
+    assert (first.scored, first.reused) == (len(first.rungs), 0)  # one per (task, rung, model)
     assert (again.scored, again.reused) == (0, first.scored) and again.probe_seconds == 0
     assert again.rungs.drop("embed_seconds").equals(first.rungs.drop("embed_seconds"))
 
@@ -197,6 +230,21 @@ def test_ranking_is_the_numpy_recomputation_and_the_scores_reproduce_it(progress
     for task in names:
         rest = [m for m in res.ranking[task] if m != agnostic[0]]
         assert [m for m, t in hybrid if t == task] == [agnostic[0], rest[0]]
+
+
+def test_a_tie_at_the_cut_goes_on_together():
+    """Keep ceil(n / eta); with keep_ties, also every model tied with the last one kept (a tie
+    on a small validation slice says nothing); without, the task-agnostic order breaks it."""
+    scores = np.array([0.6, 0.8, 0.6, 0.2, 0.6, np.nan])
+    alive, agnostic = [0, 1, 2, 3, 4, 5], np.array([5, 4, 3, 2, 1, 0])
+    tied = ProgressiveConfig(eta=3)
+    assert _survivors(alive, scores, agnostic, tied, last=False) == [0, 1, 2, 4]
+    untied = ProgressiveConfig(eta=3, keep_ties=False)
+    assert _survivors(alive, scores, agnostic, untied, last=False) == [1, 4]  # 4 before 2, 0
+    clear = np.array([0.9, 0.8, 0.6, 0.2, 0.5, np.nan])
+    assert _survivors(alive, clear, agnostic, tied, last=False) == [0, 1]
+    nan_cut = np.array([np.nan, 0.8, np.nan, np.nan, np.nan, np.nan])  # NaN ties are no tie
+    assert _survivors(alive, nan_cut, agnostic, tied, last=False) == [1, 5]
 
 
 def test_a_rung_is_the_pool_of_a_pool_normalised_proxy():

@@ -76,13 +76,16 @@ SLICED = ("train", "val")
 @dataclass(frozen=True)
 class ProgressiveConfig:
     """Rungs of the halving: ``fractions`` of train/val (increasing, the last 1) and ``eta``
-    (keep the best ``ceil(n / eta)`` at each rung, never fewer than ``keep_at_least``);
+    (keep the best ``ceil(n / eta)`` at each rung, never fewer than ``keep_at_least``, and with
+    ``keep_ties`` every model whose score equals the last kept one's: on a small validation
+    slice accuracies tie often, and cutting a tie by the task-agnostic order is arbitrary);
     ``seed`` of the slice order; ``scale_steps``: a proxy with a ``steps`` option (linear)
     trains ``ceil(steps * f)`` steps on the slice at fraction ``f`` (the same epochs)."""
 
     fractions: tuple[float, ...] = DEFAULT_FRACTIONS
     eta: int = 3  # Hyperband's default; measured: eta 2 misses the issue's cost goal
     keep_at_least: int = 1
+    keep_ties: bool = True
     seed: int = 0
     scale_steps: bool = True
 
@@ -580,6 +583,9 @@ def _survivors(
     reached = np.zeros(len(scores))
     reached[alive] = 1
     order = final_order(reached, scores, agnostic)
+    if cfg.keep_ties and not np.isnan(scores[order[keep - 1]]):
+        while keep < len(alive) and scores[order[keep]] == scores[order[keep - 1]]:
+            keep += 1  # a tie at the cut carries no evidence: the tied go on together
     return sorted(int(m) for m in order[:keep])
 
 
