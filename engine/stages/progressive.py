@@ -1,10 +1,11 @@
 """Progressive proxies (issue 15.1): successive halving over data and models.
 
 ``progressive_rank`` scores every model of a pool with a proxy on a small, class-stratified slice
-of each task's train and val rows, keeps the best ``1/eta`` of them, and moves on to a larger
-slice, up to the whole of train and val at the last rung: the full data is embedded for a few
-models only. The final ranking orders models by the last rung they reached, then by their score
-there (ties by the task-agnostic order, as every ranking of the engine).
+of each task's train and val rows, keeps the best ``1/eta`` of them (and any tied with the last
+kept), and moves on to a larger slice, up to the whole of train and val at the last rung: the
+full data is embedded for a few models only. The final ranking orders models by the last rung
+they reached, then by their score there (ties by the task-agnostic order, as every ranking of
+the engine).
 
 Slices: per task and split one seeded, class-stratified order of the rows (the j-th of a class's
 ``n_c`` rows gets the key ``(j + 0.5) / n_c``, ties broken at random), so every prefix keeps the
