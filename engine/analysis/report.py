@@ -285,7 +285,8 @@ def progressive_html(cost: pl.DataFrame | None) -> str:
     note = (
         '<p class="note">progressive_&lt;proxy&gt; ranks each pool by successive halving over '
         "growing class-stratified slices of train/val: every model is scored on the first "
-        "slice, the best 1/eta go on to the next, the last slice is the whole data. Its regret "
+        "slice, the best 1/eta (and any tied with the last of them) go on to the next, the last "
+        "slice is the whole data. Its regret "
         "is in the tables above (progressive_&lt;proxy&gt; and hybrid_progressive_&lt;proxy&gt;"
         "). Rows: the train+val rows its rankings read (each model up to the largest slice it "
         "reached; the forward passes a store without them would compute) against every model "
