@@ -15,7 +15,8 @@ def progressive_cost(
     members: dict[str, list[str]],
     eta: int,
 ) -> pl.DataFrame:
-    """Per (pool, proxy) of ``rungs`` (schema.PROGRESSIVE_RUNGS): models scored per rung, rows
+    """Per (pool, proxy) of ``rungs`` (schema.PROGRESSIVE_RUNGS): models scored per rung (mean
+    over tasks: ties at a cut keep more models on some tasks), rows
     read (each (task, model) up to its largest slice) against every model of the pool on the
     whole train+val data, and proxy device-seconds against the full-data proxy's in
     ``full_scores`` (the probe stage's SCORES_DETAIL table; its ``proxy`` rows over the pool's
@@ -23,8 +24,9 @@ def progressive_cost(
     rows = []
     for (pool, proxy), sub in rungs.group_by("pool", "proxy", maintain_order=True):
         tasks = sub["task"].unique(maintain_order=True).to_list()
-        first = sub.filter(pl.col("task") == tasks[0])
-        per_rung = first.group_by("rung").agg(pl.len(), pl.col("fraction").first()).sort("rung")
+        per_task = sub.group_by("rung", "task").agg(pl.len(), pl.col("fraction").first())
+        per_rung = per_task.group_by("rung").agg(pl.col("len").mean(), pl.col("fraction").first())
+        per_rung = per_rung.sort("rung")
         size = sub.with_columns(n=pl.col("train_rows") + pl.col("val_rows"))
         reached = size.sort("rung").group_by("task", "model").last()
         whole = size.filter(pl.col("fraction") == 1.0).group_by("task").agg(pl.col("n").first())
@@ -38,7 +40,7 @@ def progressive_cost(
                 "proxy": PREFIX + proxy,
                 "eta": eta,
                 "fractions": ", ".join(f"{f:g}" for f in per_rung["fraction"]),
-                "models_per_rung": "→".join(str(n) for n in per_rung["len"]),
+                "models_per_rung": "→".join(f"{round(n, 1):g}" for n in per_rung["len"]),
                 "rows": int(reached["n"].sum()),
                 "full_rows": full_rows,
                 "rows_share": int(reached["n"].sum()) / full_rows if full_rows else None,
