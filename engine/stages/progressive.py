@@ -252,6 +252,7 @@ class _Rows:
         full = {p.split: p for p in _partitions(store, plan, task, task_fp)}
         self.full = [full[s] for s in SLICED] if all(full[s].exists() for s in SLICED) else []
         self._parts: list[dict[str, np.ndarray]] | None = None
+        self._have: np.ndarray | None = None  # chunk row indices, read once, then kept by add()
 
     @property
     def parts(self) -> list[dict[str, np.ndarray]]:
@@ -270,15 +271,18 @@ class _Rows:
         """The rows of ``need`` (train/val indices) that no chunk or full partition holds."""
         if self.full:
             return ()
-        files = sorted(self.folder.glob("*.parquet"))
-        known = [pq.read_table(f, columns=["index"])["index"].to_numpy() for f in files]
-        have = np.concatenate(known) if known else np.zeros(0, np.int64)
-        return tuple(int(i) for i in np.sort(need[~np.isin(need, have)]))
+        if self._have is None:
+            files = sorted(self.folder.glob("*.parquet"))
+            known = [pq.read_table(f, columns=["index"])["index"].to_numpy() for f in files]
+            self._have = np.concatenate(known) if known else np.zeros(0, np.int64)
+        return tuple(int(i) for i in np.sort(need[~np.isin(need, self._have)]))
 
     def add(self, cols: dict[str, np.ndarray]) -> None:
         write_chunk(self.folder, cols)
         if self._parts is not None:  # else the chunk is read with the others when needed
             self._parts.append(cols)
+        if self._have is not None:
+            self._have = np.concatenate([self._have, np.asarray(cols["index"], np.int64)])
 
     def saved_score(self, key: str) -> ProxyResult | None:
         """The proxy result saved under ``key`` by an earlier call (None if there is none)."""
