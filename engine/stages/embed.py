@@ -348,8 +348,9 @@ def batches_by_models(
     ``needs``: the tasks each model embeds (None: every task). Tasks needed by the same models
     share batches of ``batch_size`` rows; each such group's last batch may be shorter. Without
     this, a model that needs only some of a batch's tasks runs a small sub-batch, which costs
-    up to 2-3x per row on a CPU (progressive rungs: every task has its own survivors; RESULTS,
-    "Progressive proxies"). Where every model needs every task, ``batches`` pass unchanged."""
+    up to about 2x per row on a CPU (progressive rungs: every task has its own survivors;
+    benchmarks/bench_small_batches.py, RESULTS "Progressive proxies"). Where every model needs
+    every task, ``batches`` pass unchanged."""
     group = {t: tuple(i for i, n in enumerate(needs) if n is None or t in n) for t in rows}
     if len(set(group.values())) <= 1:
         yield from batches
