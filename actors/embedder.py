@@ -23,7 +23,7 @@ import numpy as np
 import ray
 import torch
 
-from actors.models import (
+from whichmodel.actors.models import (
     ModelSource,
     PixelNormalizer,
     build_model,

@@ -5,10 +5,12 @@ One call fine-tunes one model on one task for one (lr, repetition), the paper's 
 1. **Linear head on the frozen model.** The timm model (``build_model``) gets a new classifier for
    the task (``reset_classifier``). The frozen model's pre-logits embeddings of *all* training
    examples are computed once (eval mode, inference), then the head is trained on them like the
-   paper's linear probe (``actors.proxies.linear_sequential``): zero-initialised weights and bias,
+   paper's linear probe (``whichmodel.actors.proxies.linear_sequential``): zero-initialised weights
+   and bias,
    plain minibatch SGD (no momentum, no weight decay) on the mean softmax cross-entropy,
    ``head_lr`` for ``head_steps`` steps of ``batch_size`` examples, batches from
-   ``actors.proxies.batch_indices`` (seeded epoch shuffles), with one difference: it runs on the
+   ``whichmodel.actors.proxies.batch_indices`` (seeded epoch shuffles), with one difference: it
+   runs on the
    embeddings centred and divided by one scalar, folded back after (``train_head``), so one
    ``head_lr`` suits every model's embedding scale. Every model's BatchNorm running statistics
    are first re-estimated on the task's training images (``calibrate_batchnorm``): a random-init
@@ -27,8 +29,10 @@ One call fine-tunes one model on one task for one (lr, repetition), the paper's 
    default. On CUDA: bf16 autocast (or fp16 with a grad scaler), channels_last.
 3. **Evaluation** of the fine-tuned model on validation and test (eval mode).
 
-Inputs are the pixels the embedding stage decodes (``actors.decode.decode_batch``: uint8, the
-model's eval geometry), normalised here with the model's mean/std exactly as ``actors.embedder``
+Inputs are the pixels the embedding stage decodes (``whichmodel.actors.decode.decode_batch``:
+uint8, the
+model's eval geometry), normalised here with the model's mean/std exactly as
+``whichmodel.actors.embedder``
 does: there is no second decoding path (``split_pixels`` / ``decode_task`` build ``TaskPixels``).
 
 **Checkpoints.** With ``checkpoint_every = k``, ``on_checkpoint(state, step)`` is called after
@@ -65,8 +69,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from actors.decode import decode_batch
-from actors.models import (
+from whichmodel.actors.decode import decode_batch
+from whichmodel.actors.models import (
     ModelSource,
     PixelNormalizer,
     build_model,
@@ -74,9 +78,9 @@ from actors.models import (
     embed_forward,
     to_tensor,
 )
-from actors.proxies import batch_indices
-from engine.core.outputs import atomic_file
-from engine.core.schema import SPLITS
+from whichmodel.actors.proxies import batch_indices
+from whichmodel.core.outputs import atomic_file
+from whichmodel.core.schema import SPLITS
 
 # Pixels fetched from Ray's object store are read-only arrays; this module only ever reads them,
 # so torch's warning about tensors over non-writable memory says nothing here.
@@ -234,7 +238,8 @@ def split_pixels(
 
 
 def decode_task(data: Any, size: int, resize: int, interpolation: str) -> TaskPixels:
-    """Decode a task (``engine.tasks.loader.TaskData``) in this process with the embedding stage's
+    """Decode a task (``whichmodel.tasks.loader.TaskData``) in this process with the embedding
+    stage's
     decoder (``decode_batch``), at one geometry."""
     table = data.table
     batch = {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}

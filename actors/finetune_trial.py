@@ -5,7 +5,7 @@ The task's decoded pixels arrive by object reference (``tune.with_parameters``).
 so a retried trial (``FailureConfig(max_failures=...)``) or a restored experiment continues from
 the last checkpoint instead of starting over.
 
-With ``report_val`` (successive halving, ``engine.stages.halving``) every checkpoint report also
+With ``report_val`` (successive halving, ``whichmodel.stages.halving``) every checkpoint report also
 carries
 the validation accuracy of the model at that step (``val_acc``, the checkpointed weights evaluated
 in eval mode on a second copy of the model, under a forked RNG so training is unchanged) and the
@@ -28,7 +28,7 @@ import ray
 import torch
 from ray import tune
 
-from actors.finetune import (
+from whichmodel.actors.finetune import (
     FinetuneConfig,
     TaskPixels,
     evaluate,
@@ -38,7 +38,7 @@ from actors.finetune import (
     save_finetuned,
     save_state,
 )
-from actors.models import data_config
+from whichmodel.actors.models import data_config
 
 FINAL_FILE = "final.json"  # in a finished trial's last checkpoint: its final metrics
 

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.core.errors import UserError
+from whichmodel.core.errors import UserError
 
 HUB = "hub"
 RANDOM = "random"

@@ -6,7 +6,7 @@ import contextlib
 import numpy as np
 import ray
 
-from actors.decode import decode_batch
+from whichmodel.actors.decode import decode_batch
 
 
 @ray.remote(num_cpus=0)

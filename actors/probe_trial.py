@@ -12,7 +12,7 @@ import numpy as np
 import ray
 from ray import tune
 
-from actors.proxies import ProxyInput, run_proxy
+from whichmodel.actors.proxies import ProxyInput, run_proxy
 
 
 def proxy_input(arrays: dict[str, dict[str, np.ndarray]]) -> ProxyInput:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from actors.models import to_tensor
+from whichmodel.actors.models import to_tensor
 
 
 @dataclass(frozen=True)

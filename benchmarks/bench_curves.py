@@ -24,10 +24,10 @@ import polars as pl
 from scipy.special import gammaln
 from scipy.stats import spearmanr
 
-from engine.analysis.analyze import curves_table
-from engine.analysis.curves import pool_outcomes
-from engine.analysis.strategies import PoolData, strategies_for
-from engine.core import schema
+from whichmodel.analysis.analyze import curves_table
+from whichmodel.analysis.curves import pool_outcomes
+from whichmodel.analysis.strategies import PoolData, strategies_for
+from whichmodel.core import schema
 
 GOAL_S = 2.0
 N_STRATEGIES = 11

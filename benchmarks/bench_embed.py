@@ -12,21 +12,22 @@ Three things are timed, after waiting for the machine to be quiet:
 - **loop**: what a user would write, per model: ``torchvision.datasets.ImageFolder`` per split
   with timm's eval transform (``create_transform`` of the model's data config at the run's
   geometry), ``DataLoader(batch_size=64, num_workers=W)``, ``inference_mode``, pre-logits
-  forward (``actors.models.embed_forward``); model build included; torch's default thread
+  forward (``whichmodel.actors.models.embed_forward``); model build included; torch's default thread
   count, in this process. Timed for every W of ``--loader-workers`` (default 0 and 2); the
   loop's time is the best W's.
-- **ceiling**: (a) ``actors.decode.decode_image`` of every file once, in this process, plus
+- **ceiling**: (a) ``whichmodel.actors.decode.decode_image`` of every file once, in this process,
+plus
   (b) the forward passes of the 4 models on those pre-decoded, pre-normalised tensors (batch 64,
   ``inference_mode``, one untimed warm-up batch per model, model build not timed), each model
   in NCHW and in channels-last; the ceiling takes each model's faster layout.
 - **engine**, as a CLI run pays it: a fresh Python process (this script with ``--engine-child``)
-  imports the engine and calls ``engine.stages.embed.embed(catalogue, "Bench", tasks, store,
+  imports the engine and calls ``whichmodel.stages.embed.embed(catalogue, "Bench", tasks, store,
   EmbedConfig(image_size=64, batch_size=64))`` into an empty store (the **cold** call), as
   ``whichmodel embed`` does: ``embed()`` starts Ray itself (``ray.init``, timed inside it, and
   overlapped with its planning), then again into another empty store (the **warm** call: Ray's
   workers already started). The engine's time in the ratios is the cold one, ``ray.init``
   included: what ``whichmodel embed`` pays after its imports. ``--ray-first`` calls
-  ``engine.cluster.connect.ensure_ray()`` before the cold call instead (timed on its own, added
+  ``whichmodel.cluster.connect.ensure_ray()`` before the cold call instead (timed on its own, added
   to the cold call's time: the measure before 2026-12-04, later). Process start and imports are
   printed too, not counted (the loop's imports are not timed either).
 
@@ -66,10 +67,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine_load import load1  # noqa: E402
 from make_photos import count_images, make_photos  # noqa: E402
 
-from actors.decode import decode_image  # noqa: E402
-from actors.models import build_model, embed_forward, parse_source  # noqa: E402
-from engine.core.schema import SPLITS  # noqa: E402
-from engine.stages.store import Partition, read_partition  # noqa: E402
+from whichmodel.actors.decode import decode_image  # noqa: E402
+from whichmodel.actors.models import build_model, embed_forward, parse_source  # noqa: E402
+from whichmodel.core.schema import SPLITS  # noqa: E402
+from whichmodel.stages.store import Partition, read_partition  # noqa: E402
 
 POOL = "Bench"
 TASK = "photos"
@@ -239,7 +240,7 @@ def wait_quiet(limit: float, max_wait: float, label: str) -> None:
 
 def prepare(workdir: Path, images: int) -> Path:
     """Photos, converted weights, catalogue and tasks file in ``workdir``; returns the photos."""
-    from engine.demo.convert import convert_efficientnet_lite
+    from whichmodel.demo.convert import convert_efficientnet_lite
 
     photos = make_photos(workdir / "photos", images)
     convert_efficientnet_lite(0, workdir / "weights")
@@ -306,7 +307,7 @@ def per_model_loop(workdir: Path, photos: Path, size: int, batch: int, workers: 
 
 
 def decode_all(files: list[Path], size: int) -> tuple[float, np.ndarray]:
-    resize = int(size / CROP_PCT)  # floor, as timm and actors.models.resize_for
+    resize = int(size / CROP_PCT)  # floor, as timm and whichmodel.actors.models.resize_for
     start = time.perf_counter()
     pixels = np.stack([decode_image(None, str(f), size, resize, INTERPOLATION) for f in files])
     return time.perf_counter() - start, pixels
@@ -393,7 +394,7 @@ def _time_ray_init(spans: list[tuple[float, float]]) -> None:
 def _install_trace() -> list[_CallTrace]:
     """Wrap the driver path's ``PoolEmbedder`` (benchmark only) so every call of ``embed()``
     records when the models were built and when each batch was embedded."""
-    import engine.stages.embed as engine_embed
+    import whichmodel.stages.embed as engine_embed
 
     traces: list[_CallTrace] = []
     base = engine_embed.PoolEmbedder
@@ -442,10 +443,10 @@ def engine_child(args: argparse.Namespace) -> int:
     ``embed()`` and a warm one, each into an empty store; prints one ``RESULT {json}`` line."""
     import ray
 
-    from engine.cluster.connect import ensure_ray
-    from engine.core.catalog import load_catalogue
-    from engine.stages.embed import EmbedConfig, embed
-    from engine.tasks.loader import load_tasks
+    from whichmodel.cluster.connect import ensure_ray
+    from whichmodel.core.catalog import load_catalogue
+    from whichmodel.stages.embed import EmbedConfig, embed
+    from whichmodel.tasks.loader import load_tasks
 
     imported = time.time()
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
@@ -534,7 +535,7 @@ def run_engine_child(args: argparse.Namespace, k: int) -> dict:
 
 def engine_embeddings(workdir: Path, store: Path, model: str) -> dict[str, np.ndarray]:
     """{path: embedding} of ``model`` over every split, read back from the store."""
-    from engine.tasks.loader import load_task, load_tasks
+    from whichmodel.tasks.loader import load_task, load_tasks
 
     data = load_task(load_tasks(workdir / "tasks.toml")[0])
     path_of = dict(

@@ -34,12 +34,12 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from engine.core.catalog import load_catalogue
-from engine.core.presets import load_preset
-from engine.demo.convert import IMAGENET_TRAIN_SIZE, LITE_TOP1, convert_efficientnet_lite
-from engine.stages.embed import EmbedConfig, embed
-from engine.stages.finetune import run_finetune
-from engine.stages.halving import (
+from whichmodel.core.catalog import load_catalogue
+from whichmodel.core.presets import load_preset
+from whichmodel.demo.convert import IMAGENET_TRAIN_SIZE, LITE_TOP1, convert_efficientnet_lite
+from whichmodel.stages.embed import EmbedConfig, embed
+from whichmodel.stages.finetune import run_finetune
+from whichmodel.stages.halving import (
     HalvingConfig,
     compare_at_equal_compute,
     fixed_plan,
@@ -48,8 +48,8 @@ from engine.stages.halving import (
     run_fixed_equal_steps,
     run_halving,
 )
-from engine.stages.probe import probe
-from engine.tasks.loader import load_tasks
+from whichmodel.stages.probe import probe
+from whichmodel.tasks.loader import load_tasks
 
 RANDOM = {"rand_resnet10t": "resnet10t", "rand_mnv3": "mobilenetv3_small_100"}
 

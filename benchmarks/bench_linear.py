@@ -4,9 +4,11 @@ For each (dim, classes) config, synthetic but learnable embeddings (Gaussian cla
 Gaussian noise with a power-law spectrum, 800 train / 200 validation rows, seeded) and the
 paper's grid: lr in {0.1, 0.01} x 5 repetitions x ``--steps`` SGD steps of batch 512. Times
 
-- (a) the engine: ``actors.proxies.linear_grid`` (production path: ``dual="auto"``, float32, CPU),
+- (a) the engine: ``whichmodel.actors.proxies.linear_grid`` (production path: ``dual="auto"``,
+float32, CPU),
   the whole grid in one call;
-- (b) the faithful loop: ``actors.proxies.linear_sequential`` (``nn.Linear`` + ``optim.SGD`` +
+- (b) the faithful loop: ``whichmodel.actors.proxies.linear_sequential`` (``nn.Linear`` +
+``optim.SGD`` +
   autograd, one (lr, rep) at a time, the same batches);
 - (c) scikit-learn ``SGDClassifier(loss="log_loss")`` as a user would call it, one fit per
   (lr, rep) with ``random_state=rep`` (a different algorithm: per-example updates, one-vs-rest;
@@ -51,7 +53,7 @@ import numpy as np
 import torch
 from machine_load import wait_for_load
 
-from actors.proxies import linear_grid, linear_sequential
+from whichmodel.actors.proxies import linear_grid, linear_sequential
 
 N_TRAIN, N_VAL = 800, 200
 LRS = (0.1, 0.01)

@@ -1,10 +1,11 @@
 """Benchmark: the whole probe stage's wall time against the ideal packed makespan of its trials.
 
-Builds an embedding store directly (``engine.stages.store.write_partition`` + ``record_run``;
+Builds an embedding store directly (``whichmodel.stages.store.write_partition`` + ``record_run``;
 synthetic
 embeddings, by default 4 models of dims 512/768/1024/2048 x 3 tasks of 10/25/50 classes,
 800/200/200 train/val/test rows), starts Ray (``ray.init(num_cpus=2)``, not timed), then times
-``engine.stages.probe.probe(store, proxies, preset)`` with the preset's linear section (default the
+``whichmodel.stages.probe.probe(store, proxies, preset)`` with the preset's linear section (default
+the
 paper's: 2 lrs x 5 reps x 2,500 steps, batch 512) and prints the stage's wall time, the sum of its
 trials' compute (``ProbeSummary.compute_seconds``: each trial times its own proxies) and the
 makespan of packing the measured per-trial compute times (the sum of each pair's proxy seconds)
@@ -46,8 +47,14 @@ import numpy as np
 import polars as pl
 from machine_load import load1, wait_for_load
 
-from engine.core.presets import load_preset
-from engine.stages.store import Partition, partition_key, record_run, stored_pairs, write_partition
+from whichmodel.core.presets import load_preset
+from whichmodel.stages.store import (
+    Partition,
+    partition_key,
+    record_run,
+    stored_pairs,
+    write_partition,
+)
 
 ROWS = {"train": 800, "val": 200, "test": 200}
 DIMS = (512, 768, 1024, 2048)
@@ -147,8 +154,8 @@ def orchestration_pieces(store: Path, proxies: list[str], options: dict) -> None
     import ray
     from ray import tune
 
-    from engine.stages.probe import _load_pair, _num_classes
-    from engine.stages.store import read_metadata
+    from whichmodel.stages.probe import _load_pair, _num_classes
+    from whichmodel.stages.store import read_metadata
 
     t0 = time.perf_counter()
     pairs = stored_pairs(store)
@@ -205,7 +212,7 @@ def main() -> int:
     import ray
     import torch
 
-    from engine.stages.probe import probe, proxy_options
+    from whichmodel.stages.probe import probe, proxy_options
 
     preset = load_preset(args.preset)
     if args.steps is not None:

@@ -30,20 +30,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine_load import load1, wait_for_load  # noqa: E402
 
-from engine.analysis.regret import rel_regret  # noqa: E402
-from engine.analysis.strategies import hybrid_order, task_agnostic_order  # noqa: E402
-from engine.analysis.tables import load_finetune  # noqa: E402
-from engine.core.catalog import load_catalogue  # noqa: E402
-from engine.core.presets import load_preset  # noqa: E402
-from engine.demo.pool import ensure_demo_pool  # noqa: E402
-from engine.stages.embed import embed_config  # noqa: E402
-from engine.stages.progressive import (  # noqa: E402
+from whichmodel.analysis.regret import rel_regret  # noqa: E402
+from whichmodel.analysis.strategies import hybrid_order, task_agnostic_order  # noqa: E402
+from whichmodel.analysis.tables import load_finetune  # noqa: E402
+from whichmodel.core.catalog import load_catalogue  # noqa: E402
+from whichmodel.core.presets import load_preset  # noqa: E402
+from whichmodel.demo.pool import ensure_demo_pool  # noqa: E402
+from whichmodel.stages.embed import embed_config  # noqa: E402
+from whichmodel.stages.progressive import (  # noqa: E402
     DEFAULT_FRACTIONS,
     ProgressiveConfig,
     parse_fractions,
     progressive_rank,
 )
-from engine.tasks.loader import load_tasks  # noqa: E402
+from whichmodel.tasks.loader import load_tasks  # noqa: E402
 
 BUDGETS = (1, 2, 3)
 # GPU throughput measured in benchmarks/RESULTS.md (H100, the embedding actor, 2 calls at once,

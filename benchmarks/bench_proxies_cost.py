@@ -1,4 +1,5 @@
-"""Benchmark: the cost per (model, task) pair of every proxy in ``actors.proxies.PROXIES``.
+"""Benchmark: the cost per (model, task) pair of every proxy in
+``whichmodel.actors.proxies.PROXIES``.
 
 One VTAB-1k-sized pair per config: 800 train / 200 validation rows of seeded Gaussian class blobs
 (float32), dims 512 and 2048 x 10 and 100 classes, and 1000 source-class probabilities (an
@@ -27,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from machine_load import load1  # noqa: E402
 
-from actors.proxies import PROXIES, ProxyInput, run_proxy  # noqa: E402
+from whichmodel.actors.proxies import PROXIES, ProxyInput, run_proxy  # noqa: E402
 
 CONFIGS = [(512, 10), (512, 100), (2048, 10), (2048, 100)]
 

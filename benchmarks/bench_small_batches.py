@@ -1,5 +1,5 @@
 """Per-row cost of a CPU forward pass at small batches: why the driver cuts decoded batches by
-the models that need them (``engine.stages.embed.batches_by_models``, RESULTS "Progressive
+the models that need them (``whichmodel.stages.embed.batches_by_models``, RESULTS "Progressive
 proxies").
 
 Times, for two of the demo's architectures at its 32 px (random weights: the cost does not

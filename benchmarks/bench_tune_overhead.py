@@ -4,10 +4,12 @@ The same set of fine-tunes (default: the ``quick`` preset's grid, 2 lrs x 2 repe
 converted EfficientNet-Lite0 and a random-init resnet10t on the built-in ``digits`` task: 8
 fine-tunes) runs
 
-(a) through ``engine.stages.finetune.run_finetune``: Ray Data decode, ``tune.with_parameters``, one
+(a) through ``whichmodel.stages.finetune.run_finetune``: Ray Data decode, ``tune.with_parameters``,
+one
     Tune trial per fine-tune with its checkpoints, the table; Ray is started before (not timed)
     with ``--cpus`` CPUs, so ``--cpus`` one-CPU trials run at a time;
-(b) in a plain Python loop in this process calling ``actors.finetune.finetune`` on the same
+(b) in a plain Python loop in this process calling ``whichmodel.actors.finetune.finetune`` on the
+same
     decoded pixels (decoded once with ``decode_task``, timed as part of the loop), with
     ``torch.set_num_threads(--cpus)``: the same threads in total, no checkpoints.
 
@@ -38,7 +40,7 @@ KEYS = ["model", "task", "lr", "rep"]
 
 def write_world(root: Path, train: int, val: int, max_test: int) -> tuple[Path, Path]:
     """A catalogue (converted EfficientNet-Lite0 + random-init resnet10t) and a tasks file."""
-    from engine.demo.convert import convert_efficientnet_lite
+    from whichmodel.demo.convert import convert_efficientnet_lite
 
     weights = convert_efficientnet_lite(0, root / "weights")
     entry = (
@@ -57,7 +59,7 @@ def write_world(root: Path, train: int, val: int, max_test: int) -> tuple[Path, 
 
 
 def run_tune(catalogue, specs, preset, out: Path) -> tuple[float, pl.DataFrame, int]:
-    from engine.stages.finetune import run_finetune
+    from whichmodel.stages.finetune import run_finetune
 
     t = time.perf_counter()
     summary = run_finetune(catalogue, "Bench", specs, preset, out)
@@ -70,9 +72,9 @@ def run_loop(catalogue, specs, preset, threads: int) -> tuple[float, float, pl.D
     """The same fine-tunes one after another in this process; returns (wall, decode, runs)."""
     import torch
 
-    from actors.finetune import FinetuneConfig, decode_task, finetune
-    from engine.stages.embed import EmbedConfig, plan_model
-    from engine.tasks.loader import load_task
+    from whichmodel.actors.finetune import FinetuneConfig, decode_task, finetune
+    from whichmodel.stages.embed import EmbedConfig, plan_model
+    from whichmodel.tasks.loader import load_task
 
     ft = preset["finetune"]
     torch.set_num_threads(threads)
@@ -123,9 +125,9 @@ def main() -> int:
     import ray
     import torch
 
-    from engine.core.catalog import load_catalogue
-    from engine.core.presets import load_preset
-    from engine.tasks.loader import load_tasks
+    from whichmodel.core.catalog import load_catalogue
+    from whichmodel.core.presets import load_preset
+    from whichmodel.tasks.loader import load_tasks
 
     preset = load_preset(args.preset)
     print(

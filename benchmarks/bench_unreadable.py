@@ -14,8 +14,8 @@ import numpy as np
 from machine_load import load1
 from PIL import Image
 
-from engine.tasks import loader as tasks
-from engine.tasks.loader import check_images
+from whichmodel.tasks import loader as tasks
+from whichmodel.tasks.loader import check_images
 
 
 def write(root: Path, n_png: int, n_jpeg: int) -> list[Path]:

@@ -7,7 +7,7 @@ random init, so nothing is downloaded; 224 px; pre-logits embeddings) it measure
   ``InferenceBenchmarkRunner``): model on the device in ``channels_last``, a random batch of
   ``--batch`` images made once on the device, ``torch.inference_mode`` + ``autocast(bfloat16)``,
   ``--warmup`` untimed iterations, ``torch.cuda.synchronize()``, then ``--iters`` timed ones.
-- **engine, stage**: ``engine.stages.embed.embed`` over ``--images`` real JPEGs (``--jpeg`` px
+- **engine, stage**: ``whichmodel.stages.embed.embed`` over ``--images`` real JPEGs (``--jpeg`` px
 square
   crops of scikit-image's bundled photos, written by ``make_photos.py``) with that model alone
   (its actor holds a whole GPU): rows / the device-seconds the engine records for the model (every
@@ -22,7 +22,8 @@ Ratio = engine stage / bare (goal >= 0.8). Needs only the repository and its ven
 
 - **actor, no Ray** (always measured; the only engine number where Ray is not installed, e.g. a
   GPU machine whose image lacks it, or with ``--no-ray``): the embedding stage's actor class
-  (``actors.embedder.Embedder``) called in a plain loop on the same JPEGs, decoded beforehand by
+  (``whichmodel.actors.embedder.Embedder``) called in a plain loop on the same JPEGs, decoded
+  beforehand by
   the stage's own ``decode_image`` in a process pool: the work of one Ray Data batch (host-to-device
   copy of the uint8 pixels, normalise, forward, copy back), first two batches left out.
 
@@ -72,7 +73,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from make_photos import count_images, make_photos  # noqa: E402
 
-from actors.models import build_model, embed_forward, parse_source  # noqa: E402
+from whichmodel.actors.models import build_model, embed_forward, parse_source  # noqa: E402
 
 DEFAULT_MODELS = "resnet50,convnext_tiny,vit_small_patch16_224,efficientnet_b0"
 GOAL = 0.8
@@ -139,7 +140,7 @@ def bare_loop(name: str, device: str, size: int, batch: int, warmup: int, iters:
 
 
 def _decode(path: str, size: int) -> np.ndarray:
-    from actors.decode import decode_image
+    from whichmodel.actors.decode import decode_image
 
     return decode_image(None, path, size, round(size / 0.875), "bicubic", path)
 
@@ -163,7 +164,7 @@ def actor_loop(
     ``max_concurrent_calls_per_actor`` with ``enable_true_multi_threading``)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from actors.embedder import Embedder
+    from whichmodel.actors.embedder import Embedder
 
     source = parse_source(f"timm:{name}@random")
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -202,9 +203,9 @@ def write_inputs(workdir: Path, models: list[str]) -> None:
 
 def run_engine(workdir: Path, pool: str, store: Path, cfg):
     """(wall s, EmbedSummary, epoch of the call) of one ``embed`` into an empty ``store``."""
-    from engine.core.catalog import load_catalogue
-    from engine.stages.embed import embed
-    from engine.tasks.loader import load_tasks
+    from whichmodel.core.catalog import load_catalogue
+    from whichmodel.stages.embed import embed
+    from whichmodel.tasks.loader import load_tasks
 
     if store.exists():
         shutil.rmtree(store)
@@ -302,7 +303,7 @@ def main() -> int:
 
     import ray
 
-    from engine.stages.embed import EmbedConfig
+    from whichmodel.stages.embed import EmbedConfig
 
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     gpus = torch.cuda.device_count() if args.device == "cuda" else 0

@@ -44,8 +44,8 @@ import ray  # noqa: F401  (puts the psutil that Ray bundles on sys.path)
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from engine.core.schema import SPLITS  # noqa: E402
-from engine.stages.store import read_metadata, read_partition, stored_pairs  # noqa: E402
+from whichmodel.core.schema import SPLITS  # noqa: E402
+from whichmodel.stages.store import read_metadata, read_partition, stored_pairs  # noqa: E402
 
 MODELS = [
     ("r10", "timm:resnet10t@random"),
@@ -260,7 +260,7 @@ def main() -> None:
     wall_prev = 60.0
     try:
         for r in range(1, args.rounds + 1):
-            cmd = [sys.executable, "-m", "engine.cli", "benchmark", "--config",
+            cmd = [sys.executable, "-m", "whichmodel.cli", "benchmark", "--config",
                    str(round_config(work, r))]  # fmt: skip
             log = work / f"round{r}.log"
             start = time.monotonic()

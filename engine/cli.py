@@ -9,15 +9,15 @@ from pathlib import Path
 
 import polars as pl
 
-from engine.analysis import tables
-from engine.analysis.analyze import analyze
-from engine.analysis.plots import DELTA_PAIRS, write_plots
-from engine.analysis.summary import summary_text
-from engine.cluster.connect import connection_options
-from engine.core.budgets import parse_budgets
-from engine.core.catalog import load_catalogue
-from engine.core.errors import UserError
-from engine.core.outputs import atomic_directory, check_replaceable, replacing, write_table
+from whichmodel.analysis import tables
+from whichmodel.analysis.analyze import analyze
+from whichmodel.analysis.plots import DELTA_PAIRS, write_plots
+from whichmodel.analysis.summary import summary_text
+from whichmodel.cluster.connect import connection_options
+from whichmodel.core.budgets import parse_budgets
+from whichmodel.core.catalog import load_catalogue
+from whichmodel.core.errors import UserError
+from whichmodel.core.outputs import atomic_directory, check_replaceable, replacing, write_table
 
 log = logging.getLogger("whichmodel")
 
@@ -84,7 +84,7 @@ def parse_pairs(items: Sequence[str]) -> list[tuple[str, str]]:
 def check_compare(pairs: Sequence[tuple[str, str]], scores: pl.DataFrame | None) -> None:
     """Every strategy named by --compare exists: a reference strategy, or a proxy of the scores
     table as ``<proxy>``, ``hybrid_<proxy>`` or ``similar_tasks_<proxy>``."""
-    from engine.analysis.strategies import STRATEGIES, proxy_strategies
+    from whichmodel.analysis.strategies import STRATEGIES, proxy_strategies
 
     proxies = sorted(set(scores["proxy"])) if scores is not None else []
     known = [*STRATEGIES, *(s.name for p in proxies for s in proxy_strategies(p))]
@@ -134,8 +134,8 @@ def cmd_analyze(args: argparse.Namespace) -> None:
 
 def cmd_embed(args: argparse.Namespace) -> None:
     """Embed every task with every model of a pool into the store; reuse what is cached."""
-    from engine.stages.embed import EmbedConfig, embed
-    from engine.tasks.loader import load_tasks
+    from whichmodel.stages.embed import EmbedConfig, embed
+    from whichmodel.tasks.loader import load_tasks
 
     start = time.perf_counter()
     check_directory(args.store, "--store")
@@ -155,9 +155,9 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
 def cmd_probe(args: argparse.Namespace) -> None:
     """Run task-aware proxies on every (model, task) of the store into a scores table."""
-    from actors.proxies import PROXIES
-    from engine.core.presets import load_preset
-    from engine.stages.probe import probe, write_scores
+    from whichmodel.actors.proxies import PROXIES
+    from whichmodel.core.presets import load_preset
+    from whichmodel.stages.probe import probe, write_scores
 
     if args.out.suffix not in (".parquet", ".csv"):
         raise UserError(f"--out {args.out}: the scores table must end in .parquet or .csv")
@@ -187,9 +187,9 @@ def cmd_probe(args: argparse.Namespace) -> None:
 def cmd_finetune(args: argparse.Namespace) -> None:
     """Fine-tune by the preset's protocol on Ray Tune: every pool model, a strategy's picks, or
     successive halving over a ranking's top K."""
-    from engine.core.presets import load_preset
-    from engine.stages.finetune import run_finetune, select_pairs
-    from engine.tasks.loader import load_tasks
+    from whichmodel.core.presets import load_preset
+    from whichmodel.stages.finetune import run_finetune, select_pairs
+    from whichmodel.tasks.loader import load_tasks
 
     check_directory(args.out, "--out")
     catalogue = load_catalogue(args.catalog)
@@ -232,7 +232,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 def _finetune_halving(args: argparse.Namespace, catalogue, specs: list, preset: dict) -> None:
     """``finetune --halving``: successive halving over a ranking's top K per task (ASHA, a budget
     of fine-tune steps); with --oracle, its regret and compute next to the fixed-B strategy."""
-    from engine.stages.halving import (
+    from whichmodel.stages.halving import (
         HalvingConfig,
         check_halving,
         check_oracle,
@@ -276,8 +276,8 @@ def cmd_search(args: argparse.Namespace) -> None:
     --finetune, fine-tune the picks and export the winner. Without --catalog the embedded demo
     pool is used (works offline; the first such run pre-trains the demo's experts, a few minutes).
     """
-    from engine.apps.search import format_result, search
-    from engine.stages.progressive import DEFAULT_FRACTIONS, ProgressiveConfig, parse_fractions
+    from whichmodel.apps.search import format_result, search
+    from whichmodel.stages.progressive import DEFAULT_FRACTIONS, ProgressiveConfig, parse_fractions
 
     check_directory(args.out, "--out")
     progressive = None
@@ -303,7 +303,7 @@ def cmd_search(args: argparse.Namespace) -> None:
 def cmd_benchmark(args: argparse.Namespace) -> None:
     """The whole study from a RUN.toml: embed, probe, fine-tune all (oracle), analyze, report;
     a rerun reuses everything already computed."""
-    from engine.apps.benchmark import load_config, run_benchmark
+    from whichmodel.apps.benchmark import load_config, run_benchmark
 
     check_directory(args.out, "--out")
     config = load_config(args.config)
@@ -315,7 +315,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     """The embedded default: a whole benchmark offline (3 ImageNet EfficientNet-Lite
     generalists, experts the demo pre-trains once into its cache, random-init controls; 6 small
     tasks from bundled data), into one run directory with an HTML report."""
-    from engine.apps.demo import run_demo
+    from whichmodel.apps.demo import run_demo
 
     check_directory(args.out, "--out")
     check_directory(args.cache, "--cache")

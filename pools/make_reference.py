@@ -9,7 +9,7 @@ Run as ``python -m pools.make_reference``. It writes:
 - ``pools/data/vtab1k_finetune.csv``: the official VTAB-1k fine-tune accuracies of those 15
   models as a finetune table (``model, task, category, test_acc``), 15 models x 19 tasks.
 
-Each written catalogue is loaded back through ``engine.core.catalog.load_catalogue`` as a check.
+Each written catalogue is loaded back through ``whichmodel.core.catalog.load_catalogue`` as a check.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import polars as pl
 
-from engine.core.catalog import load_catalogue
+from whichmodel.core.catalog import load_catalogue
 
 POOLS_DIR = Path(__file__).resolve().parent
 DATA_DIR = POOLS_DIR / "data"

@@ -13,10 +13,10 @@ weights, downloaded by timm when the model is first built).
   pretrained=False, num_classes=0)``: ``params`` counts every parameter but the classifier head
   (the convention of ``pools/paper.toml``, whose resnet_v1_50 has 23,508,032 = timm's resnet50
   without its 2,049,000-parameter fc), ``dim`` is the pre-logits width the engine embeds
-  (``actors.models.embed_dim``).
+  (``whichmodel.actors.models.embed_dim``).
 - ``upstream_dataset``, ``upstream_size``: the data of the (pre-)training, stated per entry below.
 
-The written catalogue is loaded back through ``engine.core.catalog.load_catalogue`` as a check.
+The written catalogue is loaded back through ``whichmodel.core.catalog.load_catalogue`` as a check.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.core.catalog import load_catalogue
-from pools.make_reference import RESNET50_V2_PARAMS, toml_text
+from whichmodel.core.catalog import load_catalogue
+from whichmodel.pools.make_reference import RESNET50_V2_PARAMS, toml_text
 
 POOLS_DIR = Path(__file__).resolve().parent
 RESULTS_CSV = POOLS_DIR / "data" / "timm_imagenet_results.csv"
@@ -117,7 +117,7 @@ def measure_random_init(name: str) -> tuple[int, int]:
     """(parameters without the classifier head, pre-logits width) of a random-init instance."""
     import timm
 
-    from actors.models import embed_dim
+    from whichmodel.actors.models import embed_dim
 
     model = timm.create_model(name, pretrained=False, num_classes=0)
     return sum(p.numel() for p in model.parameters()), embed_dim(model)

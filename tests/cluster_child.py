@@ -18,7 +18,7 @@ import time
 import traceback
 from pathlib import Path
 
-from actors.embedder import Embedder, PoolEmbedder
+from whichmodel.actors.embedder import Embedder, PoolEmbedder
 
 
 class SlowEmbedder(Embedder):
@@ -47,9 +47,9 @@ class SlowPoolEmbedder(PoolEmbedder):
 
 
 def _world(root: Path):
-    from engine.core.catalog import load_catalogue
-    from engine.core.presets import load_preset
-    from engine.tasks.loader import load_tasks
+    from whichmodel.core.catalog import load_catalogue
+    from whichmodel.core.presets import load_preset
+    from whichmodel.tasks.loader import load_tasks
 
     cat = load_catalogue(root / "catalog.toml")
     return cat, load_tasks(root / "tasks.toml"), load_preset(f"{root / 'presets.toml'}:t")
@@ -57,9 +57,9 @@ def _world(root: Path):
 
 def multinode(spec: dict, root: Path, cluster, workers) -> dict:
     """Embed, probe and fine-tune the world on the cluster."""
-    from engine.stages.embed import embed, embed_config
-    from engine.stages.finetune import run_finetune
-    from engine.stages.probe import probe
+    from whichmodel.stages.embed import embed, embed_config
+    from whichmodel.stages.finetune import run_finetune
+    from whichmodel.stages.probe import probe
 
     cat, specs, preset = _world(root)
     start = time.perf_counter()
@@ -85,14 +85,14 @@ def multinode(spec: dict, root: Path, cluster, workers) -> dict:
 def node_loss(spec: dict, root: Path, cluster, workers) -> dict:
     """Embed with slowed actors; remove (kill, not drain) the first worker node that finished a
     batch while the stage runs."""
-    import engine.stages.embed
-    from engine.stages.embed import embed, embed_config
+    import whichmodel.stages.embed
+    from whichmodel.stages.embed import embed, embed_config
 
     cat, specs, preset = _world(root)
     marks = root / "marks"
     marks.mkdir()
     SlowEmbedder.delay, SlowEmbedder.marks = spec["delay"], str(marks)
-    engine.stages.embed.Embedder = SlowEmbedder
+    whichmodel.stages.embed.Embedder = SlowEmbedder
     done: dict = {}
 
     def run() -> None:
@@ -160,11 +160,14 @@ def cluster_main(spec_path: str) -> int:
 
 
 def slow_cli(delay: str, argv: list[str]) -> int:
-    import engine.stages.embed
-    from engine import cli
+    import whichmodel.stages.embed
+    from whichmodel import cli
 
     SlowEmbedder.delay = SlowPoolEmbedder.delay = float(delay)
-    engine.stages.embed.Embedder, engine.stages.embed.PoolEmbedder = SlowEmbedder, SlowPoolEmbedder
+    whichmodel.stages.embed.Embedder, whichmodel.stages.embed.PoolEmbedder = (
+        SlowEmbedder,
+        SlowPoolEmbedder,
+    )
     return cli.main(argv)
 
 

@@ -18,8 +18,8 @@ import numpy as np
 import ray  # noqa: F401  (puts the psutil that Ray bundles on sys.path, for reap)
 from PIL import Image
 
-from engine.core.schema import SPLITS
-from engine.stages.store import Partition, read_partition
+from whichmodel.core.schema import SPLITS
+from whichmodel.stages.store import Partition, read_partition
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD = Path(__file__).with_name("cluster_child.py")

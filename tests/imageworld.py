@@ -9,11 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from engine.core.catalog import load_catalogue
-from engine.core.schema import SPLITS
-from engine.demo.convert import convert_efficientnet_lite
-from engine.stages.embed import EmbedConfig, embed
-from engine.tasks.loader import load_tasks
+from whichmodel.core.catalog import load_catalogue
+from whichmodel.core.schema import SPLITS
+from whichmodel.demo.convert import convert_efficientnet_lite
+from whichmodel.stages.embed import EmbedConfig, embed
+from whichmodel.tasks.loader import load_tasks
 
 SIZE = 64
 CFG = EmbedConfig(image_size=SIZE, batch_size=16)

@@ -3,8 +3,8 @@
 import numpy as np
 import polars as pl
 
-from engine.analysis.strategies import PoolData
-from engine.core.schema import CATALOGUE
+from whichmodel.analysis.strategies import PoolData
+from whichmodel.core.schema import CATALOGUE
 
 
 def make_meta(n, imagenet=None, upstream=None, params=None) -> pl.DataFrame:

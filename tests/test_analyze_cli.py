@@ -12,8 +12,8 @@ import polars as pl
 import pytest
 from scipy import stats
 
-from engine import cli
-from engine.core import schema
+from whichmodel import cli
+from whichmodel.core import schema
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "pools" / "data"

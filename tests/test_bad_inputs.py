@@ -1,4 +1,4 @@
-"""Every user-facing bad input through the real CLI (``engine.cli.main``): exit code 2, one line
+"""Every user-facing bad input through the real CLI (``whichmodel.cli.main``): exit code 2, one line
 on stderr naming the offending flag, file, field, model or task, and nothing written.
 
 The inputs are real files (PNG images, TOML catalogue/tasks/presets/run configs, Parquet and CSV
@@ -14,8 +14,8 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from engine import cli
-from engine.core.presets import PRESETS_FILE
+from whichmodel import cli
+from whichmodel.core.presets import PRESETS_FILE
 
 CATALOG = """\
 [[models]]
@@ -386,6 +386,6 @@ def test_every_subcommand_is_covered() -> None:
     commands = {argv[0] for argv, _, _ in CASES.values()}
     assert commands >= {"analyze", "embed", "probe", "finetune", "search", "benchmark", "demo"}
     fields = {(s, f) for s, f, _, _ in PRESET_CASES}
-    from engine.core.presets import FIELDS
+    from whichmodel.core.presets import FIELDS
 
     assert fields == {(s, f) for s, fs in FIELDS.items() for f in fs}  # every preset field

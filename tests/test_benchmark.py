@@ -18,7 +18,7 @@ import polars as pl
 import pytest
 from imageworld import write_folder, write_parquet_task
 
-from engine import cli
+from whichmodel import cli
 
 MODELS = [
     ("rand_resnet", "timm:resnet10t@random", 5_000_000),

@@ -8,9 +8,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from engine.core.catalog import Catalogue, load_catalogue
-from engine.core.errors import UserError
-from engine.core.schema import CATALOGUE
+from whichmodel.core.catalog import Catalogue, load_catalogue
+from whichmodel.core.errors import UserError
+from whichmodel.core.schema import CATALOGUE
 
 POOLS = Path(__file__).resolve().parents[1] / "pools"
 DATA = POOLS / "data"

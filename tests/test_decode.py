@@ -1,4 +1,5 @@
-"""actors.decode: colour conversion, timm's eval geometry bit for bit, and clear decode errors."""
+"""whichmodel.actors.decode: colour conversion, timm's eval geometry bit for bit, and clear decode
+errors."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from actors.decode import (
+from whichmodel.actors.decode import (
     ImageDecodeError,
     center_crop,
     decode_batch,
@@ -217,7 +218,7 @@ def test_decode_worker_code_does_not_import_torch() -> None:
     import sys
 
     code = (
-        "import sys; from actors.decode import decode_image; import numpy as np, io; "
+        "import sys; from whichmodel.actors.decode import decode_image; import numpy as np, io; "
         "from PIL import Image; b = io.BytesIO(); "
         "Image.fromarray(np.zeros((40, 30, 3), np.uint8)).save(b, 'PNG'); "
         "decode_image(b.getvalue(), None, 24, 27); print('torch' in sys.modules)"

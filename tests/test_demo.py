@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from actors.models import build_model, data_config, parse_source
-from engine.core.catalog import load_catalogue
-from engine.demo import pool as demo
-from engine.demo.experts import ExpertRecipe, Upstream, decode_at, pretrain, upstream_samples
-from engine.tasks.builtin import FASHION_MNIST_DIR, read_idx
-from engine.tasks.loader import load_task, load_tasks
+from whichmodel.actors.models import build_model, data_config, parse_source
+from whichmodel.core.catalog import load_catalogue
+from whichmodel.demo import pool as demo
+from whichmodel.demo.experts import ExpertRecipe, Upstream, decode_at, pretrain, upstream_samples
+from whichmodel.tasks.builtin import FASHION_MNIST_DIR, read_idx
+from whichmodel.tasks.loader import load_task, load_tasks
 
 
 def _key(pixels: np.ndarray) -> tuple:
@@ -146,7 +146,7 @@ def test_tiny_pool_catalogue_and_run_config(tmp_path, ray_session):
     run = tomllib.loads(run_toml.read_text())["run"]
     assert Path(run["catalog"]) == catalog and run["preset"] == "demo"
     assert Path(run["tasks"]).is_file() and Path(run["out"]) == tmp_path / "run"
-    from engine.apps.benchmark import load_config
+    from whichmodel.apps.benchmark import load_config
 
     config = load_config(run_toml)
     assert config.catalog == catalog and config.pools == ["All", "Experts"]

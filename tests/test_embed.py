@@ -15,14 +15,14 @@ import torch
 from imageworld import CFG, CLASSES, SIZE, embed_world, write_folder
 from PIL import Image
 
-from actors.decode import to_rgb
-from actors.models import build_model, embed_forward, parse_source
-from engine.core.catalog import load_catalogue
-from engine.core.errors import UserError
-from engine.core.schema import SPLITS
-from engine.stages.embed import batches_by_models, embed
-from engine.stages.store import Partition, read_metadata, read_partition
-from engine.tasks.loader import load_tasks
+from whichmodel.actors.decode import to_rgb
+from whichmodel.actors.models import build_model, embed_forward, parse_source
+from whichmodel.core.catalog import load_catalogue
+from whichmodel.core.errors import UserError
+from whichmodel.core.schema import SPLITS
+from whichmodel.stages.embed import batches_by_models, embed
+from whichmodel.stages.store import Partition, read_metadata, read_partition
+from whichmodel.tasks.loader import load_tasks
 
 
 def _reference(world, model: str, source: str, files: list[Path]) -> np.ndarray:
@@ -89,7 +89,7 @@ def test_embeddings_match_a_plain_timm_forward(world, first_run):
 def test_actor_pool_path_gives_the_driver_paths_embeddings(world, first_run, tmp_path):
     # On one CPU node the driver runs the forward passes (no actor to start); clusters use
     # Ray Data actor pools. Both paths must write the same partitions.
-    from engine.stages.embed import forward_in_driver
+    from whichmodel.stages.embed import forward_in_driver
 
     assert forward_in_driver(CFG)  # the test session's Ray is one local CPU node
     actors = embed_world(world, store=tmp_path / "store", cfg=replace(CFG, forward_in_driver=False))
@@ -132,7 +132,7 @@ def test_changed_task_data_reembeds_only_that_task(world, first_run, tmp_path):
 
 def test_a_partition_surely_missing_is_told_from_the_store_folders(world, first_run, tmp_path):
     # embed() starts the local Ray while it plans only when the store surely lacks a partition
-    from engine.stages.embed import _surely_missing
+    from whichmodel.stages.embed import _surely_missing
 
     tasks = load_tasks(world["root"] / "tasks.toml")
     two = ["lite0", "rand_resnet"]
@@ -235,7 +235,7 @@ def test_nan_embeddings_are_refused(world, tmp_path, ray_session):
 
 
 def test_cli_reports_reuse_and_rejects_an_unknown_pool(world, first_run, capsys):
-    from engine import cli
+    from whichmodel import cli
 
     root = world["root"]
     argv = ["embed", "--catalog", str(root / "catalog.toml"), "--tasks", str(root / "tasks.toml")]

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from engine.stages.embed import EmbedConfig, actor_resources, cpu_actor_threads
+from whichmodel.stages.embed import EmbedConfig, actor_resources, cpu_actor_threads
 
 
 @pytest.mark.parametrize(

@@ -31,14 +31,14 @@ from clusterworld import (
     write_world,
 )
 
-import engine.stages.embed
-from actors.embedder import PoolEmbedder
-from engine.core.catalog import load_catalogue
-from engine.core.errors import UserError
-from engine.core.presets import load_preset
-from engine.stages.embed import EmbedSummary, complete_tasks, embed, embed_config
-from engine.stages.store import read_metadata
-from engine.tasks.loader import load_tasks
+import whichmodel.stages.embed
+from whichmodel.actors.embedder import PoolEmbedder
+from whichmodel.core.catalog import load_catalogue
+from whichmodel.core.errors import UserError
+from whichmodel.core.presets import load_preset
+from whichmodel.stages.embed import EmbedSummary, complete_tasks, embed, embed_config
+from whichmodel.stages.store import read_metadata
+from whichmodel.tasks.loader import load_tasks
 
 TASKS = {"small": (4, 2, 2), "big": (12, 6, 6)}  # per class: train, val, test
 ROWS = sum(2 * sum(n) for n in TASKS.values())
@@ -76,7 +76,7 @@ def test_a_killed_embedder_actor_is_restarted_and_its_batch_redone(tmp_path, und
                 os.kill(os.getpid(), signal.SIGKILL)
             return out
 
-    monkeypatch.setattr(engine.stages.embed, "PoolEmbedder", KilledOnce)
+    monkeypatch.setattr(whichmodel.stages.embed, "PoolEmbedder", KilledOnce)
     # actor pools, as on a cluster (on one CPU node the driver would run the forward passes)
     summary = _embed(world, forward_in_driver=False)
     killed = int((marks / "killed").read_text())
@@ -175,7 +175,7 @@ def test_a_ray_failure_the_pipeline_gives_up_on_reruns_only_the_missing_tasks(
     from ray.exceptions import NodeDiedError
 
     world = write_world(tmp_path, TASKS)
-    real, calls = engine.stages.embed._run_pipeline, []
+    real, calls = whichmodel.stages.embed._run_pipeline, []
 
     def fails_once(tasks, plans, needs, cfg, ledger):
         calls.append(sorted(t.name for t in tasks))
@@ -184,7 +184,7 @@ def test_a_ray_failure_the_pipeline_gives_up_on_reruns_only_the_missing_tasks(
                 raise NodeDiedError("a node died (injected)")
             yield item
 
-    monkeypatch.setattr(engine.stages.embed, "_run_pipeline", fails_once)
+    monkeypatch.setattr(whichmodel.stages.embed, "_run_pipeline", fails_once)
     summary = _embed(world)
     assert summary.retries == 1 and len(calls) == 2
     first_done = {t for m, t in summary.computed[: len(MODELS)]}
@@ -197,7 +197,7 @@ def test_a_ray_failure_the_pipeline_gives_up_on_reruns_only_the_missing_tasks(
 def test_a_user_error_is_not_retried(tmp_path, undisturbed, monkeypatch):
     world = write_world(tmp_path, TASKS)
     bad = world / "big" / "val" / "dots" / "0.png"
-    real, calls = engine.stages.embed._run_pipeline, []
+    real, calls = whichmodel.stages.embed._run_pipeline, []
 
     def corrupt_then_run(*args):
         # the file breaks after the up-front readability check, so the decode workers meet it
@@ -205,7 +205,7 @@ def test_a_user_error_is_not_retried(tmp_path, undisturbed, monkeypatch):
         bad.write_bytes(b"not an image")
         return real(*args)
 
-    monkeypatch.setattr(engine.stages.embed, "_run_pipeline", corrupt_then_run)
+    monkeypatch.setattr(whichmodel.stages.embed, "_run_pipeline", corrupt_then_run)
     with pytest.raises(UserError, match="0.png"):
         _embed(world)
     assert len(calls) == 1

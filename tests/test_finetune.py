@@ -5,12 +5,12 @@ import polars as pl
 import pytest
 import timm
 
-from actors.finetune import decode_task, evaluate, load_finetuned
-from engine.core.catalog import load_catalogue
-from engine.core.errors import UserError
-from engine.core.presets import load_preset
-from engine.stages.finetune import run_finetune, select_pairs
-from engine.tasks.loader import load_task, load_tasks
+from whichmodel.actors.finetune import decode_task, evaluate, load_finetuned
+from whichmodel.core.catalog import load_catalogue
+from whichmodel.core.errors import UserError
+from whichmodel.core.presets import load_preset
+from whichmodel.stages.finetune import run_finetune, select_pairs
+from whichmodel.tasks.loader import load_task, load_tasks
 
 
 def tiny_preset() -> dict:
@@ -149,7 +149,7 @@ precision = "bf16"
 
 
 def _finetune_cli(world, tmp_path, capsys, *extra: str, tasks=None) -> tuple[int, str]:
-    from engine import cli
+    from whichmodel import cli
 
     root = world["root"]
     rc = cli.main(

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from actors.finetune import (
+from whichmodel.actors.finetune import (
     FinetuneConfig,
     TaskPixels,
     _augment,
@@ -27,8 +27,8 @@ from actors.finetune import (
     save_finetuned,
     save_state,
 )
-from actors.models import build_model, data_config, parse_source
-from engine.tasks.loader import TaskData
+from whichmodel.actors.models import build_model, data_config, parse_source
+from whichmodel.tasks.loader import TaskData
 
 SRC = parse_source("timm:resnet10t@random")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

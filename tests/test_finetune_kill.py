@@ -1,5 +1,5 @@
 """The fine-tune driver killed with SIGKILL mid-experiment, then started again with the same
-command, as a user would: ``python -m engine.cli finetune ... --all`` in its own process group.
+command, as a user would: ``python -m whichmodel.cli finetune ... --all`` in its own process group.
 
 The subprocess joins this test session's Ray by address (``RAY_ADDRESS``) instead of starting a
 local Ray of its own: SIGKILL would leave that Ray's GCS, raylet and workers behind, whereas a
@@ -21,10 +21,10 @@ import polars as pl
 import pytest
 import ray
 
-from engine.core.catalog import load_catalogue
-from engine.core.presets import load_preset
-from engine.stages.finetune import run_finetune
-from engine.tasks.loader import load_tasks
+from whichmodel.core.catalog import load_catalogue
+from whichmodel.core.presets import load_preset
+from whichmodel.stages.finetune import run_finetune
+from whichmodel.tasks.loader import load_tasks
 
 STEPS, EVERY = 30, 10
 PRESET = f"""
@@ -108,7 +108,7 @@ def user_files(world, tmp_path_factory):
 def test_sigkilled_driver_resumes_without_rerunning_finished_trials(world, user_files):
     out = user_files / "out"
     cmd = [
-        *(sys.executable, "-m", "engine.cli", "finetune", "--all", "--pool", "Two"),
+        *(sys.executable, "-m", "whichmodel.cli", "finetune", "--all", "--pool", "Two"),
         *("--catalog", str(world["root"] / "catalog.toml")),
         *("--tasks", str(user_files / "tasks.toml")),
         *("--preset", str(user_files / "kill.toml"), "--out", str(out)),

@@ -1,6 +1,7 @@
 """Fine-tuning does what transfer learning promises, through the whole stage on a real local Ray
 (``run_finetune``: a head on the frozen model, then the full fine-tune) with the real ImageNet
-EfficientNet-Lite0 (converted from its wheel, ``engine.demo.convert``) and the same architecture at
+EfficientNet-Lite0 (converted from its wheel, ``whichmodel.demo.convert``) and the same
+architecture at
 random init. Fixed seeds; on the CPU the runs are deterministic.
 
 Two tasks, each chosen for what it shows:
@@ -29,10 +30,10 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.core.catalog import load_catalogue
-from engine.core.presets import load_preset
-from engine.stages.finetune import run_finetune
-from engine.tasks.loader import load_tasks
+from whichmodel.core.catalog import load_catalogue
+from whichmodel.core.presets import load_preset
+from whichmodel.stages.finetune import run_finetune
+from whichmodel.tasks.loader import load_tasks
 
 SIZE, STEPS, REPS = 64, 60, 2
 PRESET = f"""
@@ -137,8 +138,8 @@ def test_fine_tuning_beats_a_fitted_logistic_regression_on_frozen_features(quali
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    from actors.finetune import decode_task
-    from engine.tasks.loader import load_task
+    from whichmodel.actors.finetune import decode_task
+    from whichmodel.tasks.loader import load_task
 
     runs, weights, specs = quality
     # the stage's geometry: resize the short side to floor(size / crop_pct), centre crop

@@ -1,4 +1,5 @@
-"""Successive halving (engine.stages.halving) on a real local Ray Tune, in both modes: the budget is
+"""Successive halving (whichmodel.stages.halving) on a real local Ray Tune, in both modes: the
+budget is
 kept, weak arms stop early, sync promotes only after every arm of a rung reported, the winner runs
 to the end and is the best fully trained arm by validation accuracy; its regret next to the
 fixed-B strategy at truly equal steps and all K, every side picking by validation accuracy; bad
@@ -13,12 +14,18 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors.finetune import FinetuneConfig, decode_task, evaluate, finetune, prepare_model
-from engine import cli
-from engine.core.catalog import load_catalogue
-from engine.core.presets import load_preset
-from engine.stages.embed import EmbedConfig, plan_model
-from engine.stages.halving import (
+from whichmodel import cli
+from whichmodel.actors.finetune import (
+    FinetuneConfig,
+    decode_task,
+    evaluate,
+    finetune,
+    prepare_model,
+)
+from whichmodel.core.catalog import load_catalogue
+from whichmodel.core.presets import load_preset
+from whichmodel.stages.embed import EmbedConfig, plan_model
+from whichmodel.stages.halving import (
     BudgetASHA,
     HalvingConfig,
     HalvingSummary,
@@ -30,7 +37,7 @@ from engine.stages.halving import (
     rank_pool,
     rungs_of,
 )
-from engine.tasks.loader import load_task, load_tasks
+from whichmodel.tasks.loader import load_task, load_tasks
 
 STEPS, GRACE, BUDGET, K = 20, 5, 45, 2  # 4 arms: first rung 20 steps, all arms in full 80
 LRS = [0.01, 0.001]
@@ -108,7 +115,7 @@ def halving_run(files, request):
     and 10; with the oracle, fixed-B at the same 45 steps runs too."""
     out = files["root"] / f"out-{request.param}"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("engine.core.presets.load_preset", lambda name, path=None: tiny_preset())
+        mp.setattr("whichmodel.core.presets.load_preset", lambda name, path=None: tiny_preset())
         code = cli.main(
             argv(files, out, "--halving", "--top-k", str(K), "--total-steps", str(BUDGET))
             + ["--grace", str(GRACE), "--scores", str(files["root"] / "scores.parquet")]

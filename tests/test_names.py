@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from engine import cli
-from engine.core.catalog import load_catalogue
-from engine.core.errors import UserError
-from engine.tasks.loader import load_tasks
+from whichmodel import cli
+from whichmodel.core.catalog import load_catalogue
+from whichmodel.core.errors import UserError
+from whichmodel.tasks.loader import load_tasks
 
 UNSAFE = {
     "parent": "..",
@@ -70,7 +70,7 @@ def test_unsafe_name_is_refused_naming_file_kind_and_name(tmp_path, kind, name):
 
 
 def test_hidden_task_name_is_refused_by_the_path_rule(tmp_path):
-    # one rule for models, tasks and the store (engine.core.names)
+    # one rule for models, tasks and the store (whichmodel.core.names)
     with pytest.raises(UserError, match=r"task name '\.hidden': must not start with '\.'"):
         load_tasks(write_tasks(tmp_path, ".hidden"))
 
@@ -106,8 +106,8 @@ def test_names_the_loaders_accept_embed_into_the_store(tmp_path, ray_session):
     load, embed into the store under those names, and read back."""
     from imageworld import write_folder
 
-    from engine.stages.embed import EmbedConfig, embed
-    from engine.stages.store import read_partition, stored_pairs
+    from whichmodel.stages.embed import EmbedConfig, embed
+    from whichmodel.stages.store import read_partition, stored_pairs
 
     n = write_folder(tmp_path / "images", per_split=(2, 1, 1))
     catalogue = load_catalogue(write_catalogue(tmp_path, "Home & garden"))

@@ -10,14 +10,14 @@ import ray
 import torch
 from imageworld import CFG
 
-from actors.embedder import PoolEmbedder
-from actors.probe_trial import proxy_input
-from actors.proxies import PROXIES, run_proxy
-from engine.core.catalog import load_catalogue
-from engine.stages.embed import embed, plan_model
-from engine.stages.probe import _load_pair
-from engine.stages.store import read_metadata, stored_pairs
-from engine.tasks.loader import load_tasks
+from whichmodel.actors.embedder import PoolEmbedder
+from whichmodel.actors.probe_trial import proxy_input
+from whichmodel.actors.proxies import PROXIES, run_proxy
+from whichmodel.core.catalog import load_catalogue
+from whichmodel.stages.embed import embed, plan_model
+from whichmodel.stages.probe import _load_pair
+from whichmodel.stages.store import read_metadata, stored_pairs
+from whichmodel.tasks.loader import load_tasks
 
 
 def not_writable(caught: list[warnings.WarningMessage]) -> list[str]:

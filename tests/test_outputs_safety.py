@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from engine import cli
-from engine.core import outputs
-from engine.core.errors import UserError
-from engine.core.outputs import MARKER, atomic_directory, check_replaceable, replace_directory
+from whichmodel import cli
+from whichmodel.core import outputs
+from whichmodel.core.errors import UserError
+from whichmodel.core.outputs import MARKER, atomic_directory, check_replaceable, replace_directory
 
 ROOT = Path(__file__).resolve().parents[1]
 VTAB = ["--catalog", str(ROOT / "pools/vtab.toml")]
@@ -186,10 +186,10 @@ def test_finetune_table_and_benchmark_folders_refuse_a_users_folder(tmp_path, ca
 
 
 def test_winner_export_refuses_a_users_folder_before_fine_tuning(tmp_path):
-    from engine.core.catalog import load_catalogue
-    from engine.core.presets import load_preset
-    from engine.stages.finetune import run_finetune
-    from engine.tasks.loader import TaskSpec
+    from whichmodel.core.catalog import load_catalogue
+    from whichmodel.core.presets import load_preset
+    from whichmodel.stages.finetune import run_finetune
+    from whichmodel.tasks.loader import TaskSpec
 
     users_folder(tmp_path / "out" / "winners" / "digits")
     cat = load_catalogue(ROOT / "pools/vtab.toml")

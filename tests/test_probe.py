@@ -7,11 +7,11 @@ import polars as pl
 import pytest
 from sklearn.neighbors import KNeighborsClassifier
 
-from engine import cli
-from engine.core.errors import UserError
-from engine.core.presets import load_preset
-from engine.stages.probe import probe
-from engine.stages.store import read_partition, stored_pairs
+from whichmodel import cli
+from whichmodel.core.errors import UserError
+from whichmodel.core.presets import load_preset
+from whichmodel.stages.probe import probe
+from whichmodel.stages.store import read_partition, stored_pairs
 
 PROXIES = ["knn", "linear", "logme", "leep"]
 

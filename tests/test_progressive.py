@@ -17,13 +17,13 @@ import pytest
 from test_proxies import projected_pool
 from test_search import run_search, setup  # noqa: F401  (module fixture)
 
-from actors.proxies import pool_scores, run_proxy
-from engine.analysis.strategies import task_agnostic_order
-from engine.core.catalog import load_catalogue
-from engine.core.errors import UserError
-from engine.core.presets import load_preset
-from engine.stages.finetune import select_pairs
-from engine.stages.progressive import (
+from whichmodel.actors.proxies import pool_scores, run_proxy
+from whichmodel.analysis.strategies import task_agnostic_order
+from whichmodel.core.catalog import load_catalogue
+from whichmodel.core.errors import UserError
+from whichmodel.core.presets import load_preset
+from whichmodel.stages.finetune import select_pairs
+from whichmodel.stages.progressive import (
     ProgressiveConfig,
     _Halving,
     _promote,
@@ -33,8 +33,8 @@ from engine.stages.progressive import (
     slice_indices,
     slice_orders,
 )
-from engine.stages.store import embedding_columns
-from engine.tasks.loader import TaskData, load_tasks
+from whichmodel.stages.store import embedding_columns
+from whichmodel.tasks.loader import TaskData, load_tasks
 
 FRACTIONS = (1 / 3, 2 / 3, 1.0)
 

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from poolmaker import make_meta, make_pool
 
-from engine.analysis.curves import pool_outcomes, random_expectation
-from engine.analysis.strategies import strategies_for
+from whichmodel.analysis.curves import pool_outcomes, random_expectation
+from whichmodel.analysis.strategies import strategies_for
 
 # A coarse grid of accuracies so that ties (between models, and with the oracle) are common.
 ACC = st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.5, 0.75, 0.9, 1.0])

@@ -1,7 +1,8 @@
 """Proxies against independent references: scikit-learn, and NumPy written here from the papers.
 
 Every reference below is deliberately naive (explicit matrices, per-example loops) so that it
-shares no code path with ``actors.proxies``. "Real embeddings" come from a random-init timm
+shares no code path with ``whichmodel.actors.proxies``. "Real embeddings" come from a random-init
+timm
 ResNet on scikit-learn digits upsampled to 32 px: real image features, cheap to compute.
 """
 
@@ -18,8 +19,8 @@ from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.neighbors import KNeighborsClassifier
 from threadpoolctl import threadpool_limits
 
-from actors import proxies as P
-from actors.proxies import PROXIES, ProxyInput, ProxyResult, run_proxy
+from whichmodel.actors import proxies as P
+from whichmodel.actors.proxies import PROXIES, ProxyInput, ProxyResult, run_proxy
 
 # ---------------------------------------------------------------------------------------------
 # data

@@ -1,4 +1,4 @@
-"""Estimator quality (engine.analysis.quality) on constructed cases, checked against scipy.stats
+"""Estimator quality (whichmodel.analysis.quality) on constructed cases, checked against scipy.stats
 computed here on the hand-filtered arrays and against hit rates worked out by hand; `whichmodel
 analyze` writing quality.{parquet,csv} on the published VTAB-1k matrix; the report's section."""
 
@@ -13,13 +13,13 @@ import pytest
 from scipy import stats
 from test_proxies import ref_ncti_pool
 
-from engine import cli
-from engine.analysis.analyze import analyze
-from engine.analysis.quality import estimator_quality
-from engine.analysis.report import ReportData, render
-from engine.analysis.strategies import PoolData
-from engine.core import schema
-from engine.core.catalog import load_catalogue
+from whichmodel import cli
+from whichmodel.analysis.analyze import analyze
+from whichmodel.analysis.quality import estimator_quality
+from whichmodel.analysis.report import ReportData, render
+from whichmodel.analysis.strategies import PoolData
+from whichmodel.core import schema
+from whichmodel.core.catalog import load_catalogue
 
 ROOT = Path(__file__).resolve().parents[1]
 VTAB_CATALOG = ROOT / "pools" / "vtab.toml"

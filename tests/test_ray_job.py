@@ -34,8 +34,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from engine.cluster.connect import check_cluster_auth, cluster_auth_mode, connection_options
-from engine.core.errors import UserError
+from whichmodel.cluster.connect import check_cluster_auth, cluster_auth_mode, connection_options
+from whichmodel.core.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -333,7 +333,7 @@ def _run_cli(
     args: list[str], env: dict[str, str], timeout: float = 300
 ) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "engine.cli", *args],
+        [sys.executable, "-m", "whichmodel.cli", *args],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -390,7 +390,7 @@ def test_embed_runs_as_ray_jobs_on_a_token_cluster(heads, work):
         "--",
         "python",
         "-m",
-        "engine.cli",
+        "whichmodel.cli",
         *_embed_args(work, "One", store),
     ]
     done = subprocess.run(
@@ -412,7 +412,7 @@ def test_embed_runs_as_ray_jobs_on_a_token_cluster(heads, work):
     # in the same store; the first model's partitions are reused as they are
     args = " ".join(_embed_args(work, "Two", store))
     show = "import engine, sys; print('ENGINE', engine.__file__); print('PYTHON', sys.executable)"
-    entrypoint = f'python -c "{show}" && RAY_ADDRESS=auto python -m engine.cli {args}'
+    entrypoint = f'python -c "{show}" && RAY_ADDRESS=auto python -m whichmodel.cli {args}'
     job = client.submit_job(
         entrypoint=entrypoint, runtime_env={"working_dir": str(REPO), "excludes": EXCLUDES}
     )

@@ -11,9 +11,9 @@ import pytest
 from imageworld import write_folder, write_parquet_task
 from poolmaker import make_meta, make_pool
 
-from actors.finetune import FinetuneConfig, check_config
-from actors.proxies import PROXIES, ProxyInput, pool_scores, run_proxy
-from engine.analysis.strategies import (
+from whichmodel.actors.finetune import FinetuneConfig, check_config
+from whichmodel.actors.proxies import PROXIES, ProxyInput, pool_scores, run_proxy
+from whichmodel.analysis.strategies import (
     AGNOSTIC_SLOT,
     STRATEGIES,
     PoolData,
@@ -21,16 +21,16 @@ from engine.analysis.strategies import (
     pick_slots,
     proxy_strategies,
 )
-from engine.core.catalog import load_catalogue
-from engine.core.errors import UserError
-from engine.core.names import name_problem
-from engine.core.presets import PRESETS_FILE, load_preset, preset_resources
-from engine.core.schema import SPLITS
-from engine.stages.embed import embed_config
-from engine.stages.finetune import finetune_settings
-from engine.stages.probe import proxy_options
-from engine.tasks.builtin import BUILTINS
-from engine.tasks.loader import SOURCES, TaskSpec, check_task, load_task
+from whichmodel.core.catalog import load_catalogue
+from whichmodel.core.errors import UserError
+from whichmodel.core.names import name_problem
+from whichmodel.core.presets import PRESETS_FILE, load_preset, preset_resources
+from whichmodel.core.schema import SPLITS
+from whichmodel.stages.embed import embed_config
+from whichmodel.stages.finetune import finetune_settings
+from whichmodel.stages.probe import proxy_options
+from whichmodel.tasks.builtin import BUILTINS
+from whichmodel.tasks.loader import SOURCES, TaskSpec, check_task, load_task
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_PRESETS = list(tomllib.loads(PRESETS_FILE.read_text()))
@@ -195,7 +195,7 @@ def test_every_strategy_keeps_the_contract(name):
     elif spec.proxy is not None:  # a reference that picks with a proxy (similar_tasks_<proxy>)
         assert spec.slots == "reference" and spec.needs_finetune
     assert not spec.leave_one_out or spec.needs_finetune
-    if spec.rank is None:  # random: a closed-form expectation (engine.analysis.curves)
+    if spec.rank is None:  # random: a closed-form expectation (whichmodel.analysis.curves)
         assert spec.needs_finetune
         return
     pool = _strategy_pool(0)

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from engine.analysis.regret import abs_regret, logit, rel_delta, rel_regret
+from whichmodel.analysis.regret import abs_regret, logit, rel_delta, rel_regret
 
 
 def test_relative_regret_hand_cases():

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from engine.analysis import tables
-from engine.analysis.analyze import analyze
-from engine.analysis.plots import write_plots
-from engine.analysis.report import ReportData, write_report
-from engine.core.catalog import load_catalogue
+from whichmodel.analysis import tables
+from whichmodel.analysis.analyze import analyze
+from whichmodel.analysis.plots import write_plots
+from whichmodel.analysis.report import ReportData, write_report
+from whichmodel.core.catalog import load_catalogue
 
 ROOT = Path(__file__).resolve().parents[1]
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")

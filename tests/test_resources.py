@@ -6,10 +6,10 @@ import logging
 
 import pytest
 
-from engine.core.errors import UserError
-from engine.core.presets import PRESETS_FILE, load_preset, preset_resources
-from engine.core.resources import Resources, parse_resources, trial_resources
-from engine.stages.embed import actor_resources, embed_config
+from whichmodel.core.errors import UserError
+from whichmodel.core.presets import PRESETS_FILE, load_preset, preset_resources
+from whichmodel.core.resources import Resources, parse_resources, trial_resources
+from whichmodel.stages.embed import actor_resources, embed_config
 
 BASE = """
 [r]

@@ -21,13 +21,13 @@ from imageworld import write_folder, write_parquet_task
 from PIL import Image
 from test_proxies import ref_etran_pool
 
-from actors.finetune import decode_task, evaluate, load_finetuned
-from engine import cli
-from engine.apps.search import load_search_task, split_sizes, task_spec
-from engine.core.errors import UserError
-from engine.demo.convert import convert_efficientnet_lite
-from engine.stages.embed import EmbedConfig, plan_model
-from engine.tasks.loader import load_task
+from whichmodel import cli
+from whichmodel.actors.finetune import decode_task, evaluate, load_finetuned
+from whichmodel.apps.search import load_search_task, split_sizes, task_spec
+from whichmodel.core.errors import UserError
+from whichmodel.demo.convert import convert_efficientnet_lite
+from whichmodel.stages.embed import EmbedConfig, plan_model
+from whichmodel.tasks.loader import load_task
 
 CLASSES = ("circle", "square", "stripes")
 PER_CLASS = 20

@@ -9,9 +9,9 @@ from poolmaker import make_meta, make_pool
 from scipy import stats
 from test_proxies import projected_pool, ref_etran_pool, ref_ncti_pool
 
-from actors.proxies import run_proxy
-from engine.analysis.curves import prefix_outcome
-from engine.analysis.strategies import (
+from whichmodel.actors.proxies import run_proxy
+from whichmodel.analysis.curves import prefix_outcome
+from whichmodel.analysis.strategies import (
     dense_scores,
     hybrid,
     hybrid_order,
@@ -24,8 +24,8 @@ from engine.analysis.strategies import (
     task_aware,
     task_similarity,
 )
-from engine.core import schema
-from engine.core.errors import UserError
+from whichmodel.core import schema
+from whichmodel.core.errors import UserError
 
 
 def test_task_agnostic_prefers_imagenet_accuracy():

@@ -5,8 +5,8 @@ import statistics
 import polars as pl
 import pytest
 
-from engine.analysis.tables import load_finetune, load_scores
-from engine.core.errors import UserError
+from whichmodel.analysis.tables import load_finetune, load_scores
+from whichmodel.core.errors import UserError
 
 
 def test_per_run_table_keeps_best_val_lr_per_rep_then_median_test(tmp_path):

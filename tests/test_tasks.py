@@ -1,4 +1,5 @@
-"""engine.tasks.loader and engine.tasks.builtin: task files, sources, validation, fingerprints."""
+"""whichmodel.tasks.loader and whichmodel.tasks.builtin: task files, sources, validation,
+fingerprints."""
 
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from actors.decode import decode_batch
-from engine.core.errors import UserError
-from engine.tasks import builtin as builtin_tasks
-from engine.tasks.builtin import BUILTINS, builtin_names, read_idx
-from engine.tasks.loader import (
+from whichmodel.actors.decode import decode_batch
+from whichmodel.core.errors import UserError
+from whichmodel.tasks import builtin as builtin_tasks
+from whichmodel.tasks.builtin import BUILTINS, builtin_names, read_idx
+from whichmodel.tasks.loader import (
     SOURCES,
     TaskData,
     TaskSpec,

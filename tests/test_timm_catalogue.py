@@ -19,10 +19,10 @@ import timm
 import torch
 from timm.models import get_pretrained_cfg
 
-from actors.models import HUB, parse_source
-from engine.core.catalog import Catalogue, load_catalogue
-from engine.core.schema import CATALOGUE
-from pools import make_timm_imagenet
+from whichmodel.actors.models import HUB, parse_source
+from whichmodel.core.catalog import Catalogue, load_catalogue
+from whichmodel.core.schema import CATALOGUE
+from whichmodel.pools import make_timm_imagenet
 
 POOLS = Path(__file__).resolve().parents[1] / "pools"
 TOML = POOLS / "timm-imagenet.toml"
@@ -136,7 +136,7 @@ def test_params_and_dim_match_random_init(
 
 def test_meta_counts_equal_a_real_random_init(cat: Catalogue) -> None:
     """The meta device changes nothing: a real random-init instance has the catalogue's numbers."""
-    from actors.models import embed_dim
+    from whichmodel.actors.models import embed_dim
 
     for name in ("resnet18.tv_in1k", "mobilenetv3_small_100.lamb_in1k"):
         model = timm.create_model(name, pretrained=False, num_classes=0).eval()

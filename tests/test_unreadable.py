@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import cli
-from engine.core.errors import UserError
-from engine.tasks.loader import MAX_LISTED, load_task, load_tasks
+from whichmodel import cli
+from whichmodel.core.errors import UserError
+from whichmodel.tasks.loader import MAX_LISTED, load_task, load_tasks
 
 CLASSES = ("circle", "square", "stripes")
 PRESETS = """

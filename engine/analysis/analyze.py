@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from engine.analysis.curves import StrategyOutcome, pool_outcomes
-from engine.analysis.quality import estimator_quality
-from engine.analysis.strategies import PoolData, dense_scores
-from engine.core import schema
-from engine.core.catalog import Catalogue
-from engine.core.errors import UserError
+from whichmodel.analysis.curves import StrategyOutcome, pool_outcomes
+from whichmodel.analysis.quality import estimator_quality
+from whichmodel.analysis.strategies import PoolData, dense_scores
+from whichmodel.core import schema
+from whichmodel.core.catalog import Catalogue
+from whichmodel.core.errors import UserError
 
 log = logging.getLogger("whichmodel")
 
@@ -24,7 +24,7 @@ DEFAULT_MAX_BUDGET = 50  # selections/regret rows per task grow as B²: cap the 
 
 @dataclass(frozen=True)
 class Analysis:
-    """The driver's output tables (columns as engine.core.schema) and the pools they cover."""
+    """The driver's output tables (columns as whichmodel.core.schema) and the pools they cover."""
 
     pools: list[PoolData]
     selections: pl.DataFrame

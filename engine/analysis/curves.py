@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import gammaln
 
-from engine.analysis.regret import rel_regret
-from engine.analysis.strategies import PoolData, strategies_for
+from whichmodel.analysis.regret import rel_regret
+from whichmodel.analysis.strategies import PoolData, strategies_for
 
 
 @dataclass(frozen=True)

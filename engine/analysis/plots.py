@@ -16,8 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
-from engine.analysis.regret import rel_delta  # noqa: E402
-from engine.analysis.strategies import PoolData  # noqa: E402
+from whichmodel.analysis.regret import rel_delta  # noqa: E402
+from whichmodel.analysis.strategies import PoolData  # noqa: E402
 
 # Strategies shown in the per-task regret bars, when present (the curves show every strategy).
 BAR_STRATEGIES = (

@@ -4,7 +4,7 @@ rows the progressive stage wrote and the probe stage's scores: the table behind 
 
 import polars as pl
 
-from engine.core import schema
+from whichmodel.core import schema
 
 PREFIX = "progressive_"
 

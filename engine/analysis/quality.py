@@ -9,8 +9,8 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
-from engine.analysis.strategies import PoolData, task_aware
-from engine.core import schema
+from whichmodel.analysis.strategies import PoolData, task_aware
+from whichmodel.core import schema
 
 HIT_BUDGETS = (1, 3)
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import polars as pl
 
-from engine.analysis.analyze import Analysis
-from engine.analysis.strategies import HYBRID_PREFIX, PoolData
-from engine.core.outputs import atomic_text
+from whichmodel.analysis.analyze import Analysis
+from whichmodel.analysis.strategies import HYBRID_PREFIX, PoolData
+from whichmodel.core.outputs import atomic_text
 
 EPS = 1e-12
 # Reference strategies that see the fine-tune results: never "best" in a table.
@@ -46,7 +46,7 @@ figcaption{font-size:.85rem;color:#555}
 @dataclass(frozen=True)
 class ReportData:
     """Everything the report shows. ``plots`` maps a pool name to its PNG files; ``compute`` is
-    the benchmark's compute record (see engine.apps.benchmark) or None."""
+    the benchmark's compute record (see whichmodel.apps.benchmark) or None."""
 
     title: str
     config_text: str

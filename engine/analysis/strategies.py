@@ -4,7 +4,7 @@ A strategy ranks the models of one pool for every task: ``rank(pool) -> order`` 
 int array of shape (tasks, models) holding model indices, best first. A selection at budget B
 is the first B entries of a row, so every strategy here is a rank-prefix strategy. The one
 exception is ``random``, which is not a ranking but an exact expectation over uniformly random
-B-subsets; ``engine.analysis.curves`` computes it in closed form.
+B-subsets; ``whichmodel.analysis.curves`` computes it in closed form.
 
 Ties are broken the same way everywhere: by the task-agnostic order (which itself ends in
 catalogue file order), so every ranking is deterministic.
@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 from scipy.stats import rankdata
 
-from engine.core.errors import UserError
+from whichmodel.core.errors import UserError
 
 RANDOM = "random"
 HYBRID_PREFIX = "hybrid_"
@@ -254,7 +254,7 @@ class StrategySpec:
     """A strategy and what the rest of the engine needs to know about it.
 
     ``rank(pool) -> (tasks, models) order`` (None for ``random``: a closed-form expectation,
-    ``engine.analysis.curves.random_expectation``); ``slots``: how its picks are filled —
+    ``whichmodel.analysis.curves.random_expectation``); ``slots``: how its picks are filled —
     ``"agnostic"`` (every pick from the task-agnostic order), ``"aware"`` (every pick from a
     proxy), ``"hybrid"`` (the first task-agnostic, the rest from a proxy) or ``"reference"`` (an
     analysis reference, not a recommendation); ``needs_finetune``: it ranks by fine-tune results
@@ -346,7 +346,8 @@ def dense_scores(
 
     A proxy whose authors normalise across the model pool (``ProxySpec.pool_combine``: NCTI,
     ETran) is combined here, per task over this pool's models, from the terms in the table's
-    ``runs`` column (``actors.proxies.pool_scores``); the table's ``score`` stays the per-pair
+    ``runs`` column (``whichmodel.actors.proxies.pool_scores``); the table's ``score`` stays the
+    per-pair
     raw score. A table without a ``runs`` column (one not written by the probe stage) is
     ranked by its scores as they are.
 
@@ -402,9 +403,10 @@ def _pool_combined(
 ) -> np.ndarray:
     """``values`` (tasks × models) with each task's row through ``pool_scores`` of ``proxy``,
     the terms read from ``sub``'s ``runs`` JSON."""
-    # Here, not at the top: actors.proxies loads torch, which `whichmodel analyze` of a table
+    # Here, not at the top: whichmodel.actors.proxies loads torch, which `whichmodel analyze` of a
+    # table
     # without runs never needs (docs/design.md §6: analyze starts without Ray and torch).
-    from actors.proxies import PROXIES, pool_scores
+    from whichmodel.actors.proxies import PROXIES, pool_scores
 
     spec = PROXIES.get(proxy)
     if spec is None or spec.pool_combine is None:
@@ -434,5 +436,5 @@ def _pool_combined(
 
 def reserved_names() -> set[str]:
     """Names a proxy may not take, since they would shadow a reference strategy (nor may it
-    start with ``HYBRID_PREFIX`` or ``SIMILAR_PREFIX``: ``engine.analysis.tables``)."""
+    start with ``HYBRID_PREFIX`` or ``SIMILAR_PREFIX``: ``whichmodel.analysis.tables``)."""
     return set(STRATEGIES)

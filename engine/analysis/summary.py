@@ -2,7 +2,7 @@
 
 import polars as pl
 
-from engine.analysis.analyze import Analysis
+from whichmodel.analysis.analyze import Analysis
 
 
 def summary_text(result: Analysis) -> str:

@@ -1,6 +1,7 @@
 """Reading and validating the input tables of the analysis driver (finetune, scores, tasks).
 
-Each reader accepts Parquet or CSV, checks the table against its contract (engine.core.schema) and
+Each reader accepts Parquet or CSV, checks the table against its contract (whichmodel.core.schema)
+and
 raises ``UserError`` with a one-line message that names the file and the offending model, task
 or column.
 """
@@ -10,10 +11,10 @@ from pathlib import Path
 
 import polars as pl
 
-from engine.analysis.strategies import HYBRID_PREFIX, SIMILAR_PREFIX, reserved_names
-from engine.core import schema
-from engine.core.errors import UserError
-from engine.core.files import read_toml
+from whichmodel.analysis.strategies import HYBRID_PREFIX, SIMILAR_PREFIX, reserved_names
+from whichmodel.core import schema
+from whichmodel.core.errors import UserError
+from whichmodel.core.files import read_toml
 
 
 def read_table(path: str | Path) -> pl.DataFrame:

@@ -53,19 +53,19 @@ from typing import Any
 import polars as pl
 import pyarrow.parquet as pq
 
-from actors.proxies import PROXIES
-from engine.analysis import tables
-from engine.analysis.analyze import Analysis, analyze
-from engine.analysis.plots import write_plots
-from engine.analysis.progressive_cost import progressive_cost
-from engine.analysis.report import ReportData, write_report
-from engine.analysis.summary import summary_text
-from engine.core import schema
-from engine.core.budgets import parse_budgets
-from engine.core.catalog import Catalogue, load_catalogue
-from engine.core.errors import UserError
-from engine.core.files import read_toml
-from engine.core.outputs import (
+from whichmodel.actors.proxies import PROXIES
+from whichmodel.analysis import tables
+from whichmodel.analysis.analyze import Analysis, analyze
+from whichmodel.analysis.plots import write_plots
+from whichmodel.analysis.progressive_cost import progressive_cost
+from whichmodel.analysis.report import ReportData, write_report
+from whichmodel.analysis.summary import summary_text
+from whichmodel.core import schema
+from whichmodel.core.budgets import parse_budgets
+from whichmodel.core.catalog import Catalogue, load_catalogue
+from whichmodel.core.errors import UserError
+from whichmodel.core.files import read_toml
+from whichmodel.core.outputs import (
     atomic_directory,
     atomic_text,
     check_replaceable,
@@ -73,19 +73,19 @@ from engine.core.outputs import (
     run_directory,
     write_table,
 )
-from engine.core.presets import load_preset
-from engine.stages.embed import embed, embed_config
-from engine.stages.finetune import run_finetune
-from engine.stages.probe import probe, write_scores
-from engine.stages.progressive import (
+from whichmodel.core.presets import load_preset
+from whichmodel.stages.embed import embed, embed_config
+from whichmodel.stages.finetune import run_finetune
+from whichmodel.stages.probe import probe, write_scores
+from whichmodel.stages.progressive import (
     DEFAULT_FRACTIONS,
     ProgressiveConfig,
     check_config,
     parse_fractions,
     progressive_rank,
 )
-from engine.stages.store import read_metadata, stored_pairs
-from engine.tasks.loader import TaskSpec, load_tasks
+from whichmodel.stages.store import read_metadata, stored_pairs
+from whichmodel.tasks.loader import TaskSpec, load_tasks
 
 log = logging.getLogger("whichmodel")
 
@@ -115,7 +115,7 @@ class BenchmarkConfig:
     path: Path
     text: str
     name: str
-    out: Path | str  # a local directory or a URI (engine.core.outputs.run_directory)
+    out: Path | str  # a local directory or a URI (whichmodel.core.outputs.run_directory)
     catalog: Path
     pools: list[str] | None
     tasks: Path
@@ -311,7 +311,8 @@ def study_pool(catalogue: Catalogue, pools: list[str]) -> tuple[Catalogue, str, 
 def run_benchmark(config: BenchmarkConfig, out: Path | str | None = None) -> Path:
     """Run (or resume) the study of ``config`` into ``out`` (default the config's): a local
     directory or a URI (``s3://``, ``gs://``, ``file://``: worked on in a local staging copy and
-    published when the study succeeds, ``engine.core.outputs.run_directory``). Returns the local run
+    published when the study succeeds, ``whichmodel.core.outputs.run_directory``). Returns the
+    local run
     directory (report.html in it)."""
     target = out or config.out
     with run_directory(target) as run:
@@ -516,7 +517,7 @@ def _progressive_cost(
     pools: list[str],
 ) -> pl.DataFrame | None:
     """Per pool and progressive proxy, the rows and proxy seconds it needed next to the full-data
-    proxy's (``engine.analysis.progressive_cost``); None without progressive proxies."""
+    proxy's (``whichmodel.analysis.progressive_cost``); None without progressive proxies."""
     if not config.progressive:
         return None
     full = pl.read_parquet(scores_path) if scores_path else None

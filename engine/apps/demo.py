@@ -4,13 +4,13 @@ import math
 import time
 from pathlib import Path
 
-from engine.apps.benchmark import load_config, run_benchmark
-from engine.demo.pool import demo_run_config, ensure_demo_pool, print_progress
+from whichmodel.apps.benchmark import load_config, run_benchmark
+from whichmodel.demo.pool import demo_run_config, ensure_demo_pool, print_progress
 
 
 def run_demo(out: Path | str, cache: Path | None = None) -> Path:
     """Build the pool if needed, then run the benchmark into ``out`` (a directory or a URI,
-    see ``engine.apps.benchmark.run_benchmark``); the local run directory (report.html)."""
+    see ``whichmodel.apps.benchmark.run_benchmark``); the local run directory (report.html)."""
     start = time.perf_counter()
     catalog, _ = ensure_demo_pool(cache)
     config = load_config(demo_run_config(catalog, out))

@@ -4,7 +4,8 @@ DATA (an image folder or a Parquet table) becomes a validated task; the pool's m
 into ``WORK/store`` (reused on reruns), the strategy's proxy scores it (``WORK/scores.parquet``;
 the probe experiment is reused too), the strategy ranks the pool through the same code as
 ``whichmodel finetune --select`` and the B picks are explained: which slot each fills
-(task-agnostic or task-aware, ``engine.analysis.strategies.pick_slots``) and why. With ``finetune``
+(task-agnostic or task-aware, ``whichmodel.analysis.strategies.pick_slots``) and why. With
+``finetune``
 the
 picks are fine-tuned by the preset's protocol and the winner (best validation accuracy) is
 exported to ``WORK/finetune/winners/<task>/``. ``WORK/report/`` holds the picks table and the
@@ -24,33 +25,33 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from actors.finetune import finetuned_meta
-from actors.proxies import PROXIES
-from engine.analysis.strategies import (
+from whichmodel.actors.finetune import finetuned_meta
+from whichmodel.actors.proxies import PROXIES
+from whichmodel.analysis.strategies import (
     AGNOSTIC_SLOT,
     agnostic_key,
     dense_scores,
     parse_strategy,
     pick_slots,
 )
-from engine.core.catalog import Catalogue, load_catalogue
-from engine.core.errors import UserError
-from engine.core.names import MAX_NAME_BYTES, check_name
-from engine.core.outputs import atomic_directory, check_replaceable, write_table
-from engine.core.presets import load_preset
-from engine.demo.convert import VARIANTS
-from engine.demo.pool import CONTROLS, EXPERTS, ensure_demo_pool
-from engine.stages.embed import embed, embed_config
-from engine.stages.finetune import run_finetune, select_pairs
-from engine.stages.probe import probe, write_scores
-from engine.stages.progressive import (
+from whichmodel.core.catalog import Catalogue, load_catalogue
+from whichmodel.core.errors import UserError
+from whichmodel.core.names import MAX_NAME_BYTES, check_name
+from whichmodel.core.outputs import atomic_directory, check_replaceable, write_table
+from whichmodel.core.presets import load_preset
+from whichmodel.demo.convert import VARIANTS
+from whichmodel.demo.pool import CONTROLS, EXPERTS, ensure_demo_pool
+from whichmodel.stages.embed import embed, embed_config
+from whichmodel.stages.finetune import run_finetune, select_pairs
+from whichmodel.stages.probe import probe, write_scores
+from whichmodel.stages.progressive import (
     ProgressiveConfig,
     check_config,
     progressive_base,
     progressive_names,
     progressive_rank,
 )
-from engine.tasks.loader import (
+from whichmodel.tasks.loader import (
     IMAGE_EXTENSIONS,
     MAX_LISTED,
     SOURCES,
@@ -128,7 +129,7 @@ def task_name(data: Path) -> str:
     path = data.resolve()
     stem = path.name if path.is_dir() else path.stem
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("._")[:MAX_NAME_BYTES] or "task"
-    return check_name("task", name, str(data))  # the one rule (engine.core.names) holds
+    return check_name("task", name, str(data))  # the one rule (whichmodel.core.names) holds
 
 
 def count_class_images(root: Path) -> int:

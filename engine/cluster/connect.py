@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from engine.core.errors import UserError
+from whichmodel.core.errors import UserError
 
 log = logging.getLogger("whichmodel")
 

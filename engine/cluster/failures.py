@@ -4,8 +4,8 @@ chains Ray wraps them in."""
 
 from ray.exceptions import RayError, RayTaskError
 
-from actors.decode import ImageDecodeError
-from engine.core.errors import UserError
+from whichmodel.actors.decode import ImageDecodeError
+from whichmodel.core.errors import UserError
 
 
 def worker_error(exc: BaseException) -> BaseException:
@@ -21,7 +21,10 @@ def worker_error(exc: BaseException) -> BaseException:
         cause = getattr(cause, "cause", None) or cause.__cause__ or cause.__context__
     # Last resort: the worker's traceback text names the original error on a line of its own.
     for line in reversed(str(exc).splitlines()):
-        for prefix in ("actors.decode.ImageDecodeError: ", "engine.core.errors.UserError: "):
+        for prefix in (
+            "whichmodel.actors.decode.ImageDecodeError: ",
+            "whichmodel.core.errors.UserError: ",
+        ):
             if line.strip().startswith(prefix):
                 return UserError(line.strip()[len(prefix) :])
     return exc

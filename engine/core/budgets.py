@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from engine.core.errors import UserError
+from whichmodel.core.errors import UserError
 
 
 def parse_budgets(value: Any, where: str) -> list[int]:

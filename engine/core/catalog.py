@@ -1,7 +1,8 @@
 """Model catalogue and pools, loaded from a TOML file (docs/design.md §1 "Pools", §2).
 
 A catalogue file lists models as ``[[models]]`` tables whose keys are the columns of
-``engine.core.schema.CATALOGUE``, and defines pools in a ``[pools]`` table. A pool is data, never
+``whichmodel.core.schema.CATALOGUE``, and defines pools in a ``[pools]`` table. A pool is data,
+never
 code:
 either a Polars SQL predicate over the catalogue columns (``Dim2048 = "dim <= 2048"``) or an
 explicit list of model names (``Expert = ["Mode of transport", "Full JFT"]``).
@@ -21,10 +22,10 @@ from typing import Any
 
 import polars as pl
 
-from engine.core.errors import UserError
-from engine.core.files import read_toml
-from engine.core.names import check_name
-from engine.core.schema import CATALOGUE, CATALOGUE_REQUIRED
+from whichmodel.core.errors import UserError
+from whichmodel.core.files import read_toml
+from whichmodel.core.names import check_name
+from whichmodel.core.schema import CATALOGUE, CATALOGUE_REQUIRED
 
 PoolSpec = str | list[str]
 

@@ -4,7 +4,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from engine.core.errors import UserError
+from whichmodel.core.errors import UserError
 
 
 def read_toml(path: str | Path, what: str) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import unicodedata
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
-from engine.core.errors import UserError
+from whichmodel.core.errors import UserError
 
 # Every common filesystem limits one component to 255 bytes; leave room for prefixes such as
 # ``model=`` and suffixes such as ``.tmp-<pid>``.

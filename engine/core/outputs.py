@@ -27,7 +27,7 @@ from typing import Any
 import polars as pl
 from pyarrow import fs as pafs
 
-from engine.core.errors import UserError
+from whichmodel.core.errors import UserError
 
 MARKER = ".whichmodel-output"  # in every directory a whichmodel command owns and may replace
 

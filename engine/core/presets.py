@@ -3,15 +3,15 @@
 A user's own presets live in a TOML file of the same layout (``[NAME.section]`` tables), passed
 as ``FILE.toml`` (the file must hold exactly one preset) or ``FILE.toml:NAME``. The
 ``[NAME.resources]`` table (what trials, actors and tasks ask Ray for) is optional, and so is each
-of its fields: ``engine.core.resources`` has the defaults.
+of its fields: ``whichmodel.core.resources`` has the defaults.
 """
 
 from pathlib import Path
 from typing import Any
 
-from engine.core.errors import UserError
-from engine.core.files import read_toml
-from engine.core.resources import Resources, parse_resources
+from whichmodel.core.errors import UserError
+from whichmodel.core.files import read_toml
+from whichmodel.core.resources import Resources, parse_resources
 
 PRESETS_FILE = Path(__file__).with_name("presets.toml")
 
@@ -35,8 +35,8 @@ FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
 }
 
 
-PRECISIONS = ("bf16", "fp16", "fp32")  # actors.finetune.PRECISIONS
-METRICS = ("euclidean", "cosine")  # actors.proxies.knn
+PRECISIONS = ("bf16", "fp16", "fp32")  # whichmodel.actors.finetune.PRECISIONS
+METRICS = ("euclidean", "cosine")  # whichmodel.actors.proxies.knn
 
 
 def _positive(value: Any) -> bool:

@@ -19,7 +19,7 @@ import logging
 import math
 from dataclasses import dataclass, fields
 
-from engine.core.errors import UserError
+from whichmodel.core.errors import UserError
 
 log = logging.getLogger("whichmodel")
 

@@ -44,7 +44,8 @@ SCORES_DETAIL = {
     "runs": pl.String,  # JSON list of per-run rows (e.g. lr, rep, val_acc for linear)
 }
 
-# One row per (model, task), or one per run with the run columns below; see engine.analysis.tables.
+# One row per (model, task), or one per run with the run columns below; see
+# whichmodel.analysis.tables.
 FINETUNE = {"model": pl.String, "task": pl.String, "test_acc": pl.Float64}
 FINETUNE_RUN = {"lr": pl.Float64, "rep": pl.Int64, "val_acc": pl.Float64}
 
@@ -100,7 +101,7 @@ ZERO_REGRET_BUDGET = {
     "min_budget": pl.Float64,  # float: for `random` it is the exact expectation (n+1)/(k+1)
 }
 
-# Estimator quality (engine.analysis.quality): per pool, proxy and task, how well the proxy's
+# Estimator quality (whichmodel.analysis.quality): per pool, proxy and task, how well the proxy's
 # scores rank the models by fine-tune accuracy; each (pool, proxy) ends in a mean row whose
 # `task` is null. Correlations use only the `n_scored` models; a hit is 1.0 or 0.0 per task and
 # the hit rate in the mean row; null where undefined.
@@ -123,7 +124,7 @@ def empty(schema: dict) -> pl.DataFrame:
     return pl.DataFrame(schema=schema)
 
 
-# What successive halving writes (engine.stages.halving): one row per (task, arm); an arm is one
+# What successive halving writes (whichmodel.stages.halving): one row per (task, arm); an arm is one
 # (model, lr, rep) fine-tune of the ranking's top K. `steps` is the last step the arm reached,
 # `status` full | asha | budget (what stopped it), `test_acc` only for fully trained arms,
 # `seconds` its device-seconds over every attempt; `chosen` marks each task's pick.
@@ -145,7 +146,7 @@ HALVING = {
     "grace": pl.Int64,
 }
 
-# What progressive halving records (engine.stages.progressive): one row per (task, rung, model
+# What progressive halving records (whichmodel.stages.progressive): one row per (task, rung, model
 # scored there): the slice (fraction of train/val and its rows), the proxy's score and reason,
 # whether the model went on (`kept`) and the device-seconds of its rows' forward passes in that
 # call and of its proxy run. A benchmark's table adds the pool and the proxy in front.
@@ -164,7 +165,7 @@ PROGRESSIVE_RUNG = {
 }
 PROGRESSIVE_RUNGS = {"pool": pl.String, "proxy": pl.String, **PROGRESSIVE_RUNG}
 
-# What a progressive ranking needed (engine.analysis.progressive_cost), per pool and proxy:
+# What a progressive ranking needed (whichmodel.analysis.progressive_cost), per pool and proxy:
 # models scored per rung (e.g. "10→5→3→2", the same for every task), the train+val rows its
 # rankings read (each (task, model) up to the largest slice it reached) against every model on
 # the whole data, and the proxy's device-seconds against the full-data proxy's (null when the

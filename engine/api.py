@@ -1,0 +1,1 @@
+"""The Python API: ``import whichmodel`` (filled in below)."""
