@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= runs/demo
 
-.PHONY: venv demo vtab fashion-mnist test lint bench clean
+.PHONY: venv demo vtab fashion-mnist test test-fast lint bench clean
 
 venv: $(STAMP)
 
@@ -45,6 +45,10 @@ lint: venv
 
 test: lint
 	$(BIN)/python -m pytest
+
+# The quick tier: everything but the cluster, fault and heavy tests (markers in pyproject.toml).
+test-fast: lint
+	$(BIN)/python -m pytest -m "not cluster and not fault and not heavy"
 
 bench: venv
 	$(BIN)/python benchmarks/bench_curves.py
