@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from whichmodel.core.errors import ImageDecodeError
+
+__all__ = ["ImageDecodeError"]  # re-exported: raised here, defined with the other errors
+
 _WIDE_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-
-
-class ImageDecodeError(ValueError):
-    """An image that cannot be decoded (zero bytes, unknown format, truncated or corrupt)."""
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -9,7 +9,7 @@ One call fine-tunes one model on one task for one (lr, repetition), the paper's 
    and bias,
    plain minibatch SGD (no momentum, no weight decay) on the mean softmax cross-entropy,
    ``head_lr`` for ``head_steps`` steps of ``batch_size`` examples, batches from
-   ``whichmodel.actors.proxies.batch_indices`` (seeded epoch shuffles), with one difference: it
+   ``whichmodel.actors.sampling.batch_indices`` (seeded epoch shuffles), with one difference: it
    runs on the
    embeddings centred and divided by one scalar, folded back after (``train_head``), so one
    ``head_lr`` suits every model's embedding scale. Every model's BatchNorm running statistics
@@ -78,7 +78,7 @@ from whichmodel.actors.models import (
     embed_forward,
     to_tensor,
 )
-from whichmodel.actors.proxies import batch_indices
+from whichmodel.actors.sampling import batch_indices
 from whichmodel.core.outputs import atomic_file
 from whichmodel.core.schema import SPLITS
 

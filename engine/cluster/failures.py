@@ -4,8 +4,7 @@ chains Ray wraps them in."""
 
 from ray.exceptions import RayError, RayTaskError
 
-from whichmodel.actors.decode import ImageDecodeError
-from whichmodel.core.errors import UserError
+from whichmodel.core.errors import ImageDecodeError, UserError
 
 
 def worker_error(exc: BaseException) -> BaseException:
@@ -22,7 +21,7 @@ def worker_error(exc: BaseException) -> BaseException:
     # Last resort: the worker's traceback text names the original error on a line of its own.
     for line in reversed(str(exc).splitlines()):
         for prefix in (
-            "whichmodel.actors.decode.ImageDecodeError: ",
+            "whichmodel.core.errors.ImageDecodeError: ",
             "whichmodel.core.errors.UserError: ",
         ):
             if line.strip().startswith(prefix):

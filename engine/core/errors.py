@@ -1,4 +1,5 @@
-"""The one exception type for bad user input: the CLI prints it on one line and exits 2."""
+"""The engine's exception types: bad user input (the CLI prints it on one line and exits 2) and
+an undecodable image (raised in Ray workers, turned into bad user input by the driver)."""
 
 
 class UserError(Exception):
@@ -6,3 +7,7 @@ class UserError(Exception):
 
     The message must name what is wrong and where (file, entry, model or task), on one line.
     """
+
+
+class ImageDecodeError(ValueError):
+    """An image that cannot be decoded (zero bytes, unknown format, truncated or corrupt)."""
