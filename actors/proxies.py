@@ -720,8 +720,13 @@ def sfda(inp: ProxyInput, *, split: str = "train") -> ProxyResult:
     (1 - p(y_i|x_i)); a second discriminant with the same λ is fitted on the mixed features and
     the score is the mean p(y_i|x̃_i) (their code drops the log, "in case of instability").
     Classes are indexed by position among the present ones (their loop assumes labels 0..C-1).
+    The rows are put in a canonical (lexicographic) order first: the score is a mean over rows,
+    and where S_w,λ is ill-conditioned (condition ~1e13) the rounding of the sums would otherwise
+    still move it by ~1e-6 with the order the rows come in.
     """
     f, y = _split(inp, split)
+    order = np.lexsort(np.vstack([y, f.T[::-1]]))  # by the features, first column first
+    f, y = f[order], y[order]
     _, inv, counts = _present_classes(y, "sfda")
     prob, lam, means = _sfda_posteriors(f, inv, counts, None)
     prob = _softmax_rows(prob)  # "soften the probability using softmax"
@@ -1005,7 +1010,10 @@ class ProxySpec:
     ``preset_section``: the preset table its options come from (``[NAME.<section>]``), if any;
     ``default``: run by a benchmark whose config names no proxies; ``pool_combine``: for a
     proxy whose authors normalise across the model pool, the pool's scores from its models'
-    run dicts (one per model, None where not applicable; ``pool_scores`` applies it)."""
+    run dicts (one per model, None where not applicable; ``pool_scores`` applies it);
+    ``order_tolerance``: 0 for a proxy whose score does not depend on the order of the training
+    rows (to rounding; tests/test_proxy_contract.py holds every such proxy to 1e-6 relative),
+    else the relative change a row shuffle caused by its authors' design, as measured there."""
 
     name: str
     fn: Callable[..., ProxyResult]
@@ -1015,15 +1023,25 @@ class ProxySpec:
     preset_section: str | None = None
     default: bool = False
     pool_combine: Callable[[Sequence[Mapping | None]], np.ndarray] | None = None
+    order_tolerance: float = 0.0
 
 
 PROXIES: dict[str, ProxySpec] = {
     spec.name: spec
     for spec in (
         ProxySpec("knn", knn, "kNN", needs_val=True, preset_section="knn", default=True),
+        # SGD minibatches are drawn by row position (``batch_indices``), as the paper's tf.data
+        # shuffle: a row shuffle changes the batches. Measured: up to 0.21 relative (val accuracy,
+        # 20 val rows) over 12 shuffles of the contract test's 60-row ReLU fixture.
         ProxySpec(
-            "linear", linear, "linear-probe", needs_val=True, preset_section="linear", default=True
-        ),
+            "linear",
+            linear,
+            "linear-probe",
+            needs_val=True,
+            preset_section="linear",
+            default=True,
+            order_tolerance=0.25,
+        ),  # fmt: skip
         ProxySpec("logme", logme, "LogME"),
         ProxySpec("hscore_reg", hscore_reg, "H-score"),
         ProxySpec("gbc", gbc, "GBC"),
@@ -1032,7 +1050,10 @@ PROXIES: dict[str, ProxySpec] = {
         ProxySpec("sfda", sfda, "SFDA"),
         ProxySpec("ncti", ncti, "NCTI", pool_combine=ncti_pool),
         ProxySpec("etran", etran, "ETran", pool_combine=etran_pool),
-        ProxySpec("parc", parc, "PARC"),
+        # randomised PCA (the authors' feature_reduce): its seeded random projection meets the
+        # rows in their order. Measured: up to 0.057 relative over 12 shuffles of the contract
+        # test's ReLU fixture (D > N); ~2 % on a demo embedding (issue 19).
+        ProxySpec("parc", parc, "PARC", order_tolerance=0.08),
     )
 }
 
