@@ -989,3 +989,27 @@ def test_sfda_falls_back_to_the_eigenbasis_when_cholesky_refuses(monkeypatch):
     monkeypatch.setattr(P, "cho_factor", refuse)
     got = run_proxy("sfda", ProxyInput(x, y, x[:4], y[:4], 4)).score
     assert got == pytest.approx(ref_sfda(x, y), rel=1e-5)
+
+
+def test_parc_leaves_components_without_spread_alone():
+    """Features of rank 10 < 32 PCA components: the 22 empty components are rounding noise. PARC
+    scores the 10 real ones only (a NumPy reference that drops the rest); the authors'
+    StandardScaler scales the noise to unit variance and gets another score."""
+    import scipy.stats
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(3)
+    y = np.arange(90) % 3
+    z = rng.normal(size=(90, 10)) + 1.5 * rng.normal(size=(3, 10))[y]
+    x = z @ rng.normal(size=(10, 48))  # float64: the empty components are ~1e-15 of the rest
+    pcs = PCA(n_components=32, svd_solver="randomized", random_state=1919, iterated_power=1)
+    f = pcs.fit_transform(x)
+    assert np.sum(f.std(0) > 1e-6 * f.std(0).max()) == 10
+    f = f[:, f.std(0) > 1e-6 * f.std(0).max()]
+    f = (f - f.mean(0)) / f.std(0)
+    iu = np.triu_indices(90, 1)
+    want = 100 * scipy.stats.spearmanr((1 - np.corrcoef(f))[iu], (y[iu[0]] != y[iu[1]]))[0]
+    for scale in (1.0, 0.01, 100.0):  # the rule is relative: the features' scale does not matter
+        got = run_proxy("parc", ProxyInput(x * scale, y, x[:3], y[:3], 3)).score
+        assert got == pytest.approx(want, rel=1e-6)
+    assert abs(ref_parc(x, y, 3) - got) > 0.05 * abs(got)  # the authors' scaler: noise counted
