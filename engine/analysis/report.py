@@ -18,6 +18,7 @@ from pathlib import Path
 import polars as pl
 
 from whichmodel.analysis.analyze import Analysis
+from whichmodel.analysis.quality import BASELINE_PARAMS, BASELINE_TASK_AGNOSTIC, BASELINES
 from whichmodel.analysis.strategies import HYBRID_PREFIX, PoolData
 from whichmodel.core.outputs import atomic_text
 
@@ -264,7 +265,7 @@ def quality_html(quality: pl.DataFrame, pools: list[PoolData]) -> str:
     if quality.is_empty():
         return '<p class="note">No proxy scores in this run, so no estimator quality.</p>'
     tables = "".join(
-        f"<h3>Pool {_e(p.name)}</h3>{quality_table(quality, p)}"
+        f"<h3>Pool {_e(p.name)}</h3>{quality_table(quality, p)}{beats_static_html(quality, p)}"
         for p in pools
         if (quality["pool"] == p.name).any()
     )
@@ -273,7 +274,29 @@ def quality_html(quality: pl.DataFrame, pools: list[PoolData]) -> str:
         "fine-tune accuracy, as the transferability literature reports it: weighted Kendall τ "
         "(as LogME and SFDA compute it), Kendall τ-b and Pearson r over the models the proxy "
         "applies to; and the fraction of tasks whose top 1 / top 3 by the proxy contain a best "
-        f"model (zero regret at B = 1 / 3). Per task: quality.csv.</p>{tables}"
+        "model (zero regret at B = 1 / 3). The baseline rows are static orders a proxy should "
+        "beat: the task-agnostic order (ImageNet top-1 first), model size (parameters) and the "
+        f"expectation under a random order. Per task: quality.csv.</p>{tables}"
+    )
+
+
+def beats_static_html(quality: pl.DataFrame, pool: PoolData) -> str:
+    """Which proxies' mean weighted τ exceeds both static orders' (task-agnostic, parameters)."""
+    means = quality.filter(pl.col("pool") == pool.name, pl.col("task").is_null())
+    tw = {r["proxy"]: r["weighted_tau"] for r in means.iter_rows(named=True)}
+    static = [tw.get(b) for b in (BASELINE_TASK_AGNOSTIC, BASELINE_PARAMS)]
+    static = [v for v in static if v is not None]
+    if not static:
+        return ""
+    proxies = [p for p in tw if p not in BASELINES and tw[p] is not None]
+    beats = sorted(p for p in proxies if tw[p] > max(static))
+    text = (
+        f"Mean weighted τ above both static orders (best of them {max(static):.3f}): "
+        + (", ".join(_e(p) for p in beats) if beats else "none of the proxies")
+        + "."
+    )
+    return (
+        f'<p class="beats" data-pool="{_e(pool.name)}" data-beat="{_e(",".join(beats))}">{text}</p>'
     )
 
 
