@@ -92,6 +92,30 @@ CURVES = {
     "mean_rel_regret": pl.Float64,
 }
 
+# Paired bootstrap over tasks (whichmodel.analysis.bootstrap): 95 % percentile intervals.
+CURVES_CI = {
+    "pool": pl.String,
+    "strategy": pl.String,
+    "budget": pl.Int64,
+    "mean_rel_regret": pl.Float64,
+    "ci_low": pl.Float64,
+    "ci_high": pl.Float64,
+    "n_tasks": pl.Int64,
+    "n_boot": pl.Int64,
+}
+REGRET_DIFF_CI = {
+    "pool": pl.String,
+    "strategy": pl.String,
+    "reference": pl.String,
+    "budget": pl.Int64,
+    "mean_diff": pl.Float64,  # strategy's mean relative regret minus the reference's
+    "ci_low": pl.Float64,
+    "ci_high": pl.Float64,
+    "verdict": pl.String,  # better / worse / not distinguishable at 95 %
+    "n_tasks": pl.Int64,
+    "n_boot": pl.Int64,
+}
+
 # Per task, the smallest budget whose picks contain a best model (paper Tables 4/5).
 ZERO_REGRET_BUDGET = {
     "pool": pl.String,
