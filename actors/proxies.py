@@ -684,7 +684,7 @@ def _sfda_posteriors(
     by a Cholesky factorisation of S_w,λ (symmetric positive definite). At the 1e-10 floor with
     d > n, S_w,λ has a condition number near 1e13: a general LU solve (``np.linalg.solve``, used
     before) then moved the score with the row order (0.43-0.85 on one real embedding), while the
-    Cholesky route equals the authors' ``scipy.linalg.eigh(S_b, S_w,λ)`` to ~1e-7
+    Cholesky route equals the authors' ``scipy.linalg.eigh(S_b, S_w,λ)`` to ~2e-8
     (tests/test_proxies.py, ill-conditioned fixture).
     """
     n, d = f.shape
