@@ -12,6 +12,7 @@ import polars as pl
 from whichmodel.analysis import tables
 from whichmodel.analysis.analyze import analyze
 from whichmodel.analysis.plots import DELTA_PAIRS, write_plots
+from whichmodel.analysis.stability import oracle_stability
 from whichmodel.analysis.summary import summary_text
 from whichmodel.cluster.connect import connection_options
 from whichmodel.core.budgets import parse_budgets
@@ -106,6 +107,7 @@ def cmd_analyze(args: argparse.Namespace) -> None:
         raise UserError(f"--bootstrap {args.bootstrap}: the number of resamples is >= 0")
     catalogue = load_catalogue(args.catalog)
     finetune = tables.load_finetune(args.finetune)
+    reps = tables.load_finetune_repetitions(args.finetune)
     scores = tables.load_scores(args.scores) if args.scores else None
     categories = tables.load_task_categories(args.tasks) if args.tasks else None
     pools = [p.strip() for p in args.pools.split(",")] if args.pools else None
@@ -126,6 +128,8 @@ def cmd_analyze(args: argparse.Namespace) -> None:
         write_table(result.curves, tmp, "curves")
         write_table(result.zero_regret_budget, tmp, "zero_regret_budget")
         write_table(result.quality, tmp, "quality")
+        if reps is not None and reps["rep"].n_unique() > 1:
+            write_table(oracle_stability(reps), tmp, "oracle_stability")
         if result.n_boot:
             write_table(result.curves_ci, tmp, "curves_ci")
             write_table(result.regret_diff_ci, tmp, "regret_diff_ci")

@@ -92,6 +92,17 @@ CURVES = {
     "mean_rel_regret": pl.Float64,
 }
 
+# Per task, how often the fine-tune oracle's best model changes between repetitions.
+ORACLE_STABILITY = {
+    "task": pl.String,
+    "n_reps": pl.Int64,
+    "n_models": pl.Int64,
+    "best_per_rep": pl.String,  # each repetition's best model(s), " | " between repetitions
+    "oracle_best": pl.String,  # best by the median over repetitions (the analysis' oracle)
+    "reps_agreeing_with_oracle": pl.Int64,
+    "frac_rep_pairs_differ": pl.Float64,  # null with one repetition
+}
+
 # Paired bootstrap over tasks (whichmodel.analysis.bootstrap): 95 % percentile intervals.
 CURVES_CI = {
     "pool": pl.String,
