@@ -141,7 +141,9 @@ def cmd_analyze(args: argparse.Namespace) -> None:
         (tmp / "summary.txt").write_text(summary)
     print(summary, end="")
     print(
-        f"wrote {args.out}: selections, regret, curves, zero_regret_budget (Parquet and CSV), "
+        f"wrote {args.out}: selections, regret, curves, zero_regret_budget"
+        + (", curves_ci, regret_diff_ci" if result.n_boot else "")
+        + " (Parquet and CSV), "
         f"{len(figures)} plots, in {time.perf_counter() - start:.1f} s"
     )
 
