@@ -917,8 +917,8 @@ def parc(inp: ProxyInput, *, n_dims: int = 32, split: str = "train") -> ProxyRes
     are dropped (they hold rounding noise, ~1e-17 on demo embeddings) where the authors'
     ``StandardScaler`` blows that noise up to unit variance, so
     their PARC then correlates noise (efficientnet_lite2 on the demo's ``science``, rank 23 < 32
-    components: theirs 8.25, 15.87 with this project's earlier rule that kept them as zeros;
-    the same ranking of the models there).
+    components: theirs 8.25, ours 15.97, 15.87 with this project's earlier rule that kept them
+    as zeros; the same ranking of the models there).
     """
     if n_dims < 1:
         raise ValueError(f"parc: n_dims must be >= 1, got {n_dims}")
