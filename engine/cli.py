@@ -12,6 +12,7 @@ import polars as pl
 from whichmodel.analysis import tables
 from whichmodel.analysis.analyze import analyze
 from whichmodel.analysis.plots import DELTA_PAIRS, write_plots
+from whichmodel.analysis.stability import oracle_stability
 from whichmodel.analysis.summary import summary_text
 from whichmodel.cluster.connect import connection_options
 from whichmodel.core.budgets import parse_budgets
@@ -102,8 +103,11 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     check_directory(args.out, "--out")
     check_replaceable(args.out)
+    if args.bootstrap < 0:
+        raise UserError(f"--bootstrap {args.bootstrap}: the number of resamples is >= 0")
     catalogue = load_catalogue(args.catalog)
     finetune = tables.load_finetune(args.finetune)
+    reps = tables.load_finetune_repetitions(args.finetune)
     scores = tables.load_scores(args.scores) if args.scores else None
     categories = tables.load_task_categories(args.tasks) if args.tasks else None
     pools = [p.strip() for p in args.pools.split(",")] if args.pools else None
@@ -113,7 +117,10 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     pairs = parse_pairs(args.compare) if args.compare else DELTA_PAIRS
     if args.compare:
         check_compare(pairs, scores)
-    result = analyze(catalogue, finetune, scores, pools, budgets, categories, args.log_odds)
+    result = analyze(
+        catalogue, finetune, scores, pools, budgets, categories, args.log_odds,
+        bootstrap=args.bootstrap,
+    )  # fmt: skip
     summary = summary_text(result)
     with atomic_directory(args.out) as tmp:
         write_table(result.selections, tmp, "selections")
@@ -121,13 +128,22 @@ def cmd_analyze(args: argparse.Namespace) -> None:
         write_table(result.curves, tmp, "curves")
         write_table(result.zero_regret_budget, tmp, "zero_regret_budget")
         write_table(result.quality, tmp, "quality")
+        if reps is not None and reps["rep"].n_unique() > 1:
+            write_table(oracle_stability(reps), tmp, "oracle_stability")
+        if result.n_boot:
+            write_table(result.curves_ci, tmp, "curves_ci")
+            write_table(result.regret_diff_ci, tmp, "regret_diff_ci")
         plots = tmp / "plots"
         plots.mkdir()
-        figures = write_plots(result.pools, result.regret, result.curves, plots, pairs)
+        figures = write_plots(
+            result.pools, result.regret, result.curves, plots, pairs, result.curves_ci
+        )
         (tmp / "summary.txt").write_text(summary)
     print(summary, end="")
     print(
-        f"wrote {args.out}: selections, regret, curves, zero_regret_budget (Parquet and CSV), "
+        f"wrote {args.out}: selections, regret, curves, zero_regret_budget"
+        + (", curves_ci, regret_diff_ci" if result.n_boot else "")
+        + " (Parquet and CSV), "
         f"{len(figures)} plots, in {time.perf_counter() - start:.1f} s"
     )
 
@@ -359,6 +375,14 @@ def add_analyze_parser(sub: argparse._SubParsersAction) -> None:
         "--log-odds",
         action="store_true",
         help="relative regret in log-odds (paper App. C) instead of the relative form",
+    )
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="paired bootstrap resamples over tasks for the 95%% intervals of curves_ci and "
+        "regret_diff_ci (default 1000; 0: none)",
     )
     add_force(p)
     p.set_defaults(func=cmd_analyze)

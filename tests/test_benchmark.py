@@ -19,6 +19,7 @@ import pytest
 from imageworld import write_folder, write_parquet_task
 
 from whichmodel import cli
+from whichmodel.analysis.quality import BASELINES
 
 MODELS = [
     ("rand_resnet", "timm:resnet10t@random", 5_000_000),
@@ -196,7 +197,7 @@ def test_run_directory_holds_every_table_plot_and_the_report(study):
     assert tables.count("regret") == 2
     assert tables.count("quality") == 2  # estimator quality of linear and knn, per pool
     quality = pl.read_parquet(run / "tables" / "quality.parquet")
-    assert set(quality["proxy"]) == {*PROXIES, PROGRESSIVE}
+    assert set(quality["proxy"]) == {*PROXIES, PROGRESSIVE, *BASELINES}  # + static baselines
     assert set(quality["pool"]) == {"All", "Two"}
     assert "progressive-table" in tables
 

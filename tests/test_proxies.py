@@ -942,3 +942,74 @@ def test_pool_combine_leaves_out_models_without_terms_and_a_constant_term_gives_
         )
     with pytest.raises(ValueError, match="'b' has a score but no finite 'seli'"):
         P.pool_scores("ncti", [1.0, 2.0], [[terms[0]], []], names=["a", "b"])
+
+
+# ---------------------------------------------------------------------------------------------
+# SFDA on an ill-conditioned embedding: D > N, rank-deficient, shrinkage at its 1e-10 floor
+
+
+def relu_embedding(seed=0, n=100, d=256, c=4, rank=95, dead=0.5, scale=50.0, dup=0.2, noise=3e-6):
+    """ReLU-like features of rank < n < d: dead units, a large scale, and a fifth of the rows
+    near-duplicates (1e-6 apart) of rows of other classes, so SFDA's posteriors are not
+    saturated. S_w,λ's condition number is ~1e13 here; a general LU solve moved SFDA by ~1e-4
+    with the row order on this input, the authors' eigh route by ~1e-8."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % c
+    z = rng.normal(size=(n, rank)) + 0.5 * rng.normal(size=(c, rank))[y]
+    src, dst = rng.integers(0, n, int(dup * n)), rng.integers(0, n, int(dup * n))
+    z[dst] = z[src] + noise * rng.normal(size=(len(dst), rank))
+    x = np.maximum(z @ rng.normal(size=(rank, d)), 0.0) * scale
+    x[:, rng.random(d) < dead] = 0.0
+    return x.astype(np.float32), y.astype(np.int64)
+
+
+def test_sfda_equals_the_authors_eigh_route_on_an_ill_conditioned_embedding_in_any_row_order():
+    x, y = relu_embedding()
+    xf = x.astype(np.float64)
+    sw = sum(np.mean(y == k) * _ref_cov(xf[y == k]) for k in range(4))  # rank <= n - C < d
+    sw.flat[:: len(sw) + 1] += 1e-10 * np.trace(sw) / len(sw)
+    assert np.linalg.matrix_rank(xf) <= len(y) < x.shape[1] and np.linalg.cond(sw) > 1e11
+    scores = []
+    for seed in range(4):
+        p = np.random.default_rng(100 + seed).permutation(len(y))
+        got = run_proxy("sfda", ProxyInput(x[p], y[p], x[:4], y[:4], 4))
+        assert got.runs[0]["shrinkage"] == 1e-10  # at the floor: the ill-conditioned case
+        assert got.score == pytest.approx(ref_sfda(x[p], y[p]), rel=1e-6)
+        scores.append(got.score)
+    assert min(scores) > 0.5 and max(scores) < 0.99  # not saturated: the posteriors matter
+    assert max(scores) - min(scores) < 1e-6 * max(scores)
+
+
+def test_sfda_falls_back_to_the_eigenbasis_when_cholesky_refuses(monkeypatch):
+    x, y = relu_embedding()
+
+    def refuse(*args, **kwargs):
+        raise np.linalg.LinAlgError("not positive definite")
+
+    monkeypatch.setattr(P, "cho_factor", refuse)
+    got = run_proxy("sfda", ProxyInput(x, y, x[:4], y[:4], 4)).score
+    assert got == pytest.approx(ref_sfda(x, y), rel=1e-5)
+
+
+def test_parc_leaves_components_without_spread_alone():
+    """Features of rank 10 < 32 PCA components: the 22 empty components are rounding noise. PARC
+    scores the 10 real ones only (a NumPy reference that drops the rest); the authors'
+    StandardScaler scales the noise to unit variance and gets another score."""
+    import scipy.stats
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(3)
+    y = np.arange(90) % 3
+    z = rng.normal(size=(90, 10)) + 1.5 * rng.normal(size=(3, 10))[y]
+    x = z @ rng.normal(size=(10, 48))  # float64: the empty components are ~1e-15 of the rest
+    pcs = PCA(n_components=32, svd_solver="randomized", random_state=1919, iterated_power=1)
+    f = pcs.fit_transform(x)
+    assert np.sum(f.std(0) > 1e-6 * f.std(0).max()) == 10
+    f = f[:, f.std(0) > 1e-6 * f.std(0).max()]
+    f = (f - f.mean(0)) / f.std(0)
+    iu = np.triu_indices(90, 1)
+    want = 100 * scipy.stats.spearmanr((1 - np.corrcoef(f))[iu], (y[iu[0]] != y[iu[1]]))[0]
+    for scale in (1.0, 0.01, 100.0):  # the rule is relative: the features' scale does not matter
+        got = run_proxy("parc", ProxyInput(x * scale, y, x[:3], y[:3], 3)).score
+        assert got == pytest.approx(want, rel=1e-6)
+    assert abs(ref_parc(x, y, 3) - got) > 0.05 * abs(got)  # the authors' scaler: noise counted

@@ -2,6 +2,7 @@
 computed here on the hand-filtered arrays and against hit rates worked out by hand; `whichmodel
 analyze` writing quality.{parquet,csv} on the published VTAB-1k matrix; the report's section."""
 
+import dataclasses
 import json
 import math
 from html.parser import HTMLParser
@@ -15,7 +16,7 @@ from test_proxies import ref_ncti_pool
 
 from whichmodel import cli
 from whichmodel.analysis.analyze import analyze
-from whichmodel.analysis.quality import estimator_quality
+from whichmodel.analysis.quality import BASELINES, estimator_quality
 from whichmodel.analysis.report import ReportData, render
 from whichmodel.analysis.strategies import PoolData
 from whichmodel.core import schema
@@ -53,6 +54,10 @@ def make_pool(acc: list[list[float]], scores: dict[str, list[list[float]]]) -> P
         meta=meta,
         scores={p: np.asarray(s, dtype=np.float64) for p, s in scores.items()},
     )
+
+
+def is_baseline() -> pl.Expr:
+    return pl.col("proxy").str.starts_with("baseline:")
 
 
 def rows(df: pl.DataFrame, proxy: str) -> list[dict]:
@@ -184,7 +189,7 @@ def test_hits_are_zero_regret_of_the_task_aware_strategy():
     catalogue = load_catalogue(VTAB_CATALOG)
     ft = pl.read_csv(VTAB_FT)
     a = analyze(catalogue, ft, vtab_scores(), budgets=[1, 3])
-    per_task = a.quality.filter(pl.col("task").is_not_null())
+    per_task = a.quality.filter(pl.col("task").is_not_null(), ~is_baseline())
     zero = a.regret.filter(pl.col("strategy").is_in(["noisy", "partial"])).select(
         "pool", proxy="strategy", task="task", budget="budget", zero=pl.col("abs_regret") == 0
     )
@@ -208,7 +213,7 @@ def test_cli_writes_quality_next_to_regret(tmp_path):
     assert pq.schema == pl.Schema(schema.QUALITY) and csv.height == pq.height
     pools = load_catalogue(VTAB_CATALOG).pool_names()
     n_tasks = pl.read_csv(VTAB_FT)["task"].n_unique()
-    assert pq.height == len(pools) * 2 * (n_tasks + 1)
+    assert pq.height == len(pools) * (2 + len(BASELINES)) * (n_tasks + 1)
     # One row checked against scipy on the raw tables: 'partial' on the first task it meets.
     row = pq.filter(pl.col("proxy") == "partial", pl.col("task").is_not_null()).row(0, named=True)
     raw = pl.read_parquet(scores).filter(
@@ -253,11 +258,11 @@ def test_report_section_shows_the_mean_rows():
     parser.feed(render(ReportData(title="t", config_text="", analysis=a)))
     cols = ("weighted_tau", "kendall_tau", "pearson", "top1_hit", "top3_hit")
     expected = {
-        (r["pool"], r["proxy"], c): repr(r[c])
+        (r["pool"], r["proxy"], c): "" if r[c] is None else repr(r[c])
         for r in a.quality.filter(pl.col("task").is_null()).iter_rows(named=True)
         for c in cols
     }
-    assert len(expected) == len(catalogue.pool_names()) * 2 * len(cols)
+    assert len(expected) == len(catalogue.pool_names()) * (2 + len(BASELINES)) * len(cols)
     assert parser.cells == expected
     without = analyze(catalogue, pl.read_csv(VTAB_FT), budgets=[1])
     page = render(ReportData(title="t", config_text="", analysis=without))
@@ -284,7 +289,9 @@ def test_quality_judges_ncti_as_normalised_across_each_pool(tmp_path):
     argv = ["analyze", "--catalog", str(VTAB_CATALOG), "--finetune", str(VTAB_FT), "--force"]
     argv += ["--scores", str(tmp_path / "scores.parquet"), "--out", str(out), "--budgets", "1"]
     assert cli.main(argv) == 0
-    quality = pl.read_parquet(out / "quality.parquet").filter(pl.col("task").is_not_null())
+    quality = pl.read_parquet(out / "quality.parquet").filter(
+        pl.col("task").is_not_null(), pl.col("proxy") == "ncti"
+    )
     catalogue = load_catalogue(VTAB_CATALOG)
     terms = {(m, t): (a, b, c) for m, t, _, a, b, c in ft.iter_rows()}
     acc = {(m, t): a for m, t, a, *_ in ft.iter_rows()}
@@ -300,3 +307,63 @@ def test_quality_judges_ncti_as_normalised_across_each_pool(tmp_path):
         raw_taus.append(stats.kendalltau(raw, a)[0])
         pooled_taus.append(row["kendall_tau"])
     assert len(pooled_taus) > 19 and np.mean(pooled_taus) > np.mean(raw_taus) + 0.2
+
+
+# ---------------------------------------------------------------------------------------------
+# static baselines next to the proxies (issue 19)
+
+
+def test_static_baselines_match_scipy_and_exact_random_expectations():
+    """baseline:task_agnostic and baseline:params against scipy on the orders worked out here;
+    baseline:random against the mean over all 720 orders of 6 models (exact enumeration)."""
+    import itertools
+
+    rng = np.random.default_rng(4)
+    acc = rng.uniform(0.3, 0.9, size=(3, 6)).round(3)
+    acc[2] = [0.5, 0.5, 0.7, 0.7, 0.9, 0.9]  # ties, two best models
+    pool = make_pool(acc.tolist(), {"p": acc.tolist()})
+    params = [1000, 1001, 990, 990, 1003, 980]  # not the task-agnostic order; one tie
+    top1 = [0.70, 0.80, 0.75, 0.60, 0.65, 0.79]
+    pool = dataclasses.replace(
+        pool, meta=pool.meta.with_columns(params=pl.Series(params), imagenet_top1=pl.Series(top1))
+    )
+    q = estimator_quality([pool])
+    ta_score = -np.argsort(np.argsort(-np.array(top1)))  # higher top-1 ranked first
+    for t in range(3):
+        a = acc[t]
+        ta = rows(q, "baseline:task_agnostic")[t]
+        assert ta["weighted_tau"] == pytest.approx(stats.weightedtau(ta_score, a)[0], abs=1e-12)
+        assert ta["kendall_tau"] == pytest.approx(stats.kendalltau(ta_score, a)[0], abs=1e-12)
+        assert ta["top1_hit"] == float(a[np.argmax(top1)] == a.max())
+        pa = rows(q, "baseline:params")[t]
+        assert pa["weighted_tau"] == pytest.approx(stats.weightedtau(params, a)[0], abs=1e-12)
+        assert pa["kendall_tau"] == pytest.approx(stats.kendalltau(params, a)[0], abs=1e-12)
+        assert pa["pearson"] == pytest.approx(stats.pearsonr(params, a)[0], abs=1e-12)
+        assert pa["top1_hit"] == float(a[4] == a.max())  # most parameters: m4
+        perms = [np.array(p) for p in itertools.permutations(range(6))]
+        best = a == a.max()
+        want = {
+            "weighted_tau": np.mean([stats.weightedtau(p, a)[0] for p in perms]),
+            "kendall_tau": np.mean([stats.kendalltau(p, a)[0] for p in perms]),
+            "pearson": np.mean([stats.pearsonr(p, a)[0] for p in perms]),
+            # p[m] is model m's score: the top-b picks are the b highest
+            "top1_hit": np.mean([best[np.argsort(-p)[:1]].any() for p in perms]),
+            "top3_hit": np.mean([best[np.argsort(-p)[:3]].any() for p in perms]),
+        }
+        ra = rows(q, "baseline:random")[t]
+        for col, value in want.items():
+            # exact (1e-12) but for the weighted tau with tied accuracies: 1000 seeded draws
+            tol = 0.02 if (col == "weighted_tau" and t == 2) else 1e-12
+            assert ra[col] == pytest.approx(value, abs=tol), (t, col)
+    assert rows(q, "baseline:random")[2]["weighted_tau"] != 0.0  # the ties' case is drawn
+
+
+def test_report_says_which_proxies_beat_the_static_orders():
+    catalogue = load_catalogue(VTAB_CATALOG)
+    a = analyze(catalogue, pl.read_csv(VTAB_FT), vtab_scores(), budgets=[1])
+    page = render(ReportData(title="t", config_text="", analysis=a))
+    means = a.quality.filter(pl.col("task").is_null(), pl.col("pool") == "All")
+    tw = dict(zip(means["proxy"], means["weighted_tau"], strict=True))
+    static = max(tw["baseline:task_agnostic"], tw["baseline:params"])
+    beats = sorted(p for p in ("noisy", "partial") if tw[p] > static)
+    assert f'data-pool="All" data-beat="{",".join(beats)}"' in page

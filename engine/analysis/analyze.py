@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
+from whichmodel.analysis.bootstrap import DEFAULT_BOOTSTRAP, bootstrap_tables
 from whichmodel.analysis.curves import StrategyOutcome, pool_outcomes
 from whichmodel.analysis.quality import estimator_quality
 from whichmodel.analysis.strategies import PoolData, dense_scores
@@ -32,6 +33,11 @@ class Analysis:
     curves: pl.DataFrame
     zero_regret_budget: pl.DataFrame
     quality: pl.DataFrame = field(default_factory=lambda: schema.empty(schema.QUALITY))
+    curves_ci: pl.DataFrame = field(default_factory=lambda: schema.empty(schema.CURVES_CI))
+    regret_diff_ci: pl.DataFrame = field(
+        default_factory=lambda: schema.empty(schema.REGRET_DIFF_CI)
+    )
+    n_boot: int = 0  # paired bootstrap resamples behind the two tables above (0: none)
 
 
 def _category_key(category: str) -> tuple[int, str]:
@@ -223,12 +229,17 @@ def analyze(
     budgets: Sequence[int] | None = None,
     categories: pl.DataFrame | None = None,
     log_odds: bool = False,
+    bootstrap: int = DEFAULT_BOOTSTRAP,
 ) -> Analysis:
     """Run every applicable strategy on every pool and tabulate selections, regret and curves.
 
     ``budgets`` sets the budgets of the selections and regret tables (default: every budget up
     to the pool size, at most DEFAULT_MAX_BUDGET); the curves always cover every budget.
+    ``bootstrap``: resamples of the paired bootstrap over tasks behind ``curves_ci`` and
+    ``regret_diff_ci`` (whichmodel.analysis.bootstrap; 0: no intervals).
     """
+    if bootstrap < 0:
+        raise UserError(f"--bootstrap {bootstrap}: the number of resamples is >= 0")
     _check_known_models(finetune, catalogue, "finetune table")
     if scores is not None:
         _check_known_models(scores, catalogue, "scores table")
@@ -243,7 +254,7 @@ def analyze(
         )
     if budgets is not None:
         check_budgets(budgets, pools)
-    sel, reg, cur, zero = [], [], [], []
+    sel, reg, cur, zero, ci, diff = [], [], [], [], [], []
     for pool in pools:
         outcomes = pool_outcomes(pool, log_odds=log_odds)
         b = list(budgets) if budgets else list(range(1, min(pool.size, DEFAULT_MAX_BUDGET) + 1))
@@ -251,6 +262,10 @@ def analyze(
         reg.append(regret_table(pool, outcomes, b))
         cur.append(curves_table(pool, outcomes))
         zero.append(zero_regret_budget_table(pool, outcomes))
+        if bootstrap:
+            c, d = bootstrap_tables(pool, outcomes, bootstrap)
+            ci.append(c)
+            diff.append(d)
         log.info(
             "pool %s: %d models × %d tasks, %d strategies",
             pool.name,
@@ -265,4 +280,7 @@ def analyze(
         pl.concat(cur),
         pl.concat(zero),
         estimator_quality(pools),
+        pl.concat(ci) if ci else schema.empty(schema.CURVES_CI),
+        pl.concat(diff) if diff else schema.empty(schema.REGRET_DIFF_CI),
+        bootstrap,
     )

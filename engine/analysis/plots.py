@@ -162,21 +162,33 @@ def curve_style(name: str, proxies: list[str]) -> dict:
     raise AssertionError(name)  # the empty prefix matches every name
 
 
-def budget_curves(pool: PoolData, curves: pl.DataFrame, path: Path) -> None:
-    """Fraction of tasks with zero regret and mean relative regret against the budget."""
+def budget_curves(
+    pool: PoolData, curves: pl.DataFrame, path: Path, curves_ci: pl.DataFrame | None = None
+) -> None:
+    """Fraction of tasks with zero regret and mean relative regret against the budget; with
+    ``curves_ci`` (the paired bootstrap's table) a 95 % band around each regret curve."""
     rows = curves.filter(pl.col("pool") == pool.name)
     names = rows["strategy"].unique(maintain_order=True).to_list()
     proxies = [p.removeprefix("progressive_") for p in pool.scores]
     proxies = list(dict.fromkeys(proxies))
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9.5, 7), sharex=True)
+    band_on = curves_ci is not None and curves_ci.height > 0
     for name in names:
         sub = rows.filter(pl.col("strategy") == name).sort("budget")
         style = curve_style(name, proxies)
         top.plot(sub["budget"], sub["frac_zero_regret"], label=name, **style)
         bottom.plot(sub["budget"], sub["mean_rel_regret"], label=name, **style)
+        if curves_ci is not None and curves_ci.height:
+            band = curves_ci.filter(pl.col("pool") == pool.name, pl.col("strategy") == name)
+            band = band.sort("budget")
+            if band.height:
+                bottom.fill_between(
+                    band["budget"], band["ci_low"], band["ci_high"], color=style.get("color"),
+                    alpha=0.12, linewidth=0,
+                )  # fmt: skip
     top.set_ylabel("fraction of tasks with zero regret")
     top.set_ylim(-0.02, 1.02)
-    bottom.set_ylabel("mean relative regret")
+    bottom.set_ylabel("mean relative regret" + (" (band: 95 % bootstrap)" if band_on else ""))
     bottom.set_xlabel("budget B (models fine-tuned)")
     top.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.suptitle(f"pool {pool.name}: budget curves ({len(pool.tasks)} tasks, {pool.size} models)")
@@ -196,6 +208,7 @@ def write_plots(
     curves: pl.DataFrame,
     directory: Path,
     delta_pairs: Sequence[tuple[str, str]] = DELTA_PAIRS,
+    curves_ci: pl.DataFrame | None = None,
 ) -> list[Path]:
     """Write every figure of every pool into ``directory``; return the written paths.
 
@@ -214,5 +227,5 @@ def write_plots(
                 written.append(directory / f"delta_{slug(pair[0])}_vs_{slug(pair[1])}_{name}.png")
                 delta_bars(pool, regret, *pair, written[-1])
         written.append(directory / f"budget_curves_{name}.png")
-        budget_curves(pool, curves, written[-1])
+        budget_curves(pool, curves, written[-1], curves_ci)
     return written

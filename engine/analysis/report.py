@@ -15,9 +15,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from whichmodel.analysis.analyze import Analysis
+from whichmodel.analysis.bootstrap import UNDECIDED, percentile_ci, resample_counts, verdict
+from whichmodel.analysis.quality import BASELINE_PARAMS, BASELINE_TASK_AGNOSTIC, BASELINES
 from whichmodel.analysis.strategies import HYBRID_PREFIX, PoolData
 from whichmodel.core.outputs import atomic_text
 
@@ -39,6 +42,7 @@ pre{background:#f7f7f7;border:1px solid #ddd;padding:.7rem;overflow-x:auto;font-
 figure{margin:1rem 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:.85rem;color:#555}
 .verdict-beats{color:#1a7f37}.verdict-loses{color:#b42318}.verdict-ties{color:#8a6d00}
+.significance-better{color:#1a7f37}.significance-worse{color:#b42318}
 .note{color:#555;font-size:.9rem}
 """
 
@@ -69,6 +73,20 @@ class Finding:
     hybrid: float
     agnostic: float
     aware: float
+    # 95 % paired-bootstrap intervals of hybrid - task_agnostic and hybrid - <proxy> (None: off)
+    ci_agnostic: tuple[float, float] | None = None
+    ci_aware: tuple[float, float] | None = None
+
+    @property
+    def significance(self) -> str | None:
+        """``better`` (below both parts at 95 %), ``worse`` (above one of them at 95 %), else
+        ``not distinguishable at 95 %``; None without intervals."""
+        if self.ci_agnostic is None or self.ci_aware is None:
+            return None
+        parts = [verdict(*self.ci_agnostic), verdict(*self.ci_aware)]
+        if "worse" in parts:
+            return "worse"
+        return "better" if parts == ["better", "better"] else UNDECIDED
 
     @property
     def verdict(self) -> str:
@@ -113,8 +131,17 @@ def findings(analysis: Analysis) -> tuple[list[Finding], list[str]]:
                 "whole pool."
             )
             continue
+        counts = resample_counts(len(pool.tasks), analysis.n_boot) if analysis.n_boot else None
         for proxy in proxies:
             for b in budgets:
+                cis = [None, None]
+                if counts is not None:
+                    hyb = _per_task(analysis.regret, pool, HYBRID_PREFIX + proxy, b)
+                    for k, other in enumerate(("task_agnostic", proxy)):
+                        low, high = percentile_ci(
+                            hyb - _per_task(analysis.regret, pool, other, b), counts
+                        )
+                        cis[k] = (float(low), float(high))
                 out.append(
                     Finding(
                         pool.name,
@@ -123,9 +150,19 @@ def findings(analysis: Analysis) -> tuple[list[Finding], list[str]]:
                         rel[(HYBRID_PREFIX + proxy, b)],
                         rel[("task_agnostic", b)],
                         rel[(proxy, b)],
+                        *cis,
                     )
                 )
     return out, notes
+
+
+def _per_task(regret: pl.DataFrame, pool: PoolData, strategy: str, budget: int) -> np.ndarray:
+    """The relative regret of ``strategy`` at ``budget`` on each task of ``pool``, task order."""
+    rows = regret.filter(
+        pl.col("pool") == pool.name, pl.col("strategy") == strategy, pl.col("budget") == budget
+    )
+    by_task = dict(zip(rows["task"], rows["rel_regret"], strict=True))
+    return np.array([by_task[t] for t in pool.tasks])
 
 
 def headline(items: list[Finding], analysis: Analysis) -> str:
@@ -156,6 +193,14 @@ def headline(items: list[Finding], analysis: Analysis) -> str:
     if loses:
         parts.append(f"does worse than one of them in {loses}")
     text += (": " + " and ".join(parts) + ".") if parts else "."
+    sig = [f.significance for f in items if f.significance is not None]
+    if sig:
+        text += (
+            f" At 95 % (paired bootstrap over tasks, {analysis.n_boot} resamples) hybrid is "
+            f"better than both parts in {sig.count('better')}, worse than one of them in "
+            f"{sig.count('worse')} and {UNDECIDED} from them in "
+            f"{sig.count(UNDECIDED)} of {len(sig)} comparisons."
+        )
     if n_tasks < 5:
         text += f" With {n_tasks} task(s) these means are anecdotes, not evidence."
     return text
@@ -163,6 +208,21 @@ def headline(items: list[Finding], analysis: Analysis) -> str:
 
 def _finding_html(f: Finding) -> str:
     hyb, aware = HYBRID_PREFIX + f.proxy, f.proxy
+    if f.significance is not None:
+        ci = f"[{f.ci_agnostic[0]:+.4f}, {f.ci_agnostic[1]:+.4f}] and [{f.ci_aware[0]:+.4f}, "
+        ci += f"{f.ci_aware[1]:+.4f}]"
+        says = {"better": "better than both", "worse": "worse than one of them"}.get(
+            f.significance, UNDECIDED
+        )
+        cls = {"better": "better", "worse": "worse"}.get(f.significance, "undecided")
+        return (
+            f'<li class="significance-{cls}" data-pool="{_e(f.pool)}" '
+            f'data-proxy="{_e(f.proxy)}" data-budget="{f.budget}" data-verdict="{f.verdict}" '
+            f'data-significance="{_e(f.significance)}">pool {_e(f.pool)}, B={f.budget}: '
+            f"{_e(hyb)} {f.hybrid:.4f} vs task_agnostic {f.agnostic:.4f} and {_e(aware)} "
+            f"{f.aware:.4f} (95 % intervals of the differences: {ci}) — "
+            f"<strong>{_e(says)}</strong></li>"
+        )
     if f.verdict == "beats":
         says = "beats both"
     elif f.verdict == "ties":
@@ -264,7 +324,7 @@ def quality_html(quality: pl.DataFrame, pools: list[PoolData]) -> str:
     if quality.is_empty():
         return '<p class="note">No proxy scores in this run, so no estimator quality.</p>'
     tables = "".join(
-        f"<h3>Pool {_e(p.name)}</h3>{quality_table(quality, p)}"
+        f"<h3>Pool {_e(p.name)}</h3>{quality_table(quality, p)}{beats_static_html(quality, p)}"
         for p in pools
         if (quality["pool"] == p.name).any()
     )
@@ -273,7 +333,29 @@ def quality_html(quality: pl.DataFrame, pools: list[PoolData]) -> str:
         "fine-tune accuracy, as the transferability literature reports it: weighted Kendall τ "
         "(as LogME and SFDA compute it), Kendall τ-b and Pearson r over the models the proxy "
         "applies to; and the fraction of tasks whose top 1 / top 3 by the proxy contain a best "
-        f"model (zero regret at B = 1 / 3). Per task: quality.csv.</p>{tables}"
+        "model (zero regret at B = 1 / 3). The baseline rows are static orders a proxy should "
+        "beat: the task-agnostic order (ImageNet top-1 first), model size (parameters) and the "
+        f"expectation under a random order. Per task: quality.csv.</p>{tables}"
+    )
+
+
+def beats_static_html(quality: pl.DataFrame, pool: PoolData) -> str:
+    """Which proxies' mean weighted τ exceeds both static orders' (task-agnostic, parameters)."""
+    means = quality.filter(pl.col("pool") == pool.name, pl.col("task").is_null())
+    tw = {r["proxy"]: r["weighted_tau"] for r in means.iter_rows(named=True)}
+    static = [tw.get(b) for b in (BASELINE_TASK_AGNOSTIC, BASELINE_PARAMS)]
+    static = [v for v in static if v is not None]
+    if not static:
+        return ""
+    proxies = [p for p in tw if p not in BASELINES and tw[p] is not None]
+    beats = sorted(p for p in proxies if tw[p] > max(static))
+    text = (
+        f"Mean weighted τ above both static orders (best of them {max(static):.3f}): "
+        + (", ".join(_e(p) for p in beats) if beats else "none of the proxies")
+        + "."
+    )
+    return (
+        f'<p class="beats" data-pool="{_e(pool.name)}" data-beat="{_e(",".join(beats))}">{text}</p>'
     )
 
 

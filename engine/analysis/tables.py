@@ -70,6 +70,32 @@ def _check_unique(df: pl.DataFrame, keys: list[str], path: Path, hint: str = "")
         raise UserError(f"{path}: duplicate rows for {_where(dup.row(0, named=True))}{hint}")
 
 
+def per_repetition(df: pl.DataFrame, path: Path) -> pl.DataFrame:
+    """A per-run finetune table reduced to one row per (model, task, rep): the lr with the best
+    validation accuracy (a tie keeps the smaller lr)."""
+    df = _require(df, schema.FINETUNE_RUN, path, "finetune")
+    _check_fraction(df, "val_acc", path)
+    _check_unique(df, ["model", "task", "lr", "rep"], path)
+    return (
+        df.sort(
+            ["model", "task", "rep", "val_acc", "lr"],
+            descending=[False, False, False, True, False],
+        )
+        .group_by(["model", "task", "rep"], maintain_order=True)
+        .first()
+    )
+
+
+def load_finetune_repetitions(path: str | Path) -> pl.DataFrame | None:
+    """``model, task, rep, test_acc`` per repetition of a per-run finetune table (validated as
+    ``load_finetune`` does), or None for a table with one row per (model, task)."""
+    path = Path(path)
+    df = read_table(path)
+    if "rep" not in df.columns:
+        return None
+    return per_repetition(df, path).select("model", "task", "rep", "test_acc")
+
+
 def load_finetune(path: str | Path) -> pl.DataFrame:
     """The finetune table, one row per (model, task): columns model, task, test_acc[, category].
 
@@ -91,16 +117,8 @@ def load_finetune(path: str | Path) -> pl.DataFrame:
     _check_fraction(df, "test_acc", path)
     category = _task_categories(df, path)
     if run_cols:
-        df = _require(df, schema.FINETUNE_RUN, path, "finetune")
-        _check_fraction(df, "val_acc", path)
-        _check_unique(df, ["model", "task", "lr", "rep"], path)
         df = (
-            df.sort(
-                ["model", "task", "rep", "val_acc", "lr"],
-                descending=[False, False, False, True, False],
-            )
-            .group_by(["model", "task", "rep"], maintain_order=True)
-            .first()
+            per_repetition(df, path)
             .group_by(["model", "task"], maintain_order=True)
             .agg(pl.col("test_acc").median())
         )

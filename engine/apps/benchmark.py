@@ -584,11 +584,16 @@ def _analyze(
         curves=pl.concat([a.curves for a in parts]),
         zero_regret_budget=pl.concat([a.zero_regret_budget for a in parts]),
         quality=pl.concat([a.quality for a in parts]),
+        curves_ci=pl.concat([a.curves_ci for a in parts]),
+        regret_diff_ci=pl.concat([a.regret_diff_ci for a in parts]),
+        n_boot=parts[0].n_boot,
     )
     plots: dict[str, list[Path]] = {}
     with atomic_directory(run / "plots") as tmp:
         for pool in analysis.pools:
-            written = write_plots([pool], analysis.regret, analysis.curves, tmp)
+            written = write_plots(
+                [pool], analysis.regret, analysis.curves, tmp, curves_ci=analysis.curves_ci
+            )
             plots[pool.name] = [run / "plots" / p.name for p in written]
     return analysis, plots
 
@@ -663,6 +668,9 @@ def _write_tables(run, study, union, store, specs, analysis, pools, progressive,
         write_table(analysis.curves, tmp, "curves")
         write_table(analysis.zero_regret_budget, tmp, "zero_regret_budget")
         write_table(analysis.quality, tmp, "quality")
+        if analysis.n_boot:
+            write_table(analysis.curves_ci, tmp, "curves_ci")
+            write_table(analysis.regret_diff_ci, tmp, "regret_diff_ci")
         if progressive.scores.height:
             write_table(progressive.scores, tmp, "progressive_scores")
             write_table(progressive.rungs, tmp, "progressive_rungs")

@@ -92,6 +92,41 @@ CURVES = {
     "mean_rel_regret": pl.Float64,
 }
 
+# Per task, how often the fine-tune oracle's best model changes between repetitions.
+ORACLE_STABILITY = {
+    "task": pl.String,
+    "n_reps": pl.Int64,
+    "n_models": pl.Int64,
+    "best_per_rep": pl.String,  # each repetition's best model(s), " | " between repetitions
+    "oracle_best": pl.String,  # best by the median over repetitions (the analysis' oracle)
+    "reps_agreeing_with_oracle": pl.Int64,
+    "frac_rep_pairs_differ": pl.Float64,  # null with one repetition
+}
+
+# Paired bootstrap over tasks (whichmodel.analysis.bootstrap): 95 % percentile intervals.
+CURVES_CI = {
+    "pool": pl.String,
+    "strategy": pl.String,
+    "budget": pl.Int64,
+    "mean_rel_regret": pl.Float64,
+    "ci_low": pl.Float64,
+    "ci_high": pl.Float64,
+    "n_tasks": pl.Int64,
+    "n_boot": pl.Int64,
+}
+REGRET_DIFF_CI = {
+    "pool": pl.String,
+    "strategy": pl.String,
+    "reference": pl.String,
+    "budget": pl.Int64,
+    "mean_diff": pl.Float64,  # strategy's mean relative regret minus the reference's
+    "ci_low": pl.Float64,
+    "ci_high": pl.Float64,
+    "verdict": pl.String,  # better / worse / not distinguishable at 95 %
+    "n_tasks": pl.Int64,
+    "n_boot": pl.Int64,
+}
+
 # Per task, the smallest budget whose picks contain a best model (paper Tables 4/5).
 ZERO_REGRET_BUDGET = {
     "pool": pl.String,

@@ -1,0 +1,63 @@
+"""Oracle stability across fine-tune repetitions (whichmodel.analysis.stability, issue 19),
+worked out by hand on a constructed per-run table, and `analyze` writing it."""
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from whichmodel import cli
+from whichmodel.analysis.stability import oracle_stability
+from whichmodel.core import schema
+
+ROOT = Path(__file__).resolve().parents[1]
+VTAB_CATALOG = ROOT / "pools" / "vtab.toml"
+MODELS = ["sup-100", "sup-rotation-100", "sup-exemplar-100"]
+
+
+def runs_table() -> pl.DataFrame:
+    """Per (task, rep) the test accuracy of each model at its better-validation lr; the other lr
+    has a higher test accuracy but lower validation, so it must not count."""
+    best = {  # task -> the best model of each of 3 repetitions
+        "Caltech101": ["sup-100", "sup-100", "sup-100"],  # stable
+        "DTD": ["sup-100", "sup-rotation-100", "sup-100"],  # changes in rep 1
+        "Pets": ["sup-100", "sup-rotation-100", "sup-exemplar-100"],  # changes every time
+    }
+    rows = []
+    for task, winners in best.items():
+        for rep, winner in enumerate(winners):
+            for m in MODELS:
+                acc = 0.8 if m == winner else 0.6 + 0.01 * MODELS.index(m)
+                rows.append((m, task, 0.01, rep, 0.9, acc))
+                rows.append((m, task, 0.1, rep, 0.5, 0.99))  # worse validation: ignored
+    return pl.DataFrame(
+        rows, schema=["model", "task", "lr", "rep", "val_acc", "test_acc"], orient="row"
+    )
+
+
+def test_best_model_changes_between_repetitions_by_hand(tmp_path):
+    from whichmodel.analysis.tables import load_finetune_repetitions
+
+    path = tmp_path / "runs.csv"
+    runs_table().write_csv(path)
+    got = oracle_stability(load_finetune_repetitions(path))
+    assert got.schema == pl.Schema(schema.ORACLE_STABILITY)
+    rows = {r["task"]: r for r in got.iter_rows(named=True)}
+    assert rows["Caltech101"]["frac_rep_pairs_differ"] == 0.0
+    assert rows["DTD"]["frac_rep_pairs_differ"] == pytest.approx(2 / 3)  # (0,1), (1,2) differ
+    assert rows["Pets"]["frac_rep_pairs_differ"] == 1.0
+    assert rows["DTD"]["best_per_rep"] == "sup-100 | sup-rotation-100 | sup-100"
+    # median over reps: DTD sup-100 0.8 (2 of 3); Pets: each 0.8 once, median of the rest
+    assert rows["DTD"]["oracle_best"] == "sup-100"
+    assert rows["DTD"]["reps_agreeing_with_oracle"] == 2
+    assert rows["Pets"]["oracle_best"] == "sup-exemplar-100"  # medians 0.60, 0.61, 0.62
+    assert rows["Pets"]["reps_agreeing_with_oracle"] == 1
+
+
+def test_analyze_writes_oracle_stability_for_several_repetitions(tmp_path):
+    path = tmp_path / "runs.csv"
+    runs_table().write_csv(path)
+    argv = ["analyze", "--catalog", str(VTAB_CATALOG), "--finetune", str(path), "--pools", "All"]
+    assert cli.main([*argv, "--out", str(tmp_path / "out"), "--bootstrap", "0"]) == 0
+    table = pl.read_csv(tmp_path / "out" / "oracle_stability.csv")
+    assert table["frac_rep_pairs_differ"].to_list() == pytest.approx([0.0, 2 / 3, 1.0])
