@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from whichmodel.actors.models import to_tensor
+from whichmodel.core.registry import STRATEGY_PREFIXES, Registry
 
 
 @dataclass(frozen=True)
@@ -1006,9 +1007,13 @@ class ProxySpec:
     pool_combine: Callable[[Sequence[Mapping | None]], np.ndarray] | None = None
 
 
-PROXIES: dict[str, ProxySpec] = {
-    spec.name: spec
-    for spec in (
+# The registry: the built-in proxies, then plugins (``whichmodel.register_proxy``, entry points of
+# the group ``whichmodel.proxies``, loaded on first read: whichmodel.core.registry).
+PROXIES: Registry[ProxySpec] = Registry(
+    "whichmodel.proxies",
+    "proxy",
+    ProxySpec,
+    ((spec.name, spec) for spec in (
         ProxySpec("knn", knn, "kNN", needs_val=True, preset_section="knn", default=True),
         ProxySpec(
             "linear", linear, "linear-probe", needs_val=True, preset_section="linear", default=True
@@ -1022,8 +1027,9 @@ PROXIES: dict[str, ProxySpec] = {
         ProxySpec("ncti", ncti, "NCTI", pool_combine=ncti_pool),
         ProxySpec("etran", etran, "ETran", pool_combine=etran_pool),
         ProxySpec("parc", parc, "PARC"),
-    )
-}
+    )),
+    reserved_prefixes=STRATEGY_PREFIXES,
+)  # fmt: skip
 
 
 def _check_xy(name: str, x: np.ndarray, y: np.ndarray, num_classes: int) -> None:

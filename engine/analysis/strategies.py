@@ -19,6 +19,7 @@ import polars as pl
 from scipy.stats import rankdata
 
 from whichmodel.core.errors import UserError
+from whichmodel.core.registry import STRATEGY_PREFIXES, Registry
 
 RANDOM = "random"
 HYBRID_PREFIX = "hybrid_"
@@ -274,18 +275,26 @@ class StrategySpec:
 # The registry of strategies that need no proxy, in report order. Proxy strategies are made per
 # proxy by `proxy_strategies`, so every proxy of a scores table becomes `<proxy>`,
 # `hybrid_<proxy>` and `similar_tasks_<proxy>` with no other code.
-STRATEGIES: dict[str, StrategySpec] = {
-    spec.name: spec
-    for spec in (
-        StrategySpec("task_agnostic", task_agnostic, "agnostic"),
-        StrategySpec("oracle", oracle, "reference", needs_finetune=True),
-        StrategySpec(RANDOM, None, "reference", needs_finetune=True),
-        StrategySpec("task_agnostic_oracle", task_agnostic_oracle, "reference", True),
-        StrategySpec(
-            "task_agnostic_loo", task_agnostic_loo, "reference", True, 2, leave_one_out=True
-        ),
-    )
-}
+# Plugins (``whichmodel.register_strategy``, entry points of the group ``whichmodel.strategies``,
+# loaded on first read: whichmodel.core.registry) follow the built-in ones.
+STRATEGIES: Registry[StrategySpec] = Registry(
+    "whichmodel.strategies",
+    "strategy",
+    StrategySpec,
+    (
+        (spec.name, spec)
+        for spec in (
+            StrategySpec("task_agnostic", task_agnostic, "agnostic"),
+            StrategySpec("oracle", oracle, "reference", needs_finetune=True),
+            StrategySpec(RANDOM, None, "reference", needs_finetune=True),
+            StrategySpec("task_agnostic_oracle", task_agnostic_oracle, "reference", True),
+            StrategySpec(
+                "task_agnostic_loo", task_agnostic_loo, "reference", True, 2, leave_one_out=True
+            ),
+        )
+    ),
+    reserved_prefixes=STRATEGY_PREFIXES,
+)
 
 
 def proxy_strategies(proxy: str) -> tuple[StrategySpec, StrategySpec, StrategySpec]:

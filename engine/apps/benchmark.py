@@ -60,6 +60,7 @@ from whichmodel.analysis.plots import write_plots
 from whichmodel.analysis.progressive_cost import progressive_cost
 from whichmodel.analysis.report import ReportData, write_report
 from whichmodel.analysis.summary import summary_text
+from whichmodel.analysis.write import write_analysis_tables
 from whichmodel.core import schema
 from whichmodel.core.budgets import parse_budgets
 from whichmodel.core.catalog import Catalogue, load_catalogue
@@ -308,21 +309,39 @@ def study_pool(catalogue: Catalogue, pools: list[str]) -> tuple[Catalogue, str, 
     return dataclasses.replace(catalogue, pools={**catalogue.pools, name: members}), name, members
 
 
+@dataclass(frozen=True)
+class Study:
+    """What one benchmark invocation produced, as it holds it in memory: the local run directory,
+    the analysis of every pool, the stages' records of this invocation, the compute record
+    (``compute.json``) and the report's path."""
+
+    run: Path
+    analysis: Analysis
+    records: tuple[StageRecord, ...]
+    compute: dict
+    report: Path
+
+
 def run_benchmark(config: BenchmarkConfig, out: Path | str | None = None) -> Path:
     """Run (or resume) the study of ``config`` into ``out`` (default the config's): a local
     directory or a URI (``s3://``, ``gs://``, ``file://``: worked on in a local staging copy and
     published when the study succeeds, ``whichmodel.core.outputs.run_directory``). Returns the
     local run
     directory (report.html in it)."""
+    return run_study(config, out).run
+
+
+def run_study(config: BenchmarkConfig, out: Path | str | None = None) -> Study:
+    """``run_benchmark``, returning what the study holds in memory (``Study``)."""
     target = out or config.out
     with run_directory(target) as run:
-        _study(config, run)
+        study = _study(config, run)
     if is_uri(target):
         print(f"[benchmark] published {target} (worked in {run})", flush=True)
-    return run
+    return study
 
 
-def _study(config: BenchmarkConfig, run: Path) -> Path:
+def _study(config: BenchmarkConfig, run: Path) -> Study:
     """Every stage of the study into ``run``, then its tables, compute record and report."""
     for owned in (run / "plots", run / "tables", run / "finetune" / "table"):
         check_replaceable(owned)  # a user's folder there is refused before any work
@@ -382,7 +401,7 @@ def _study(config: BenchmarkConfig, run: Path) -> Path:
     for line in compute_lines(compute):
         driver.say("  " + line)
     driver.say(f"report {report}")
-    return run
+    return Study(run, analysis, tuple(records), compute, report)
 
 
 def _analyze_stage(
@@ -658,11 +677,7 @@ def _write_tables(run, study, union, store, specs, analysis, pools, progressive,
         write_table(
             pl.read_parquet(run / "finetune" / "table" / "finetune.parquet"), tmp, "finetune"
         )
-        write_table(analysis.selections, tmp, "selections")
-        write_table(analysis.regret, tmp, "regret")
-        write_table(analysis.curves, tmp, "curves")
-        write_table(analysis.zero_regret_budget, tmp, "zero_regret_budget")
-        write_table(analysis.quality, tmp, "quality")
+        write_analysis_tables(analysis, tmp)
         if progressive.scores.height:
             write_table(progressive.scores, tmp, "progressive_scores")
             write_table(progressive.rungs, tmp, "progressive_rungs")
