@@ -610,11 +610,16 @@ def register_proxy(
     needs_source_probs: bool = False,
     preset_section: str | None = None,
     default: bool = False,
+    pool_combine: Callable[..., Any] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: register ``fn(inp: ProxyInput, **options) -> ProxyResult`` as proxy ``name``
     (``whichmodel.actors.proxies.ProxySpec``); from then on every command can run and rank by
     it (``probe``, ``search --strategy hybrid_<name>``, benchmark configs) and ``analyze`` turns
-    its scores into ``<name>``, ``hybrid_<name>`` and ``similar_tasks_<name>``."""
+    its scores into ``<name>``, ``hybrid_<name>`` and ``similar_tasks_<name>``. The keywords
+    are ``ProxySpec``'s: ``label`` (reports; default the name), ``needs_val``,
+    ``needs_source_probs``, ``preset_section`` (a preset table of its options), ``default``
+    (run by benchmarks that name no proxies), ``pool_combine`` (scores normalised across a
+    pool)."""
     from whichmodel.actors.proxies import PROXIES, ProxySpec
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -626,6 +631,7 @@ def register_proxy(
             needs_source_probs=needs_source_probs,
             preset_section=preset_section,
             default=default,
+            pool_combine=pool_combine,
         )
         PROXIES.register(name, spec)
         return fn
@@ -640,11 +646,16 @@ def register_strategy(
     needs_finetune: bool = False,
     min_tasks: int = 1,
     leave_one_out: bool = False,
+    proxy: str | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: register ``rank(pool: PoolData) -> (tasks, models) int array`` (model indices,
     best first, per task) as strategy ``name`` (``whichmodel.analysis.strategies.StrategySpec``):
     ``analyze`` and ``benchmark`` report its regret and curves, and with ``slots`` "agnostic"
-    (no fine-tune results) ``search`` and ``finetune --select`` can pick by it."""
+    (no fine-tune results) ``search`` and ``finetune --select`` can pick by it. ``slots``:
+    "agnostic" (from catalogue facts), "aware" or "hybrid" (with ``proxy``: ``pool.scores[proxy]``
+    holds its scores; search computes them), "reference" (an analysis reference, with
+    ``needs_finetune``); ``min_tasks``: tasks a pool needs for it; ``leave_one_out``: it never
+    reads the ranked task's own fine-tune results."""
     from whichmodel.analysis.strategies import STRATEGIES, StrategySpec
 
     def decorate(rank: Callable[..., Any]) -> Callable[..., Any]:
@@ -654,6 +665,7 @@ def register_strategy(
             slots,
             needs_finetune=needs_finetune,
             min_tasks=min_tasks,
+            proxy=proxy,
             leave_one_out=leave_one_out,
         )
         STRATEGIES.register(name, spec)

@@ -336,7 +336,9 @@ def strategies_for(pool: PoolData) -> dict[str, Callable[[PoolData], np.ndarray]
     """Every strategy that applies to ``pool`` (its ranking function), in report order: the
     registry's, then the three of each proxy with a score, each where the pool has tasks
     enough for it."""
-    specs = list(STRATEGIES.values())
+    scored = {p for p, values in pool.scores.items() if not np.isnan(values).all()}
+    # a plugin strategy that ranks by a proxy runs where the pool has that proxy's scores
+    specs = [s for s in STRATEGIES.values() if s.proxy is None or s.proxy in scored]
     for proxy, values in pool.scores.items():
         if not np.isnan(values).all():
             specs.extend(proxy_strategies(proxy))

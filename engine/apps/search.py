@@ -29,6 +29,7 @@ from whichmodel.actors.finetune import finetuned_meta
 from whichmodel.actors.proxies import PROXIES
 from whichmodel.analysis.strategies import (
     AGNOSTIC_SLOT,
+    STRATEGIES,
     agnostic_key,
     dense_scores,
     parse_strategy,
@@ -366,9 +367,12 @@ def explain(
                 reasons[(m, p)] = r
     slots = pick_slots(strategy, budget)
     aware_from = slots.count(AGNOSTIC_SLOT)  # 1 for a hybrid, 0 for a proxy
+    plugin = strategy in STRATEGIES.plugins()  # ranks by its own rule: only its order is known
     picks = []
     for i, (model, slot) in enumerate(zip(ranking[:budget], slots, strict=True)):
-        if slot == AGNOSTIC_SLOT:
+        if plugin:
+            reason = f"{ordinal(i + 1)} by the plugin strategy {strategy}"
+        elif slot == AGNOSTIC_SLOT:
             reason = agnostic_reason(meta, agnostic_rows, agnostic.index(model))
         else:
             proxy = proxies[0]

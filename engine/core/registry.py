@@ -43,6 +43,7 @@ class Registry(MutableMapping[str, T], Generic[T]):
         self._builtin = frozenset(self._items)
         self._prefixes = reserved_prefixes
         self._state = "new"  # new | loading | loaded
+        self._entry_points: set[str] = set()  # members that came from an entry point
 
     # -- plugins
 
@@ -71,6 +72,17 @@ class Registry(MutableMapping[str, T], Generic[T]):
         self._load()
         return {k: v for k, v in self._items.items() if k not in self._builtin}
 
+    def registered_here(self, names: Iterable[str]) -> dict[str, T]:
+        """Of ``names``, the members registered in this process by a decorator (not built in,
+        not from an entry point, which every process of the environment loads itself): what a
+        Ray worker must be sent to run them."""
+        self._load()
+        return {
+            n: self._items[n]
+            for n in names
+            if n in self._items and n not in self._builtin and n not in self._entry_points
+        }
+
     def _load(self) -> None:
         """Import the entry points of ``group``, once (a plugin importing whichmodel and reading
         the registry while it loads sees the members so far)."""
@@ -90,6 +102,7 @@ class Registry(MutableMapping[str, T], Generic[T]):
                     continue
                 if isinstance(obj, self.spec_type) and ep.name not in self._items:
                     self.register(ep.name, obj)
+                self._entry_points.add(ep.name)
                 if ep.name not in self._items:
                     log.warning(
                         "%s plugin %r (%s): importing it registered no %s named %r",
