@@ -445,6 +445,57 @@ def _pool_combined(
     return out
 
 
+@dataclass(frozen=True)
+class Ranking:
+    """Every model of a pool ranked by a strategy for each task, best first: ``order[t]`` holds
+    model indices into ``models``; ``scores``: the dense (tasks × models) scores it ranked by,
+    per proxy (``dense_scores``: pool-normalised where the proxy's authors normalise)."""
+
+    strategy: str
+    models: list[str]
+    tasks: list[str]
+    order: np.ndarray
+    scores: dict[str, np.ndarray]
+
+    def of(self, task: str) -> list[str]:
+        """The pool ranked for ``task``, best first."""
+        return [self.models[m] for m in self.order[self.tasks.index(task)]]
+
+    def pairs(self, budget: int) -> list[tuple[str, str]]:
+        """The first ``budget`` models of every task as (model, task) pairs, task by task."""
+        rows = zip(self.tasks, self.order, strict=True)
+        return [(self.models[m], t) for t, row in rows for m in row[:budget]]
+
+
+def rank_models(
+    meta: pl.DataFrame,
+    tasks: Sequence[str],
+    strategy: str,
+    scores: pl.DataFrame | None = None,
+    pool: str = "",
+) -> Ranking:
+    """The one ranking of a pool without fine-tune results (``finetune --select``, halving,
+    search): ``meta`` the pool's catalogue rows, ``scores`` the scores table its proxy needs.
+    ``UserError`` for a strategy that needs fine-tune results, or whose proxy applies to no model
+    of the pool."""
+    spec = parse_strategy(strategy, sorted(set(scores["proxy"])) if scores is not None else [])
+    if spec.needs_finetune:
+        raise UserError(
+            f"strategy {strategy!r} needs fine-tune results of every model; choose "
+            "task_agnostic, a proxy or hybrid_<proxy>"
+        )
+    models, tasks = meta["model"].to_list(), list(tasks)
+    proxy_scores = {}
+    if spec.proxy is not None:
+        proxy_scores = dense_scores(scores, models, tasks, pool, [spec.proxy])
+        if np.isnan(proxy_scores[spec.proxy]).all():
+            raise UserError(f"strategy {strategy!r}: {spec.proxy!r} applies to no model of {pool}")
+    unknown = ["unknown"] * len(tasks)
+    data = PoolData(pool, models, tasks, unknown, np.zeros((len(tasks), len(models))), meta,
+                    proxy_scores)  # fmt: skip
+    return Ranking(strategy, models, tasks, spec.rank(data), proxy_scores)
+
+
 def reserved_names() -> set[str]:
     """Names a proxy may not take, since they would shadow a reference strategy (nor may it
     start with ``HYBRID_PREFIX`` or ``SIMILAR_PREFIX``: ``whichmodel.analysis.tables``)."""
