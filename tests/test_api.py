@@ -9,6 +9,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 from imageworld import write_folder
@@ -145,3 +146,36 @@ def test_import_whichmodel_is_light_and_lists_the_api():
     assert (Path(whichmodel.__file__).parent / "py.typed").is_file()
     with pytest.raises(AttributeError):
         whichmodel.no_such_function  # noqa: B018
+
+
+def test_per_pool_scores_in_one_call_equal_one_call_per_pool():
+    """What a benchmark does with its per-pool progressive rankings: one analysis, each pool
+    with its own scores table, budgets above a pool's size left out for it."""
+    from whichmodel.analysis.analyze import analyze
+    from whichmodel.analysis.tables import load_finetune
+    from whichmodel.core.catalog import load_catalogue
+
+    catalogue, finetune = load_catalogue(VTAB_CATALOG), load_finetune(VTAB_FT)
+    rng = np.random.default_rng(0)
+    per_pool = {
+        pool: finetune.select(
+            "model",
+            "task",
+            pl.lit("mine").alias("proxy"),
+            score=pl.Series(rng.random(finetune.height)),
+        )  # fmt: skip
+        for pool in ("All", "ResNet-50")
+    }
+    small = catalogue.pool("ResNet-50").height
+    budgets = [1, small, small + 1]
+    one = analyze(catalogue, finetune, per_pool, list(per_pool), budgets, clip_budgets=True)
+    parts = [
+        analyze(catalogue, finetune, scores, [pool], [b for b in budgets if b <= size])
+        for pool, scores in per_pool.items()
+        for size in [catalogue.pool(pool).height]
+    ]
+    for name in ("selections", "regret", "curves", "zero_regret_budget", "quality"):
+        assert getattr(one, name).equals(pl.concat([getattr(p, name) for p in parts])), name
+    assert set(one.regret.filter(pool="ResNet-50")["budget"]) == {1, small}
+    with pytest.raises(UserError, match="larger than pool ResNet-50"):
+        analyze(catalogue, finetune, per_pool, list(per_pool), budgets)

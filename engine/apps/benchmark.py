@@ -584,25 +584,10 @@ def _analyze(
     finetune = tables.load_finetune(finetune_path)
     scores = tables.load_scores(scores_path) if scores_path else None
     categories = tables.load_task_categories(config.tasks)
-    parts = []
-    for pool in pools:
-        size = catalogue.pool(pool).height
-        budgets = [b for b in config.budgets if b <= size] if config.budgets else None
-        if config.budgets and not budgets:
-            raise UserError(
-                f"{config.path}: [run] budgets: none is within pool {pool!r} ({size} models)"
-            )
-        pool_scores = _with_progressive(scores, progressive, pool)
-        parts.append(
-            analyze(catalogue, finetune, pool_scores, [pool], budgets, categories, config.log_odds)
-        )
-    analysis = Analysis(
-        pools=[p for a in parts for p in a.pools],
-        selections=pl.concat([a.selections for a in parts]),
-        regret=pl.concat([a.regret for a in parts]),
-        curves=pl.concat([a.curves for a in parts]),
-        zero_regret_budget=pl.concat([a.zero_regret_budget for a in parts]),
-        quality=pl.concat([a.quality for a in parts]),
+    # budgets above a pool's size are left out for it (load_config checked some fits each)
+    per_pool = {pool: _with_progressive(scores, progressive, pool) for pool in pools}
+    analysis = analyze(
+        catalogue, finetune, per_pool, pools, config.budgets, categories, config.log_odds, True
     )
     plots: dict[str, list[Path]] = {}
     with atomic_directory(run / "plots") as tmp:
