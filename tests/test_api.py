@@ -50,7 +50,7 @@ def _in_tmp_repo(tmp_path: Path, monkeypatch) -> None:
 
 def test_readme_analyze_example_runs_as_written(tmp_path, monkeypatch):
     examples = readme_examples()
-    assert len(examples) == 2
+    assert len(examples) == 3
     _in_tmp_repo(tmp_path, monkeypatch)
     scope: dict = {}
     exec(compile(examples[0], "README.md (Python API)", "exec"), scope)  # noqa: S102
@@ -179,3 +179,20 @@ def test_per_pool_scores_in_one_call_equal_one_call_per_pool():
     assert set(one.regret.filter(pool="ResNet-50")["budget"]) == {1, small}
     with pytest.raises(UserError, match="larger than pool ResNet-50"):
         analyze(catalogue, finetune, per_pool, list(per_pool), budgets)
+
+
+def test_readme_plugin_example_runs_as_written(monkeypatch):
+    from whichmodel.actors.proxies import PROXIES, ProxyInput, run_proxy
+    from whichmodel.analysis.strategies import STRATEGIES
+
+    monkeypatch.setattr(PROXIES, "_items", dict(PROXIES._items))  # restored after the test
+    monkeypatch.setattr(STRATEGIES, "_items", dict(STRATEGIES._items))
+    exec(compile(readme_examples()[2], "README.md (Python API)", "exec"), {})  # noqa: S102
+    x = np.array([[3.0, 4.0], [6.0, 8.0]], dtype=np.float32)
+    y = np.array([0, 1])
+    assert run_proxy("mean_norm", ProxyInput(x, y, x, y, 2)).score == 7.5
+    result = whichmodel.analyze(VTAB_CATALOG, VTAB_FT, pools="All", budgets=2)
+    picks = result.selections.filter(strategy="smallest_first", task="DTD").sort("rank")
+    models = tomllib.loads(VTAB_CATALOG.read_text())["models"]
+    fewest = [m["model"] for m in sorted(models, key=lambda m: m["params"])]  # stable: file order
+    assert picks["model"].to_list() == fewest[:2]
