@@ -196,3 +196,20 @@ def test_readme_plugin_example_runs_as_written(monkeypatch):
     models = tomllib.loads(VTAB_CATALOG.read_text())["models"]
     fewest = [m["model"] for m in sorted(models, key=lambda m: m["params"])]  # stable: file order
     assert picks["model"].to_list() == fewest[:2]
+
+
+def test_search_takes_a_frame_of_images(tmp_path):
+    from imageworld import write_parquet_task
+
+    write_parquet_task(tmp_path / "t.parquet")
+    frame = pl.read_parquet(tmp_path / "t.parquet")
+    found = whichmodel.search(
+        frame, name="shapes", catalog=VTAB_CATALOG, budget=2, strategy="task_agnostic",
+        out=tmp_path / "work",
+    )  # fmt: skip
+    assert found.task == "shapes" and found.picks["model"].to_list() == agnostic_order()[:2]
+    written = pl.read_parquet(tmp_path / "work" / "data" / "shapes.parquet")
+    assert written.equals(frame)
+    assert found.detail.split_counts == dict(
+        frame.group_by("split").len().iter_rows()
+    )  # the frame's own splits
