@@ -566,13 +566,14 @@ def benchmark(config: PathLike | BenchmarkConfig, out: PathLike | None = None) -
     from ``whichmodel.apps.benchmark.load_config``) into ``out`` (default the config's ``[run]
     out``; a local folder or a URI, published when the study succeeds)."""
     from whichmodel.analysis.summary import summary_text
+    from whichmodel.analysis.write import ANALYSIS_TABLES
     from whichmodel.apps.benchmark import BenchmarkConfig, load_config, run_study
 
     if not isinstance(config, BenchmarkConfig):
         config = load_config(Path(config))
     study = run_study(config, str(out) if out is not None else None)
     a = study.analysis
-    tables = [study.run / "tables" / f"{n}.parquet" for n in ("selections", "regret", "curves")]
+    tables = [study.run / "tables" / f"{n}.parquet" for n in ANALYSIS_TABLES]
     analysis = AnalysisResult(
         a.selections,
         a.regret,
