@@ -5,6 +5,7 @@ search`` ranks by the plugin proxy computed in Ray workers — with no edit to w
 the decorators of ``import whichmodel``, and what the registries refuse."""
 
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -198,3 +199,21 @@ def test_the_registry_refuses_names_that_would_clash(name, needle):
     with pytest.raises(UserError, match=needle):
         whichmodel.register_proxy(name)(lambda inp: ProxyResult(0.0))
     assert name == "linear" or name not in PROXIES
+
+
+def test_a_plugin_strategy_has_its_row_in_the_report(monkeypatch, tmp_path):
+    import plugin_example
+    from test_report_browser import COMPUTE
+
+    from whichmodel.analysis.report import ReportData, write_report
+
+    for name, spec in plugin_example.STRATEGY_SPECS.items():
+        monkeypatch.setitem(STRATEGIES, name, spec)
+    result = whichmodel.analyze(VTAB_CATALOG, VTAB_FT, pools="ResNet-50", budgets=[1, 2])
+    data = ReportData(title="t", config_text="", analysis=result.detail, plots={}, compute=COMPUTE)
+    html = write_report(data, tmp_path / "report.html").read_text()
+    mean = result.regret.filter(strategy="smallest_first", budget=1)["rel_regret"].mean()
+    cell = re.search(
+        r'data-strategy="smallest_first" data-budget="1" [^>]*data-rel="([^"]+)"', html
+    )
+    assert cell is not None and float(cell.group(1)) == pytest.approx(mean, rel=1e-12)
