@@ -217,3 +217,28 @@ def test_a_plugin_strategy_has_its_row_in_the_report(monkeypatch, tmp_path):
         r'data-strategy="smallest_first" data-budget="1" [^>]*data-rel="([^"]+)"', html
     )
     assert cell is not None and float(cell.group(1)) == pytest.approx(mean, rel=1e-12)
+
+
+def test_a_proxy_registered_in_the_driver_runs_in_the_probe_trials(world, first_run, monkeypatch):
+    """A notebook's proxy (no package, no entry point): the probe stage sends it to its Ray
+    workers, which do not have it, with the trials; its scores are its function's on the
+    stored embeddings."""
+    import shutil
+
+    from whichmodel.core.presets import load_preset
+    from whichmodel.stages.probe import probe
+
+    monkeypatch.setattr(PROXIES, "_items", dict(PROXIES._items))  # restored after the test
+
+    @whichmodel.register_proxy("mean_norm_here", needs_val=True)
+    def mean_norm_here(inp: ProxyInput) -> ProxyResult:
+        return ProxyResult(float(np.linalg.norm(inp.val_x.astype(np.float64), axis=1).mean()))
+
+    store = world["root"] / "store-plugin"
+    shutil.copytree(world["root"] / "store", store)
+    summary = probe(store, ["mean_norm_here"], load_preset("quick"))
+    assert summary.trials_run == len(stored_pairs(store)) > 0
+    for (model, task), parts in stored_pairs(store).items():
+        val = read_partition(parts["val"])["embedding"].astype(np.float64)
+        got = summary.scores.filter(model=model, task=task)["score"][0]
+        assert got == pytest.approx(float(np.linalg.norm(val, axis=1).mean()), rel=1e-12)
