@@ -12,7 +12,7 @@ import numpy as np
 import ray
 from ray import tune
 
-from whichmodel.actors.proxies import ProxyInput, run_proxy
+from whichmodel.actors.proxies import PROXIES, ProxyInput, ProxySpec, run_proxy
 
 
 def proxy_input(arrays: dict[str, dict[str, np.ndarray]]) -> ProxyInput:
@@ -29,12 +29,21 @@ def proxy_input(arrays: dict[str, dict[str, np.ndarray]]) -> ProxyInput:
     )
 
 
-def probe_trial(config: dict, embeddings: dict[str, "ray.ObjectRef"], token: str = "") -> None:
+def probe_trial(
+    config: dict,
+    embeddings: dict[str, "ray.ObjectRef"],
+    token: str = "",
+    plugins: dict[str, ProxySpec] | None = None,
+) -> None:
     """Tune function trainable: report one row per proxy (score, reason, seconds, runs).
 
     ``token`` identifies the driver invocation, so a resumed stage can tell the trials it ran
-    from those an earlier, interrupted invocation had already finished.
+    from those an earlier, interrupted invocation had already finished; ``plugins``: proxies the
+    driver registered by a decorator (``whichmodel.register_proxy``), registered here too.
     """
+    for name, spec in (plugins or {}).items():
+        if name not in PROXIES:
+            PROXIES.register(name, spec)
     model, task = config["pair"]
     inp = proxy_input(ray.get(embeddings[f"{model}\x1f{task}"]))
     rows = []

@@ -34,6 +34,7 @@ from scipy.linalg import cho_factor, cho_solve
 
 from whichmodel.actors.models import to_tensor
 from whichmodel.actors.sampling import batch_indices
+from whichmodel.core.registry import STRATEGY_PREFIXES, Registry
 
 
 @dataclass(frozen=True)
@@ -1024,9 +1025,13 @@ class ProxySpec:
     order_tolerance: float = 0.0
 
 
-PROXIES: dict[str, ProxySpec] = {
-    spec.name: spec
-    for spec in (
+# The registry: the built-in proxies, then plugins (``whichmodel.register_proxy``, entry points of
+# the group ``whichmodel.proxies``, loaded on first read: whichmodel.core.registry).
+PROXIES: Registry[ProxySpec] = Registry(
+    "whichmodel.proxies",
+    "proxy",
+    ProxySpec,
+    ((spec.name, spec) for spec in (
         ProxySpec("knn", knn, "kNN", needs_val=True, preset_section="knn", default=True),
         # SGD minibatches are drawn by row position (``batch_indices``), as the paper's tf.data
         # shuffle: a row shuffle changes the batches. Measured: up to 0.21 relative (val accuracy,
@@ -1052,8 +1057,9 @@ PROXIES: dict[str, ProxySpec] = {
         # rows in their order. Measured: up to 0.057 relative over 12 shuffles of the contract
         # test's ReLU fixture (D > N); ~2 % on a demo embedding (issue 19).
         ProxySpec("parc", parc, "PARC", order_tolerance=0.08),
-    )
-}
+    )),
+    reserved_prefixes=STRATEGY_PREFIXES,
+)  # fmt: skip
 
 
 def _check_xy(name: str, x: np.ndarray, y: np.ndarray, num_classes: int) -> None:

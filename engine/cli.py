@@ -9,16 +9,11 @@ from pathlib import Path
 
 import polars as pl
 
-from whichmodel.analysis import tables
-from whichmodel.analysis.analyze import analyze
-from whichmodel.analysis.plots import DELTA_PAIRS, write_plots
-from whichmodel.analysis.stability import oracle_stability
-from whichmodel.analysis.summary import summary_text
+from whichmodel import api
 from whichmodel.cluster.connect import connection_options
 from whichmodel.core.budgets import parse_budgets
-from whichmodel.core.catalog import load_catalogue
 from whichmodel.core.errors import UserError
-from whichmodel.core.outputs import atomic_directory, check_replaceable, replacing, write_table
+from whichmodel.core.outputs import replacing
 
 log = logging.getLogger("whichmodel")
 
@@ -82,67 +77,27 @@ def parse_pairs(items: Sequence[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def check_compare(pairs: Sequence[tuple[str, str]], scores: pl.DataFrame | None) -> None:
-    """Every strategy named by --compare exists: a reference strategy, or a proxy of the scores
-    table as ``<proxy>``, ``hybrid_<proxy>`` or ``similar_tasks_<proxy>``."""
-    from whichmodel.analysis.strategies import STRATEGIES, proxy_strategies
-
-    proxies = sorted(set(scores["proxy"])) if scores is not None else []
-    known = [*STRATEGIES, *(s.name for p in proxies for s in proxy_strategies(p))]
-    for a, b in pairs:
-        for name in (a, b):
-            if name not in known:
-                raise UserError(
-                    f"--compare {a}:{b}: unknown strategy {name!r} (known with these inputs: "
-                    f"{', '.join(known)})"
-                )
-
-
 def cmd_analyze(args: argparse.Namespace) -> None:
     """Strategies, regret and budget curves from a finetune table (and optional scores)."""
     start = time.perf_counter()
     check_directory(args.out, "--out")
-    check_replaceable(args.out)
-    if args.bootstrap < 0:
-        raise UserError(f"--bootstrap {args.bootstrap}: the number of resamples is >= 0")
-    catalogue = load_catalogue(args.catalog)
-    finetune = tables.load_finetune(args.finetune)
-    reps = tables.load_finetune_repetitions(args.finetune)
-    scores = tables.load_scores(args.scores) if args.scores else None
-    categories = tables.load_task_categories(args.tasks) if args.tasks else None
-    pools = [p.strip() for p in args.pools.split(",")] if args.pools else None
-    for name in pools or []:
-        catalogue.pool(name)  # unknown pool names fail before any work
-    budgets = parse_budgets(args.budgets, "--budgets") if args.budgets else None
-    pairs = parse_pairs(args.compare) if args.compare else DELTA_PAIRS
-    if args.compare:
-        check_compare(pairs, scores)
-    result = analyze(
-        catalogue, finetune, scores, pools, budgets, categories, args.log_odds,
+    result = api.analyze(
+        args.catalog,
+        args.finetune,
+        args.scores,
+        tasks=args.tasks,
+        pools=args.pools.split(",") if args.pools else None,
+        budgets=parse_budgets(args.budgets, "--budgets") if args.budgets else None,
+        log_odds=args.log_odds,
+        compare=parse_pairs(args.compare) if args.compare else None,
         bootstrap=args.bootstrap,
-    )  # fmt: skip
-    summary = summary_text(result)
-    with atomic_directory(args.out) as tmp:
-        write_table(result.selections, tmp, "selections")
-        write_table(result.regret, tmp, "regret")
-        write_table(result.curves, tmp, "curves")
-        write_table(result.zero_regret_budget, tmp, "zero_regret_budget")
-        write_table(result.quality, tmp, "quality")
-        if reps is not None and reps["rep"].n_unique() > 1:
-            write_table(oracle_stability(reps), tmp, "oracle_stability")
-        if result.n_boot:
-            write_table(result.curves_ci, tmp, "curves_ci")
-            write_table(result.regret_diff_ci, tmp, "regret_diff_ci")
-        plots = tmp / "plots"
-        plots.mkdir()
-        figures = write_plots(
-            result.pools, result.regret, result.curves, plots, pairs, result.curves_ci
-        )
-        (tmp / "summary.txt").write_text(summary)
-    print(summary, end="")
+        out=args.out,
+    )
+    figures = [p for p in result.paths if p.parent.name == "plots"]
+    print(result.summary, end="")
     print(
         f"wrote {args.out}: selections, regret, curves, zero_regret_budget"
-        + (", curves_ci, regret_diff_ci" if result.n_boot else "")
+        + (", curves_ci, regret_diff_ci" if result.curves_ci is not None else "")
         + " (Parquet and CSV), "
         f"{len(figures)} plots, in {time.perf_counter() - start:.1f} s"
     )
@@ -150,21 +105,22 @@ def cmd_analyze(args: argparse.Namespace) -> None:
 
 def cmd_embed(args: argparse.Namespace) -> None:
     """Embed every task with every model of a pool into the store; reuse what is cached."""
-    from whichmodel.stages.embed import EmbedConfig, embed
-    from whichmodel.tasks.loader import load_tasks
-
     start = time.perf_counter()
     check_directory(args.store, "--store")
-    catalogue = load_catalogue(args.catalog)
-    catalogue.pool(args.pool)
-    tasks = load_tasks(args.tasks)
-    cfg = EmbedConfig(image_size=args.image_size, batch_size=args.batch_size)
-    summary = embed(catalogue, args.pool, tasks, args.store, cfg)
-    print(
-        f"embedded {len(summary.computed)} (model, task) pair(s), reused "
-        f"{len(summary.reused)}; {summary.images_decoded} images decoded"
+    result = api.embed(
+        args.catalog,
+        args.pool,
+        args.tasks,
+        args.store,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
     )
-    for model, seconds in sorted(summary.device_seconds.items()):
+    computed = int(result.pairs["computed"].sum())
+    print(
+        f"embedded {computed} (model, task) pair(s), reused "
+        f"{result.pairs.height - computed}; {result.images_decoded} images decoded"
+    )
+    for model, seconds in result.device_seconds.iter_rows():
         print(f"  {model:<32} {seconds:8.1f} device-seconds")
     print(f"store {args.store} in {time.perf_counter() - start:.1f} s")
 
@@ -173,11 +129,10 @@ def cmd_probe(args: argparse.Namespace) -> None:
     """Run task-aware proxies on every (model, task) of the store into a scores table."""
     from whichmodel.actors.proxies import PROXIES
     from whichmodel.core.presets import load_preset
-    from whichmodel.stages.probe import probe, write_scores
 
     if args.out.suffix not in (".parquet", ".csv"):
         raise UserError(f"--out {args.out}: the scores table must end in .parquet or .csv")
-    preset = load_preset(args.preset)
+    load_preset(args.preset)  # a bad preset is named before the proxies
     proxies = [p.strip() for p in args.proxies.split(",") if p.strip()]
     if not proxies:
         raise UserError(f"--proxies {args.proxies!r}: no proxy given")
@@ -186,104 +141,78 @@ def cmd_probe(args: argparse.Namespace) -> None:
         raise UserError(
             f"--proxies: unknown proxy {unknown[0]!r} (available: {', '.join(PROXIES)})"
         )
-    summary = probe(args.store, proxies, preset)
-    write_scores(summary.scores, args.out)
-    na = summary.scores.filter(pl.col("score").is_null())
-    overhead = 1 - summary.compute_seconds / summary.wall_seconds if summary.trials_run else 0.0
+    result = api.probe(args.store, proxies, preset=args.preset, out=args.out)
+    na = result.scores.filter(pl.col("score").is_null())
+    overhead = 1 - result.compute_seconds / result.wall_seconds if result.trials_run else 0.0
     print(
-        f"probed {summary.trials_run} (model, task) pair(s), {summary.trials_reused} reused from "
-        f"an earlier run; {summary.scores.height} scores ({na.height} not applicable)"
+        f"probed {result.trials_run} (model, task) pair(s), {result.trials_reused} reused from "
+        f"an earlier run; {result.scores.height} scores ({na.height} not applicable)"
     )
     print(
-        f"proxies compute {summary.compute_seconds:.1f} s, stage wall {summary.wall_seconds:.1f} s"
+        f"proxies compute {result.compute_seconds:.1f} s, stage wall {result.wall_seconds:.1f} s"
         f" (orchestration {100 * max(overhead, 0):.0f}%); wrote {args.out}"
     )
+
+
+HALVING_ONLY = ("top_k", "total_steps", "rank", "eta", "grace", "oracle", "halving_mode")
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
     """Fine-tune by the preset's protocol on Ray Tune: every pool model, a strategy's picks, or
     successive halving over a ranking's top K."""
-    from whichmodel.core.presets import load_preset
-    from whichmodel.stages.finetune import run_finetune, select_pairs
-    from whichmodel.tasks.loader import load_tasks
-
     check_directory(args.out, "--out")
-    catalogue = load_catalogue(args.catalog)
-    catalogue.pool(args.pool)
-    specs = load_tasks(args.tasks)
-    preset = load_preset(args.preset)
-    check_replaceable(Path(args.out) / ("halving" if args.halving else "table"))
-    halving_only = ("top_k", "total_steps", "rank", "eta", "grace", "oracle", "halving_mode")
-    given = [f"--{k.replace('_', '-')}" for k in halving_only if getattr(args, k) is not None]
     if args.halving:
-        _finetune_halving(args, catalogue, specs, preset)
+        _finetune_halving(args)
         return
+    given = [f"--{k.replace('_', '-')}" for k in HALVING_ONLY if getattr(args, k) is not None]
     if given:
         raise UserError(f"{given[0]} applies to --halving only")
-    pairs = None
-    if args.select:
-        if args.budget is None:
-            raise UserError("--select needs --budget")
-        scores = tables.load_scores(args.scores) if args.scores else None
-        names = [s.name for s in specs]
-        pairs = select_pairs(catalogue, args.pool, names, args.select, args.budget, scores)
-    summary = run_finetune(
-        catalogue, args.pool, specs, preset, args.out, pairs, export_winners=bool(args.select)
+    result = api.finetune(
+        args.catalog,
+        args.pool,
+        args.tasks,
+        args.out,
+        preset=args.preset,
+        select=args.select,
+        budget=args.budget,
+        scores=args.scores,
     )
-    with atomic_directory(Path(args.out) / "table") as tmp:
-        write_table(summary.runs, tmp, "finetune")
     print(
-        f"fine-tuned {summary.trials_run} run(s), {summary.trials_reused} reused from an earlier"
-        f" run; finetune table {Path(args.out) / 'table' / 'finetune.parquet'}"
+        f"fine-tuned {result.trials_run} run(s), {result.trials_reused} reused from an earlier"
+        f" run; finetune table {result.table}"
     )
-    for task, folder in sorted(summary.winners.items()):
+    for task, folder in sorted(result.winners.items()):
         row = (
-            summary.runs.filter(pl.col("task") == task)
+            result.runs.filter(pl.col("task") == task)
             .sort("val_acc", descending=True)
             .row(0, named=True)
         )
         print(f"  {task}: best {row['model']} (val {row['val_acc']:.3f}) → {folder}")
 
 
-def _finetune_halving(args: argparse.Namespace, catalogue, specs: list, preset: dict) -> None:
+def _finetune_halving(args: argparse.Namespace) -> None:
     """``finetune --halving``: successive halving over a ranking's top K per task (ASHA, a budget
     of fine-tune steps); with --oracle, its regret and compute next to the fixed-B strategy."""
-    from whichmodel.stages.halving import (
-        HalvingConfig,
-        check_halving,
-        check_oracle,
-        compare_at_equal_compute,
-        format_halving,
-        load_oracle,
-        run_fixed_equal_steps,
-        run_halving,
-        write_halving,
-    )
-
     if args.top_k is None or args.total_steps is None:
         raise UserError("--halving needs --top-k K and --total-steps S")
-    scores = tables.load_scores(args.scores) if args.scores else None
-    oracle = None
-    if args.oracle:
-        oracle = load_oracle(args.oracle)
-        models = catalogue.pool(args.pool)["model"].to_list()
-        check_oracle(oracle, models, [s.name for s in specs], str(args.oracle))
-    rank = args.rank or "hybrid_linear"
-    eta = 2 if args.eta is None else args.eta
-    mode = args.halving_mode or "sync"
-    cfg = HalvingConfig(args.top_k, args.total_steps, rank, eta, args.grace, mode)
-    check_halving(cfg, args.pool, catalogue.pool(args.pool).height, preset["finetune"])
-    summary = run_halving(catalogue, args.pool, specs, preset, args.out, cfg, scores)
-    comparison = fixed = None
-    if oracle is not None:
-        fixed = run_fixed_equal_steps(
-            catalogue, args.pool, specs, preset, Path(args.out) / "fixed", cfg, summary.rankings
-        )
-        comparison = compare_at_equal_compute(summary, oracle, fixed, str(args.oracle))
-    folder = write_halving(args.out, summary.arms, comparison, summary.events, fixed)
-    print(format_halving(summary.arms, comparison), end="")
-    extra = ", comparison, fixed" if comparison is not None else ""
-    print(f"wrote {folder}: halving{extra} (Parquet and CSV), summary.txt")
+    result = api.halving(
+        args.catalog,
+        args.pool,
+        args.tasks,
+        args.out,
+        top_k=args.top_k,
+        total_steps=args.total_steps,
+        rank=args.rank,
+        eta=args.eta,
+        grace=args.grace,
+        mode=args.halving_mode,
+        scores=args.scores,
+        oracle=args.oracle,
+        preset=args.preset,
+    )
+    print(result.summary, end="")
+    extra = ", comparison, fixed" if result.comparison is not None else ""
+    print(f"wrote {result.folder}: halving{extra} (Parquet and CSV), summary.txt")
 
 
 def cmd_search(args: argparse.Namespace) -> None:
@@ -292,39 +221,33 @@ def cmd_search(args: argparse.Namespace) -> None:
     --finetune, fine-tune the picks and export the winner. Without --catalog the embedded demo
     pool is used (works offline; the first such run pre-trains the demo's experts, a few minutes).
     """
-    from whichmodel.apps.search import format_result, search
-    from whichmodel.stages.progressive import DEFAULT_FRACTIONS, ProgressiveConfig, parse_fractions
-
     check_directory(args.out, "--out")
-    progressive = None
-    if args.eta is not None or args.fractions is not None:
-        fractions = DEFAULT_FRACTIONS if args.fractions is None else parse_fractions(args.fractions)
-        progressive = ProgressiveConfig(fractions, 2 if args.eta is None else args.eta)
-    result = search(
+    result = api.search(
         args.data,
-        catalogue=args.catalog,
+        catalog=args.catalog,
         pool=args.pool,
         budget=args.budget,
         strategy=args.strategy,
         preset=args.preset,
         finetune=args.finetune,
-        work_dir=args.out,
+        out=args.out,
         skip_unreadable=args.skip_unreadable,
-        progressive=progressive,
+        eta=args.eta,
+        fractions=args.fractions,
     )
-    print(format_result(result), end="")
+    print(result.summary, end="")
     print(f"wrote {result.work_dir / 'report'}: picks.parquet, picks.csv, summary.txt")
 
 
 def cmd_benchmark(args: argparse.Namespace) -> None:
     """The whole study from a RUN.toml: embed, probe, fine-tune all (oracle), analyze, report;
     a rerun reuses everything already computed."""
-    from whichmodel.apps.benchmark import load_config, run_benchmark
+    from whichmodel.apps.benchmark import load_config
 
     check_directory(args.out, "--out")
     config = load_config(args.config)
     check_directory(config.out, f"{config.path}: [run] out")
-    run_benchmark(config, args.out)
+    api.benchmark(config, args.out)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

@@ -13,6 +13,7 @@ import pytest
 from scipy import stats
 
 from whichmodel import cli
+from whichmodel.analysis import plots
 from whichmodel.core import schema
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -288,7 +289,7 @@ def test_failure_while_writing_leaves_previous_output_untouched(tmp_path, monkey
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(cli, "write_plots", boom)
+    monkeypatch.setattr(plots, "write_plots", boom)  # whichmodel.api writes the plots
     argv = ["analyze", "--catalog", str(VTAB_CATALOG), "--finetune", str(VTAB_FT)]
     with pytest.raises(RuntimeError):
         cli.main([*argv, "--out", str(out), "--pools", "ResNet-50"])

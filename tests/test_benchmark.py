@@ -177,6 +177,7 @@ def mean_regret_by_hand(run: Path) -> dict[tuple[str, str, int], tuple[float, fl
     return {k: (a / n, r / n) for k, (a, r, n) in sums.items()}
 
 
+@pytest.mark.heavy
 def test_run_directory_holds_every_table_plot_and_the_report(study):
     run = study["run"]
     for name in TABLES:
@@ -202,6 +203,7 @@ def test_run_directory_holds_every_table_plot_and_the_report(study):
     assert "progressive-table" in tables
 
 
+@pytest.mark.heavy
 def test_report_numbers_equal_the_regret_table(study):
     run = study["run"]
     cells = parse_report((run / "report.html").read_text()).cells
@@ -218,6 +220,7 @@ def test_report_numbers_equal_the_regret_table(study):
         assert cell["text"] == f"{float(cell['data-abs']):.4f} / {float(cell['data-rel']):.4f}"
 
 
+@pytest.mark.heavy
 def test_regret_agrees_with_the_finetune_and_selections_tables(study):
     """Oracle and picked accuracies recomputed from the per-run fine-tune table (best lr per
     repetition by validation accuracy, median over repetitions) and the selections."""
@@ -254,6 +257,7 @@ def test_regret_agrees_with_the_finetune_and_selections_tables(study):
     assert {*ranked, *(f"hybrid_{p}" for p in ranked)} <= strategies
 
 
+@pytest.mark.heavy
 def test_findings_follow_the_regret_table(study):
     run = study["run"]
     report = (run / "report.html").read_text()
@@ -281,6 +285,7 @@ def test_findings_follow_the_regret_table(study):
     assert "pool Two (2 models): no budget" in report
 
 
+@pytest.mark.heavy
 def test_rerun_reuses_everything(study):
     run, first = study["run"], study["first"]
     compute = json.loads((run / "compute.json").read_text())
@@ -323,6 +328,7 @@ def test_rerun_reuses_everything(study):
     assert first["compute"]["study_device_s"] == pytest.approx(compute["study_device_s"])
 
 
+@pytest.mark.heavy
 def test_progressive_picks_follow_the_rungs_and_the_cost_table_counts_them(study):
     """Per pool, the picks of progressive_linear are the halving's ranking recomputed here from
     the rung table (rung reached, then its score there, then the task-agnostic order: the
@@ -381,6 +387,7 @@ def test_progressive_picks_follow_the_rungs_and_the_cost_table_counts_them(study
         assert row["full_probe_seconds"] > 0
 
 
+@pytest.mark.heavy
 def test_tasks_table_counts_the_written_images(study):
     tasks = pl.read_parquet(study["run"] / "tables" / "tasks.parquet")
     rows = {r["task"]: r for r in tasks.iter_rows(named=True)}
@@ -439,6 +446,7 @@ def test_bad_config_exits_2_naming_the_key_or_file(config_world, body, needle, c
     assert not (config_world / "runs").exists()  # nothing was started
 
 
+@pytest.mark.heavy
 def test_run_directory_at_a_uri_resumes_from_it_and_is_published(study, tmp_path, monkeypatch):
     """``--out file://...`` (any pyarrow filesystem URI): the run starts from what the URI holds
     (here a finished run, so nothing is computed again), works in a local staging copy and
@@ -460,6 +468,7 @@ def test_run_directory_at_a_uri_resumes_from_it_and_is_published(study, tmp_path
     assert not list(remote.parent.glob(".reduced.*"))  # no temporary directory left behind
 
 
+@pytest.mark.heavy
 def test_unknown_uri_scheme_exits_2(study):
     rc, _ = run_cli(["benchmark", "--config", str(study["root"] / "RUN.toml"), "--out", "nope://x"])
     assert rc == 2

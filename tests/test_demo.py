@@ -90,6 +90,7 @@ def test_fingerprint_follows_the_recipe():
     assert demo.demo_fingerprint(demo.EXPERTS, 48) != base
 
 
+@pytest.mark.heavy
 def test_pretrained_expert_loads_and_beats_random_init(tmp_path):
     up = Upstream("fashion_mnist", ("t-shirt_top", "trouser", "sandal", "bag"), 800, val=200)
     recipe = ExpertRecipe("tiny", "resnet10t", up, steps=40, batch_size=32, lr=0.05)
@@ -117,6 +118,7 @@ def test_pretrained_expert_loads_and_beats_random_init(tmp_path):
     assert abs(acc - done.val_acc) <= 2 / len(data.val_y)  # pretrain's own figure agrees
 
 
+@pytest.mark.heavy
 def test_tiny_pool_catalogue_and_run_config(tmp_path, ray_session):
     experts = tuple(_tiny(r) for r in demo.EXPERTS)
     lines = []

@@ -40,6 +40,8 @@ from whichmodel.stages.embed import EmbedSummary, complete_tasks, embed, embed_c
 from whichmodel.stages.store import read_metadata
 from whichmodel.tasks.loader import load_tasks
 
+pytestmark = [pytest.mark.fault]
+
 TASKS = {"small": (4, 2, 2), "big": (12, 6, 6)}  # per class: train, val, test
 ROWS = sum(2 * sum(n) for n in TASKS.values())
 
@@ -88,6 +90,7 @@ def test_a_killed_embedder_actor_is_restarted_and_its_batch_redone(tmp_path, und
     assert_same_tables(assert_complete(world / "store", TASKS), undisturbed)
 
 
+@pytest.mark.cluster
 def test_a_worker_node_lost_mid_stage(undisturbed):
     root = Path(tempfile.mkdtemp(prefix="wm-nl-"))  # short: Ray's socket paths < 108 bytes
     try:

@@ -44,6 +44,8 @@ def faulty_run(setup, tmp_path_factory):
     return out, fault, run_finetune(cat, "Two", specs, tiny_preset(), out, fault=fault)
 
 
+@pytest.mark.fault
+@pytest.mark.heavy
 def test_one_row_per_run_and_faults_resume_from_the_checkpoint(faulty_run):
     out, fault, summary = faulty_run
     runs = summary.runs
@@ -64,6 +66,8 @@ def test_one_row_per_run_and_faults_resume_from_the_checkpoint(faulty_run):
     assert len(list((out / "tune").rglob("final.json"))) == 4
 
 
+@pytest.mark.fault
+@pytest.mark.heavy
 def test_rerun_restores_the_experiment_without_rerunning_trials(setup, faulty_run):
     cat, specs = setup
     out, fault, summary = faulty_run
@@ -74,6 +78,7 @@ def test_rerun_restores_the_experiment_without_rerunning_trials(setup, faulty_ru
     )
 
 
+@pytest.mark.heavy
 def test_select_exports_a_winner_that_reloads_with_its_reported_accuracy(setup, tmp_path):
     cat, specs = setup
     pairs = select_pairs(cat, "Two", ["shapes"], "task_agnostic", 1, None)

@@ -26,6 +26,8 @@ from whichmodel.core.presets import load_preset
 from whichmodel.stages.finetune import run_finetune
 from whichmodel.tasks.loader import load_tasks
 
+pytestmark = [pytest.mark.fault, pytest.mark.heavy]
+
 STEPS, EVERY = 30, 10
 PRESET = f"""
 [kill]

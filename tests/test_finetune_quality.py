@@ -35,6 +35,8 @@ from whichmodel.core.presets import load_preset
 from whichmodel.stages.finetune import run_finetune
 from whichmodel.tasks.loader import load_tasks
 
+pytestmark = [pytest.mark.heavy]
+
 SIZE, STEPS, REPS = 64, 60, 2
 PRESET = f"""
 [quality]

@@ -133,6 +133,7 @@ def halving_run(files, request):
     }
 
 
+@pytest.mark.heavy
 def test_budget_is_kept_and_weak_arms_stop_early(halving_run):
     arms = halving_run["arms"]
     assert sorted(arms.select("model", "lr", "rep").rows()) == sorted(
@@ -154,6 +155,7 @@ def test_budget_is_kept_and_weak_arms_stop_early(halving_run):
     assert "arms by last step" in (halving_run["folder"] / "summary.txt").read_text()
 
 
+@pytest.mark.heavy
 def test_pick_is_the_best_fully_trained_arm(halving_run):
     arms = halving_run["arms"]
     chosen = arms.filter(pl.col("chosen"))
@@ -201,6 +203,7 @@ def _direct(plan, px, model: str, lr: float, rep: int, on_checkpoint=None):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.heavy
 def test_reported_accuracies_match_a_direct_fine_tune(files, halving_run):
     arms = halving_run["arms"]
     pick = arms.filter(pl.col("chosen")).row(0, named=True)
@@ -223,6 +226,7 @@ def test_reported_accuracies_match_a_direct_fine_tune(files, halving_run):
     assert vals[arm["steps"]] == pytest.approx(arm["val_acc"])
 
 
+@pytest.mark.heavy
 def test_sync_promotes_only_after_every_arm_of_a_rung_reported(halving_run):
     if halving_run["mode"] != "sync":
         pytest.skip("the synchronous mode's event log")
@@ -241,6 +245,7 @@ def test_sync_promotes_only_after_every_arm_of_a_rung_reported(halving_run):
     assert steps == [5, 5, 10, 20]  # 4 x 5 + 2 x 5 + 1 x 10 = 40 <= 45 by hand
 
 
+@pytest.mark.heavy
 def test_every_side_picks_by_validation_at_equal_steps(files, halving_run):
     arms, comp, fixed = halving_run["arms"], halving_run["comparison"], halving_run["fixed"]
     rows = {r["method"]: r for r in comp.iter_rows(named=True)}

@@ -25,6 +25,8 @@ from whichmodel.stages.embed import embed, embed_config
 from whichmodel.stages.store import read_metadata
 from whichmodel.tasks.loader import load_tasks
 
+pytestmark = [pytest.mark.cluster, pytest.mark.heavy]
+
 TASKS = {"shapes": (8, 4, 4)}  # per class: train, val, test
 
 

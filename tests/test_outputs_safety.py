@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from whichmodel import cli
+from whichmodel.analysis import analyze as analysis
 from whichmodel.core import outputs
 from whichmodel.core.errors import UserError
 from whichmodel.core.outputs import MARKER, atomic_directory, check_replaceable, replace_directory
@@ -36,7 +37,7 @@ def test_analyze_refuses_a_users_folder_and_leaves_it_untouched(tmp_path, capsys
     def no_work(*args, **kwargs):
         raise AssertionError("the refusal comes before any work")
 
-    monkeypatch.setattr(cli, "analyze", no_work)
+    monkeypatch.setattr(analysis, "analyze", no_work)  # what whichmodel.api.analyze runs
     assert analyze(out) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1

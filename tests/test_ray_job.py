@@ -8,6 +8,10 @@ submit --working-dir``, ``JobSubmissionClient.submit_job`` or ``RAY_ADDRESS``/``
 subprocess. The test session's own Ray (``ray_session``), if any, is a separate cluster. At the
 end only the processes this module started are stopped: each head's process group and its
 descendants, by PID.
+
+A job gets whichmodel as docs/cluster.md says: the wheel built from this checkout, unpacked, its
+``whichmodel`` folder uploaded with the runtime environment's ``py_modules`` (the cluster's
+Python has the dependencies); the tests check that the job ran that copy, not this checkout.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from test_wheel import build_wheel
 
 from whichmodel.cluster.connect import check_cluster_auth, cluster_auth_mode, connection_options
 from whichmodel.core.errors import UserError
@@ -40,16 +45,6 @@ from whichmodel.core.errors import UserError
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 RAY = BIN / "ray"
-EXCLUDES = [
-    ".venv",
-    ".git",
-    "runs",
-    "whichmodel-search",
-    ".hypothesis",
-    ".pytest_cache",
-    ".ruff_cache",
-    "**/__pycache__",
-]
 SPLIT_SIZES = {"train": 4, "val": 2, "test": 2}  # per class
 CLASSES = ("red", "green", "blue")
 START_TIMEOUT_S = 120
@@ -70,6 +65,7 @@ def _missing_default() -> str | None:
 
 
 pytestmark = [
+    pytest.mark.cluster,
     pytest.mark.skipif(_missing_default() is not None, reason=str(_missing_default())),
     pytest.mark.timeout(600),
 ]
@@ -259,6 +255,17 @@ def heads():
 
 
 @pytest.fixture(scope="module")
+def package(tmp_path_factory) -> Path:
+    """The ``whichmodel`` folder of the wheel built from this checkout (docs/cluster.md): what a
+    job's ``py_modules`` uploads."""
+    import zipfile
+
+    root = tmp_path_factory.mktemp("package")
+    zipfile.ZipFile(build_wheel(root)).extractall(root / "unpacked")
+    return root / "unpacked" / "whichmodel"
+
+
+@pytest.fixture(scope="module")
 def work(tmp_path_factory):
     """An image folder task, a catalogue of two random-init timm models, and their TOML files."""
     root = tmp_path_factory.mktemp("rayjob")
@@ -362,7 +369,7 @@ def test_probe_tells_token_cluster_from_open_cluster(heads):
         cluster_auth_mode(token.url)
 
 
-def test_embed_runs_as_ray_jobs_on_a_token_cluster(heads, work):
+def test_embed_runs_as_ray_jobs_on_a_token_cluster(heads, work, package):
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     token, _ = heads
@@ -372,7 +379,8 @@ def test_embed_runs_as_ray_jobs_on_a_token_cluster(heads, work):
         urllib.request.urlopen(token.request("/api/jobs/", token=False), timeout=10)
     assert refused.value.code == 401
 
-    # 1. `ray job submit --working-dir` (the CLI streams the driver's output, exits 0 on success)
+    # 1. `ray job submit` with the package in py_modules (the CLI streams the driver's output,
+    # exits 0 on success)
     client_env = token.env()
     sid = f"wm-cli-{secrets.token_hex(4)}"
     submit = [
@@ -383,10 +391,8 @@ def test_embed_runs_as_ray_jobs_on_a_token_cluster(heads, work):
         token.url,
         "--submission-id",
         sid,
-        "--working-dir",
-        str(REPO),
         "--runtime-env-json",
-        json.dumps({"excludes": EXCLUDES}),
+        json.dumps({"py_modules": [str(package)]}),
         "--",
         "python",
         "-m",
@@ -405,17 +411,19 @@ def test_embed_runs_as_ray_jobs_on_a_token_cluster(heads, work):
 
     client = JobSubmissionClient(token.url, headers={"Authorization": f"Bearer {token.token}"})
     assert client.get_job_status(sid) == JobStatus.SUCCEEDED
-    uploaded = client.get_job_info(sid).runtime_env["working_dir"]
-    assert uploaded.startswith("gcs://"), uploaded  # the repository was uploaded, not shared
+    uploaded = client.get_job_info(sid).runtime_env["py_modules"]
+    assert len(uploaded) == 1 and uploaded[0].startswith("gcs://"), uploaded  # uploaded, not shared
 
     # 2. JobSubmissionClient.submit_job, the driver joining with RAY_ADDRESS=auto: one more model
     # in the same store; the first model's partitions are reused as they are
     args = " ".join(_embed_args(work, "Two", store))
-    show = "import engine, sys; print('ENGINE', engine.__file__); print('PYTHON', sys.executable)"
-    entrypoint = f'python -c "{show}" && RAY_ADDRESS=auto python -m whichmodel.cli {args}'
-    job = client.submit_job(
-        entrypoint=entrypoint, runtime_env={"working_dir": str(REPO), "excludes": EXCLUDES}
+    show = (
+        "import sys, whichmodel; from importlib.resources import files; "
+        "print('PACKAGE', whichmodel.__file__); print('PYTHON', sys.executable); "
+        "print('DATA', (files('whichmodel.pools') / 'vtab.toml').is_file())"
     )
+    entrypoint = f'python -c "{show}" && RAY_ADDRESS=auto python -m whichmodel.cli {args}'
+    job = client.submit_job(entrypoint=entrypoint, runtime_env={"py_modules": [str(package)]})
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while not (status := client.get_job_status(job)).is_terminal():
         assert time.monotonic() < deadline, client.get_job_logs(job)
@@ -423,10 +431,12 @@ def test_embed_runs_as_ray_jobs_on_a_token_cluster(heads, work):
     logs = client.get_job_logs(job)
     assert status == JobStatus.SUCCEEDED, logs
     assert "embedded 1 (model, task) pair(s), reused 1" in logs
-    engine_file = next(
-        line.split(" ", 1)[1] for line in logs.splitlines() if line.startswith("ENGINE ")
-    )
-    assert not engine_file.startswith(str(REPO)), engine_file  # the job ran the uploaded copy
+    shown = dict(line.split(" ", 1) for line in logs.splitlines() if line.startswith("PACKAGE "))
+    package_file = Path(shown["PACKAGE"])
+    # the job ran the uploaded copy of the wheel's package, not this checkout's editable install
+    assert not package_file.is_relative_to(REPO), package_file
+    assert package_file.parent.name == "whichmodel" and package_file.is_relative_to(token.root)
+    assert "DATA True" in logs  # its data files came with it
     python = next(line.split(" ", 1)[1] for line in logs.splitlines() if line.startswith("PYTHON "))
     assert Path(python).parent == BIN  # the venv's python, from the head's PATH
     _check_embeddings(store, "rand_mnv3")

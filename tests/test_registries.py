@@ -1,12 +1,15 @@
 """One contract test per registry, over every member: every proxy, every task source and
 built-in, every shipped preset, every shipped catalogue. A new member that breaks the contract
-fails here before it reaches a user."""
+fails here before it reaches a user. Plugins are members too: every installed one (entry points
+of whichmodel.proxies / whichmodel.strategies, loaded with the registries) and the example
+plugin of tests/plugin_example.py, registered for each test of this module."""
 
 import math
 import tomllib
 from pathlib import Path
 
 import numpy as np
+import plugin_example
 import pytest
 from imageworld import write_folder, write_parquet_task
 from poolmaker import make_meta, make_pool
@@ -37,6 +40,20 @@ SHIPPED_PRESETS = list(tomllib.loads(PRESETS_FILE.read_text()))
 CATALOGUES = sorted(p for p in (ROOT / "pools").glob("*.toml") if p.name != "demo_run.toml")
 
 
+PROXY_NAMES = [*PROXIES, *plugin_example.PROXY_SPECS]
+STRATEGY_NAMES = [*STRATEGIES, *plugin_example.STRATEGY_SPECS]
+
+
+@pytest.fixture(autouse=True)
+def example_plugin(monkeypatch):
+    """The example plugin's proxy and strategy in the registries for one test (as an installed
+    plugin's would be); removed afterwards, so other tests see the built-in members only."""
+    for name, spec in plugin_example.PROXY_SPECS.items():
+        monkeypatch.setitem(PROXIES, name, spec)
+    for name, spec in plugin_example.STRATEGY_SPECS.items():
+        monkeypatch.setitem(STRATEGIES, name, spec)
+
+
 def tiny_input(with_probs: bool, seed: int = 0) -> ProxyInput:
     """Three Gaussian classes in 6 dimensions, with source-class probabilities if asked."""
     rng = np.random.default_rng(seed)
@@ -53,7 +70,7 @@ def tiny_input(with_probs: bool, seed: int = 0) -> ProxyInput:
 # --------------------------------------------------------------------------------- proxies
 
 
-@pytest.mark.parametrize("name", list(PROXIES))
+@pytest.mark.parametrize("name", PROXY_NAMES)
 def test_every_proxy_keeps_the_contract(name):
     spec = PROXIES[name]
     assert spec.name == name and spec.label.strip() and callable(spec.fn)
@@ -90,7 +107,8 @@ def test_every_pool_combine_scores_each_model_from_its_own_proxys_runs(name):
 
 
 def test_default_proxies_are_the_papers():
-    assert sorted(n for n, s in PROXIES.items() if s.default) == ["knn", "linear"]
+    builtin = [n for n, s in PROXIES.items() if s.default and PROXIES.is_builtin(n)]
+    assert sorted(builtin) == ["knn", "linear"]
 
 
 # --------------------------------------------------------------------------------- presets
@@ -180,7 +198,7 @@ def _strategy_pool(acc_seed: int) -> PoolData:
     return make_pool(rng.random((4, 6)), meta, scores)
 
 
-ALL_STRATEGIES = [*STRATEGIES, *(s.name for s in proxy_strategies("linear"))]
+ALL_STRATEGIES = [*STRATEGY_NAMES, *(s.name for s in proxy_strategies("linear"))]
 
 
 @pytest.mark.parametrize("name", ALL_STRATEGIES)

@@ -216,6 +216,7 @@ def test_rerun_reuses_the_store_and_probes_and_another_strategy_reranks(setup, f
     assert rows[1][5].startswith("2nd best linear-probe score in the pool")
 
 
+@pytest.mark.heavy
 def test_finetune_reports_the_winner_and_its_weights_reload(setup, first, finetuned):
     rc, out, err, _ = finetuned
     assert rc == 0, err

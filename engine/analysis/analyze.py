@@ -2,7 +2,7 @@
 curves and zero-regret-budget tables of docs/design.md §2, for every pool. Pure Polars/NumPy."""
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -221,43 +221,60 @@ def check_budgets(budgets: Sequence[int], pools: Sequence[PoolData]) -> None:
                 raise UserError(f"budget {b} is larger than pool {pool.name} ({pool.size} models)")
 
 
+def _pool_budgets(pool: PoolData, budgets: Sequence[int] | None) -> list[int]:
+    """The budgets of ``pool``'s selections and regret tables: ``budgets`` up to its size (an
+    error where none is), or by default 1 to its size, at most DEFAULT_MAX_BUDGET."""
+    if budgets is None or not budgets:
+        return list(range(1, min(pool.size, DEFAULT_MAX_BUDGET) + 1))
+    mine = [b for b in budgets if b <= pool.size]
+    if not mine:
+        raise UserError(f"budgets: none is within pool {pool.name!r} ({pool.size} models)")
+    check_budgets(mine, [pool])
+    return mine
+
+
 def analyze(
     catalogue: Catalogue,
     finetune: pl.DataFrame,
-    scores: pl.DataFrame | None = None,
+    scores: pl.DataFrame | Mapping[str, pl.DataFrame | None] | None = None,
     pool_names: Sequence[str] | None = None,
     budgets: Sequence[int] | None = None,
     categories: pl.DataFrame | None = None,
     log_odds: bool = False,
+    clip_budgets: bool = False,
     bootstrap: int = DEFAULT_BOOTSTRAP,
 ) -> Analysis:
     """Run every applicable strategy on every pool and tabulate selections, regret and curves.
 
-    ``budgets`` sets the budgets of the selections and regret tables (default: every budget up
-    to the pool size, at most DEFAULT_MAX_BUDGET); the curves always cover every budget.
-    ``bootstrap``: resamples of the paired bootstrap over tasks behind ``curves_ci`` and
-    ``regret_diff_ci`` (whichmodel.analysis.bootstrap; 0: no intervals).
+    ``scores``: one scores table for every pool, or per pool name its own (a benchmark's
+    progressive rankings differ by pool). ``budgets`` sets the budgets of the selections and
+    regret tables (default: every budget up to the pool size, at most DEFAULT_MAX_BUDGET); the
+    curves always cover every budget. A budget above a pool's size is an error, or with
+    ``clip_budgets`` left out for that pool (an error where none is left). ``bootstrap``:
+    resamples of the paired bootstrap over tasks behind ``curves_ci`` and ``regret_diff_ci``
+    (whichmodel.analysis.bootstrap; 0: no intervals).
     """
     if bootstrap < 0:
         raise UserError(f"--bootstrap {bootstrap}: the number of resamples is >= 0")
     _check_known_models(finetune, catalogue, "finetune table")
-    if scores is not None:
-        _check_known_models(scores, catalogue, "scores table")
-    cats = task_categories(finetune, categories)
     names = list(pool_names) if pool_names else catalogue.pool_names()
-    pools = [build_pool(n, catalogue.pool(n), finetune, scores, cats) for n in names]
+    per_pool = scores if isinstance(scores, Mapping) else dict.fromkeys(names, scores)
+    for table in {id(t): t for t in per_pool.values() if t is not None}.values():
+        _check_known_models(table, catalogue, "scores table")
+    cats = task_categories(finetune, categories)
+    pools = [build_pool(n, catalogue.pool(n), finetune, per_pool.get(n), cats) for n in names]
     pools = [p for p in pools if p is not None]
     if not pools:
         raise UserError(
             f"no pool of {catalogue.path} has a model with fine-tune results "
             f"(pools tried: {', '.join(names)})"
         )
-    if budgets is not None:
+    if budgets is not None and not clip_budgets:
         check_budgets(budgets, pools)
     sel, reg, cur, zero, ci, diff = [], [], [], [], [], []
     for pool in pools:
         outcomes = pool_outcomes(pool, log_odds=log_odds)
-        b = list(budgets) if budgets else list(range(1, min(pool.size, DEFAULT_MAX_BUDGET) + 1))
+        b = _pool_budgets(pool, budgets)
         sel.append(selections_table(pool, outcomes, b))
         reg.append(regret_table(pool, outcomes, b))
         cur.append(curves_table(pool, outcomes))

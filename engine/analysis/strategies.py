@@ -19,6 +19,7 @@ import polars as pl
 from scipy.stats import rankdata
 
 from whichmodel.core.errors import UserError
+from whichmodel.core.registry import STRATEGY_PREFIXES, Registry
 
 RANDOM = "random"
 HYBRID_PREFIX = "hybrid_"
@@ -274,18 +275,26 @@ class StrategySpec:
 # The registry of strategies that need no proxy, in report order. Proxy strategies are made per
 # proxy by `proxy_strategies`, so every proxy of a scores table becomes `<proxy>`,
 # `hybrid_<proxy>` and `similar_tasks_<proxy>` with no other code.
-STRATEGIES: dict[str, StrategySpec] = {
-    spec.name: spec
-    for spec in (
-        StrategySpec("task_agnostic", task_agnostic, "agnostic"),
-        StrategySpec("oracle", oracle, "reference", needs_finetune=True),
-        StrategySpec(RANDOM, None, "reference", needs_finetune=True),
-        StrategySpec("task_agnostic_oracle", task_agnostic_oracle, "reference", True),
-        StrategySpec(
-            "task_agnostic_loo", task_agnostic_loo, "reference", True, 2, leave_one_out=True
-        ),
-    )
-}
+# Plugins (``whichmodel.register_strategy``, entry points of the group ``whichmodel.strategies``,
+# loaded on first read: whichmodel.core.registry) follow the built-in ones.
+STRATEGIES: Registry[StrategySpec] = Registry(
+    "whichmodel.strategies",
+    "strategy",
+    StrategySpec,
+    (
+        (spec.name, spec)
+        for spec in (
+            StrategySpec("task_agnostic", task_agnostic, "agnostic"),
+            StrategySpec("oracle", oracle, "reference", needs_finetune=True),
+            StrategySpec(RANDOM, None, "reference", needs_finetune=True),
+            StrategySpec("task_agnostic_oracle", task_agnostic_oracle, "reference", True),
+            StrategySpec(
+                "task_agnostic_loo", task_agnostic_loo, "reference", True, 2, leave_one_out=True
+            ),
+        )
+    ),
+    reserved_prefixes=STRATEGY_PREFIXES,
+)
 
 
 def proxy_strategies(proxy: str) -> tuple[StrategySpec, StrategySpec, StrategySpec]:
@@ -327,7 +336,9 @@ def strategies_for(pool: PoolData) -> dict[str, Callable[[PoolData], np.ndarray]
     """Every strategy that applies to ``pool`` (its ranking function), in report order: the
     registry's, then the three of each proxy with a score, each where the pool has tasks
     enough for it."""
-    specs = list(STRATEGIES.values())
+    scored = {p for p, values in pool.scores.items() if not np.isnan(values).all()}
+    # a plugin strategy that ranks by a proxy runs where the pool has that proxy's scores
+    specs = [s for s in STRATEGIES.values() if s.proxy is None or s.proxy in scored]
     for proxy, values in pool.scores.items():
         if not np.isnan(values).all():
             specs.extend(proxy_strategies(proxy))
@@ -432,6 +443,57 @@ def _pool_combined(
         except ValueError as e:
             raise UserError(f"scores table, task {task!r} of pool {pool}: {e}") from None
     return out
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Every model of a pool ranked by a strategy for each task, best first: ``order[t]`` holds
+    model indices into ``models``; ``scores``: the dense (tasks × models) scores it ranked by,
+    per proxy (``dense_scores``: pool-normalised where the proxy's authors normalise)."""
+
+    strategy: str
+    models: list[str]
+    tasks: list[str]
+    order: np.ndarray
+    scores: dict[str, np.ndarray]
+
+    def of(self, task: str) -> list[str]:
+        """The pool ranked for ``task``, best first."""
+        return [self.models[m] for m in self.order[self.tasks.index(task)]]
+
+    def pairs(self, budget: int) -> list[tuple[str, str]]:
+        """The first ``budget`` models of every task as (model, task) pairs, task by task."""
+        rows = zip(self.tasks, self.order, strict=True)
+        return [(self.models[m], t) for t, row in rows for m in row[:budget]]
+
+
+def rank_models(
+    meta: pl.DataFrame,
+    tasks: Sequence[str],
+    strategy: str,
+    scores: pl.DataFrame | None = None,
+    pool: str = "",
+) -> Ranking:
+    """The one ranking of a pool without fine-tune results (``finetune --select``, halving,
+    search): ``meta`` the pool's catalogue rows, ``scores`` the scores table its proxy needs.
+    ``UserError`` for a strategy that needs fine-tune results, or whose proxy applies to no model
+    of the pool."""
+    spec = parse_strategy(strategy, sorted(set(scores["proxy"])) if scores is not None else [])
+    if spec.needs_finetune:
+        raise UserError(
+            f"strategy {strategy!r} needs fine-tune results of every model; choose "
+            "task_agnostic, a proxy or hybrid_<proxy>"
+        )
+    models, tasks = meta["model"].to_list(), list(tasks)
+    proxy_scores = {}
+    if spec.proxy is not None:
+        proxy_scores = dense_scores(scores, models, tasks, pool, [spec.proxy])
+        if np.isnan(proxy_scores[spec.proxy]).all():
+            raise UserError(f"strategy {strategy!r}: {spec.proxy!r} applies to no model of {pool}")
+    unknown = ["unknown"] * len(tasks)
+    data = PoolData(pool, models, tasks, unknown, np.zeros((len(tasks), len(models))), meta,
+                    proxy_scores)  # fmt: skip
+    return Ranking(strategy, models, tasks, spec.rank(data), proxy_scores)
 
 
 def reserved_names() -> set[str]:

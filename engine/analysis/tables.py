@@ -32,7 +32,7 @@ def read_table(path: str | Path) -> pl.DataFrame:
     raise UserError(f"{path}: unknown table format (expected .parquet or .csv)")
 
 
-def _require(df: pl.DataFrame, columns: dict, path: Path, what: str) -> pl.DataFrame:
+def _require(df: pl.DataFrame, columns: dict, path: str | Path, what: str) -> pl.DataFrame:
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise UserError(f"{path}: {what} table lacks column(s) {', '.join(missing)}")
@@ -51,7 +51,7 @@ def _where(row: dict) -> str:
     return ", ".join(f"{k} {row[k]!r}" for k in ("model", "task", "proxy", "lr", "rep") if k in row)
 
 
-def _check_fraction(df: pl.DataFrame, col: str, path: Path) -> None:
+def _check_fraction(df: pl.DataFrame, col: str, path: str | Path) -> None:
     """Every value of ``col`` is a number in [0, 1] (no null, no NaN)."""
     bad = df.filter(pl.col(col).is_null() | pl.col(col).is_nan() | ~pl.col(col).is_between(0, 1))
     if bad.height:
@@ -64,7 +64,7 @@ def _check_fraction(df: pl.DataFrame, col: str, path: Path) -> None:
         )
 
 
-def _check_unique(df: pl.DataFrame, keys: list[str], path: Path, hint: str = "") -> None:
+def _check_unique(df: pl.DataFrame, keys: list[str], path: str | Path, hint: str = "") -> None:
     dup = df.filter(pl.struct(keys).is_duplicated())
     if dup.height:
         raise UserError(f"{path}: duplicate rows for {_where(dup.row(0, named=True))}{hint}")
@@ -103,8 +103,12 @@ def load_finetune(path: str | Path) -> pl.DataFrame:
     lr with the best validation accuracy is kept (a tie keeps the smaller lr), and t is the
     median test accuracy over repetitions (paper §4.3).
     """
-    path = Path(path)
-    df = _require(read_table(path), schema.FINETUNE, path, "finetune")
+    return finetune_frame(read_table(path), Path(path))
+
+
+def finetune_frame(df: pl.DataFrame, path: str | Path = "finetune frame") -> pl.DataFrame:
+    """``load_finetune`` of a frame already in memory; errors start with ``path``."""
+    df = _require(df, schema.FINETUNE, path, "finetune")
     run_cols = [c for c in schema.FINETUNE_RUN if c in df.columns]
     if run_cols and len(run_cols) < len(schema.FINETUNE_RUN):
         missing = sorted(set(schema.FINETUNE_RUN) - set(run_cols))
@@ -132,7 +136,7 @@ def load_finetune(path: str | Path) -> pl.DataFrame:
     return df
 
 
-def _task_categories(df: pl.DataFrame, path: Path) -> pl.DataFrame | None:
+def _task_categories(df: pl.DataFrame, path: str | Path) -> pl.DataFrame | None:
     """The task → category map of a table's optional ``category`` column (one per task)."""
     if "category" not in df.columns:
         return None
@@ -148,8 +152,12 @@ def load_scores(path: str | Path) -> pl.DataFrame:
     """The scores table: one row per (model, task, proxy); a null score means not applicable.
     A ``runs`` column (the probe stage's per-run detail) is kept: NCTI's and ETran's terms are
     combined across each pool from it (``strategies.dense_scores``)."""
-    path = Path(path)
-    df = _require(read_table(path), schema.SCORES, path, "scores")
+    return scores_frame(read_table(path), Path(path))
+
+
+def scores_frame(df: pl.DataFrame, path: str | Path = "scores frame") -> pl.DataFrame:
+    """``load_scores`` of a frame already in memory; errors start with ``path``."""
+    df = _require(df, schema.SCORES, path, "scores")
     nan = df.filter(pl.col("score").is_nan() | pl.col("score").is_infinite())
     if nan.height:
         raise UserError(
@@ -170,8 +178,14 @@ def load_scores(path: str | Path) -> pl.DataFrame:
     return df.select(list(schema.SCORES))
 
 
-def load_task_categories(path: str | Path) -> pl.DataFrame:
-    """task → category from a tasks file: TOML ``[[tasks]]`` with name and category, or a table."""
+def load_task_categories(path: str | Path | pl.DataFrame) -> pl.DataFrame:
+    """task → category from a tasks file: TOML ``[[tasks]]`` with name and category, or a table
+    (a file, or a frame with columns task and category)."""
+    if isinstance(path, pl.DataFrame):
+        df = _require(path, {"task": pl.String, "category": pl.String}, "tasks frame", "tasks")
+        cats = _task_categories(df, "tasks frame")
+        assert cats is not None
+        return cats
     path = Path(path)
     if path.suffix == ".toml":
         entries = read_toml(path, "tasks").get("tasks", [])

@@ -60,6 +60,7 @@ from whichmodel.analysis.plots import write_plots
 from whichmodel.analysis.progressive_cost import progressive_cost
 from whichmodel.analysis.report import ReportData, write_report
 from whichmodel.analysis.summary import summary_text
+from whichmodel.analysis.write import write_analysis_tables
 from whichmodel.core import schema
 from whichmodel.core.budgets import parse_budgets
 from whichmodel.core.catalog import Catalogue, load_catalogue
@@ -308,21 +309,39 @@ def study_pool(catalogue: Catalogue, pools: list[str]) -> tuple[Catalogue, str, 
     return dataclasses.replace(catalogue, pools={**catalogue.pools, name: members}), name, members
 
 
+@dataclass(frozen=True)
+class Study:
+    """What one benchmark invocation produced, as it holds it in memory: the local run directory,
+    the analysis of every pool, the stages' records of this invocation, the compute record
+    (``compute.json``) and the report's path."""
+
+    run: Path
+    analysis: Analysis
+    records: tuple[StageRecord, ...]
+    compute: dict
+    report: Path
+
+
 def run_benchmark(config: BenchmarkConfig, out: Path | str | None = None) -> Path:
     """Run (or resume) the study of ``config`` into ``out`` (default the config's): a local
     directory or a URI (``s3://``, ``gs://``, ``file://``: worked on in a local staging copy and
     published when the study succeeds, ``whichmodel.core.outputs.run_directory``). Returns the
     local run
     directory (report.html in it)."""
+    return run_study(config, out).run
+
+
+def run_study(config: BenchmarkConfig, out: Path | str | None = None) -> Study:
+    """``run_benchmark``, returning what the study holds in memory (``Study``)."""
     target = out or config.out
     with run_directory(target) as run:
-        _study(config, run)
+        study = _study(config, run)
     if is_uri(target):
         print(f"[benchmark] published {target} (worked in {run})", flush=True)
-    return run
+    return study
 
 
-def _study(config: BenchmarkConfig, run: Path) -> Path:
+def _study(config: BenchmarkConfig, run: Path) -> Study:
     """Every stage of the study into ``run``, then its tables, compute record and report."""
     for owned in (run / "plots", run / "tables", run / "finetune" / "table"):
         check_replaceable(owned)  # a user's folder there is refused before any work
@@ -340,26 +359,28 @@ def _study(config: BenchmarkConfig, run: Path) -> Path:
         f"{len(models)} model(s) in {len(pools)} pool(s) ({', '.join(pools)}), "
         f"{len(specs)} task(s), preset {config.preset}, proxies {', '.join(config.proxies)}"
     )
-    records = [
-        _embed_stage(study, union, specs, store, preset, driver),
-        _probe_stage(store, run, config.proxies, preset, models, task_names, driver),
-    ]
+    # the stages hand their tables on in memory; the files are written once, for reruns and
+    # the user, and not read back
+    records = [_embed_stage(study, union, specs, store, preset, driver)]
+    probe_record, scores = _probe_stage(
+        store, run, config.proxies, preset, models, task_names, driver
+    )
+    records.append(probe_record)
     prog_record, progressive = _progressive_stage(
         config, catalogue, pools, specs, store, preset, driver
     )
     records.append(prog_record)
-    ft_record, finetune_path = _finetune_stage(study, union, specs, preset, run, driver)
+    ft_record, runs = _finetune_stage(study, union, specs, preset, run, driver)
     records.append(ft_record)
-    scores_path = run / "scores.parquet" if config.proxies else None
     analysis, plots, summary, record = _analyze_stage(
-        catalogue, pools, config, finetune_path, run, progressive.scores
+        catalogue, pools, config, runs, scores, run, progressive.scores
     )
     records.append(record)
     driver.say(record.line())
-    compute = _compute(run, records, finetune_path, scores_path)
-    cost = _progressive_cost(config, progressive, scores_path, catalogue, pools)
+    compute = _compute(run, records, runs, scores)
+    cost = _progressive_cost(config, progressive, scores, catalogue, pools)
     tasks_df, models_df = _write_tables(
-        run, study, union, store, specs, analysis, pools, progressive, cost
+        run, study, union, store, specs, analysis, pools, progressive, cost, runs, scores
     )
 
     report = write_report(
@@ -382,24 +403,22 @@ def _study(config: BenchmarkConfig, run: Path) -> Path:
     for line in compute_lines(compute):
         driver.say("  " + line)
     driver.say(f"report {report}")
-    return run
+    return Study(run, analysis, tuple(records), compute, report)
 
 
 def _analyze_stage(
     catalogue: Catalogue,
     pools: list[str],
     config: BenchmarkConfig,
-    finetune_path: Path,
+    runs: pl.DataFrame,
+    scores: pl.DataFrame | None,
     run: Path,
     progressive: pl.DataFrame,
 ) -> tuple[Analysis, dict, str, StageRecord]:
     """Strategies, regret, curves and plots of every pool, and the summary (also written to
     the run)."""
     start = time.perf_counter()
-    scores_path = run / "scores.parquet" if config.proxies else None
-    analysis, plots = _analyze(
-        catalogue, pools, config, finetune_path, scores_path, run, progressive
-    )
+    analysis, plots = _analyze(catalogue, pools, config, runs, scores, run, progressive)
     summary = summary_text(analysis)
     atomic_text(run / "summary.txt", summary)
     n_plots = sum(len(v) for v in plots.values())
@@ -432,12 +451,15 @@ def _embed_stage(study, union, specs, store, preset, driver) -> StageRecord:
     return record
 
 
-def _probe_stage(store, run, proxies, preset, models, task_names, driver) -> StageRecord:
+def _probe_stage(
+    store, run, proxies, preset, models, task_names, driver
+) -> tuple[StageRecord, pl.DataFrame | None]:
+    """The probe stage: its record and the scores table (written to RUN/scores.parquet)."""
     start = time.perf_counter()
     if not proxies:
         record = StageRecord("probe", "skipped (no proxies)", 0, 0, 0.0, 0.0)
         driver.say(record.line())
-        return record
+        return record, None
 
     driver.say(f"probe: {', '.join(proxies)} on every stored (model, task) pair")
     summary = probe(store, list(proxies), preset, models=models, tasks=task_names)
@@ -451,7 +473,7 @@ def _probe_stage(store, run, proxies, preset, models, task_names, driver) -> Sta
         summary.compute_seconds,
     )
     driver.say(record.line())
-    return record
+    return record, summary.scores
 
 
 @dataclass
@@ -512,7 +534,7 @@ def _progressive_stage(
 def _progressive_cost(
     config: BenchmarkConfig,
     progressive: ProgressiveTables,
-    scores_path: Path | None,
+    scores: pl.DataFrame | None,
     catalogue: Catalogue,
     pools: list[str],
 ) -> pl.DataFrame | None:
@@ -520,12 +542,13 @@ def _progressive_cost(
     proxy's (``whichmodel.analysis.progressive_cost``); None without progressive proxies."""
     if not config.progressive:
         return None
-    full = pl.read_parquet(scores_path) if scores_path else None
+    full = scores
     members = {p: catalogue.pool(p)["model"].to_list() for p in pools}
     return progressive_cost(progressive.rungs, full, members, config.progressive_cfg.eta)
 
 
-def _finetune_stage(study, union, specs, preset, run, driver) -> tuple[StageRecord, Path]:
+def _finetune_stage(study, union, specs, preset, run, driver) -> tuple[StageRecord, pl.DataFrame]:
+    """The oracle fine-tunes: the stage's record and the runs (RUN/finetune/table/finetune.*)."""
     start = time.perf_counter()
     out = run / "finetune"
     ft = preset["finetune"]
@@ -548,45 +571,34 @@ def _finetune_stage(study, union, specs, preset, run, driver) -> tuple[StageReco
         device,
     )
     driver.say(record.line())
-    return record, out / "table" / "finetune.parquet"
+    return record, summary.runs
 
 
 def _analyze(
     catalogue: Catalogue,
     pools: list[str],
     config: BenchmarkConfig,
-    finetune_path: Path,
-    scores_path: Path | None,
+    runs: pl.DataFrame,
+    scores: pl.DataFrame | None,
     run: Path,
     progressive: pl.DataFrame,
 ) -> tuple[Analysis, dict[str, list[Path]]]:
     """Analyse each pool (budgets above a pool's size are left out for it), each with its
     own progressive rankings next to the probe stage's scores; write the plots."""
-    finetune = tables.load_finetune(finetune_path)
-    scores = tables.load_scores(scores_path) if scores_path else None
+    finetune = tables.finetune_frame(runs, run / "finetune" / "table" / "finetune.parquet")
+    scores = tables.scores_frame(scores, run / "scores.parquet") if scores is not None else None
     categories = tables.load_task_categories(config.tasks)
-    parts = []
-    for pool in pools:
-        size = catalogue.pool(pool).height
-        budgets = [b for b in config.budgets if b <= size] if config.budgets else None
-        if config.budgets and not budgets:
-            raise UserError(
-                f"{config.path}: [run] budgets: none is within pool {pool!r} ({size} models)"
-            )
-        pool_scores = _with_progressive(scores, progressive, pool)
-        parts.append(
-            analyze(catalogue, finetune, pool_scores, [pool], budgets, categories, config.log_odds)
-        )
-    analysis = Analysis(
-        pools=[p for a in parts for p in a.pools],
-        selections=pl.concat([a.selections for a in parts]),
-        regret=pl.concat([a.regret for a in parts]),
-        curves=pl.concat([a.curves for a in parts]),
-        zero_regret_budget=pl.concat([a.zero_regret_budget for a in parts]),
-        quality=pl.concat([a.quality for a in parts]),
-        curves_ci=pl.concat([a.curves_ci for a in parts]),
-        regret_diff_ci=pl.concat([a.regret_diff_ci for a in parts]),
-        n_boot=parts[0].n_boot,
+    # budgets above a pool's size are left out for it (load_config checked some fits each)
+    per_pool = {pool: _with_progressive(scores, progressive, pool) for pool in pools}
+    analysis = analyze(
+        catalogue,
+        finetune,
+        per_pool,
+        pools,
+        config.budgets,
+        categories,
+        config.log_odds,
+        True,
     )
     plots: dict[str, list[Path]] = {}
     with atomic_directory(run / "plots") as tmp:
@@ -650,7 +662,9 @@ def _models_table(study: Catalogue, union: str, pools: list[str], analysis: Anal
     )
 
 
-def _write_tables(run, study, union, store, specs, analysis, pools, progressive, cost):
+def _write_tables(
+    run, study, union, store, specs, analysis, pools, progressive, cost, runs, scores
+):
     """Every table of the study into RUN/tables (atomically): the stage outputs and the analysis."""
     models = study.pool(union)["model"].to_list()
     tasks_df = _tasks_table(store, models, specs)
@@ -658,19 +672,10 @@ def _write_tables(run, study, union, store, specs, analysis, pools, progressive,
     with atomic_directory(run / "tables") as tmp:
         write_table(tasks_df, tmp, "tasks")
         write_table(models_df, tmp, "models")
-        if (run / "scores.parquet").exists():
-            write_table(pl.read_parquet(run / "scores.parquet"), tmp, "scores")
-        write_table(
-            pl.read_parquet(run / "finetune" / "table" / "finetune.parquet"), tmp, "finetune"
-        )
-        write_table(analysis.selections, tmp, "selections")
-        write_table(analysis.regret, tmp, "regret")
-        write_table(analysis.curves, tmp, "curves")
-        write_table(analysis.zero_regret_budget, tmp, "zero_regret_budget")
-        write_table(analysis.quality, tmp, "quality")
-        if analysis.n_boot:
-            write_table(analysis.curves_ci, tmp, "curves_ci")
-            write_table(analysis.regret_diff_ci, tmp, "regret_diff_ci")
+        if scores is not None:
+            write_table(scores, tmp, "scores")
+        write_table(runs, tmp, "finetune")
+        write_analysis_tables(analysis, tmp)
         if progressive.scores.height:
             write_table(progressive.scores, tmp, "progressive_scores")
             write_table(progressive.rungs, tmp, "progressive_rungs")
@@ -682,7 +687,9 @@ def _write_tables(run, study, union, store, specs, analysis, pools, progressive,
 # compute accounting
 
 
-def _compute(run: Path, records: list[StageRecord], finetune_path, scores_path) -> dict:
+def _compute(
+    run: Path, records: list[StageRecord], runs: pl.DataFrame, scores: pl.DataFrame | None
+) -> dict:
     """This invocation's stages, the earlier invocations', and the device-seconds behind the
     results: probe and fine-tune from their tables, embed accumulated over invocations."""
     previous = _read_json(run / "compute.json")
@@ -693,8 +700,8 @@ def _compute(run: Path, records: list[StageRecord], finetune_path, scores_path) 
     embed_now = next(r.device_s for r in records if r.stage == "embed") or 0.0
     study = {
         "embed": embed_before + embed_now,
-        "probe": float(pl.read_parquet(scores_path)["seconds"].sum()) if scores_path else 0.0,
-        "finetune": float(pl.read_parquet(finetune_path)["seconds"].sum()),
+        "probe": float(scores["seconds"].sum()) if scores is not None else 0.0,
+        "finetune": float(runs["seconds"].sum()),
     }
     return {
         "invocation": {

@@ -2,14 +2,13 @@
 
 DATA (an image folder or a Parquet table) becomes a validated task; the pool's models embed it
 into ``WORK/store`` (reused on reruns), the strategy's proxy scores it (``WORK/scores.parquet``;
-the probe experiment is reused too), the strategy ranks the pool through the same code as
-``whichmodel finetune --select`` and the B picks are explained: which slot each fills
-(task-agnostic or task-aware, ``whichmodel.analysis.strategies.pick_slots``) and why. With
-``finetune``
-the
-picks are fine-tuned by the preset's protocol and the winner (best validation accuracy) is
-exported to ``WORK/finetune/winners/<task>/``. ``WORK/report/`` holds the picks table and the
-printed summary, written atomically.
+the probe experiment is reused too), the strategy ranks the pool once, by the function of
+``whichmodel finetune --select`` and halving (``whichmodel.analysis.strategies.rank_models``),
+and the B picks are explained: which slot each fills (task-agnostic or task-aware,
+``whichmodel.analysis.strategies.pick_slots``) and why, with the scores the ranking used. With
+``finetune`` the picks are fine-tuned by the preset's protocol and the winner (best validation
+accuracy) is exported to ``WORK/finetune/winners/<task>/``. ``WORK/report/`` holds the picks
+table and the printed summary, written atomically.
 """
 
 from __future__ import annotations
@@ -29,10 +28,13 @@ from whichmodel.actors.finetune import finetuned_meta
 from whichmodel.actors.proxies import PROXIES
 from whichmodel.analysis.strategies import (
     AGNOSTIC_SLOT,
+    STRATEGIES,
+    Ranking,
     agnostic_key,
-    dense_scores,
     parse_strategy,
     pick_slots,
+    rank_models,
+    task_agnostic_order,
 )
 from whichmodel.core.catalog import Catalogue, load_catalogue
 from whichmodel.core.errors import UserError
@@ -42,7 +44,7 @@ from whichmodel.core.presets import load_preset
 from whichmodel.demo.convert import VARIANTS
 from whichmodel.demo.pool import CONTROLS, EXPERTS, ensure_demo_pool
 from whichmodel.stages.embed import embed, embed_config
-from whichmodel.stages.finetune import run_finetune, select_pairs
+from whichmodel.stages.finetune import run_finetune
 from whichmodel.stages.probe import probe, write_scores
 from whichmodel.stages.progressive import (
     ProgressiveConfig,
@@ -338,17 +340,16 @@ def aware_reason(
 
 def explain(
     meta: pl.DataFrame,
-    strategy: str,
-    ranking: list[str],
+    ranked: Ranking,
     agnostic: list[str],
     budget: int,
     scores: pl.DataFrame | None,
-    task: str,
-    pool: str = "",
 ) -> list[Pick]:
-    """The first ``budget`` models of ``ranking`` as picks, each with its slot and reason; a
-    pick's scores are those it was ranked by (``dense_scores``: NCTI and ETran normalised
-    across the pool)."""
+    """The first ``budget`` models of the ranking of one task as picks, each with its slot and
+    reason; a pick's scores are those it was ranked by (``ranked.scores``: NCTI and ETran
+    normalised across the pool)."""
+    strategy, task = ranked.strategy, ranked.tasks[0]
+    ranking = ranked.of(task)
     models = meta["model"].to_list()
     rows = {m: i for i, m in enumerate(models)}
     agnostic_rows = [rows[m] for m in agnostic]
@@ -356,9 +357,9 @@ def explain(
     table: dict[str, dict[str, float | None]] = {p: {} for p in proxies}
     reasons: dict[tuple[str, str], str | None] = {}
     if scores is not None and proxies:
-        for p, values in dense_scores(scores, models, [task], pool, proxies).items():
+        for p, values in ranked.scores.items():
             row = [None if np.isnan(v) else float(v) for v in values[0]]
-            table[p] = dict(zip(models, row, strict=True))
+            table[p] = dict(zip(ranked.models, row, strict=True))
         for m, p, r in (
             scores.filter(pl.col("task") == task).select("model", "proxy", "reason")
         ).iter_rows():
@@ -366,9 +367,12 @@ def explain(
                 reasons[(m, p)] = r
     slots = pick_slots(strategy, budget)
     aware_from = slots.count(AGNOSTIC_SLOT)  # 1 for a hybrid, 0 for a proxy
+    plugin = strategy in STRATEGIES.plugins()  # ranks by its own rule: only its order is known
     picks = []
     for i, (model, slot) in enumerate(zip(ranking[:budget], slots, strict=True)):
-        if slot == AGNOSTIC_SLOT:
+        if plugin:
+            reason = f"{ordinal(i + 1)} by the plugin strategy {strategy}"
+        elif slot == AGNOSTIC_SLOT:
             reason = agnostic_reason(meta, agnostic_rows, agnostic.index(model))
         else:
             proxy = proxies[0]
@@ -427,12 +431,9 @@ def search(
         else:
             found = _scores(cat, pool, spec, proxies, numbers, work)
         scores, scores_path, embedded, probed = found
-        full = select_pairs(cat, pool, [spec.name], strategy, len(models), scores)
-        agnostic = select_pairs(cat, pool, [spec.name], "task_agnostic", len(models), None)
-        ranking = [m for m, _ in full]
-        picks = explain(
-            meta, strategy, ranking, [m for m, _ in agnostic], budget, scores, spec.name, pool
-        )
+        ranking = rank_models(meta, [spec.name], strategy, scores, pool)  # ranked once
+        agnostic = [models[i] for i in task_agnostic_order(meta)]
+        picks = explain(meta, ranking, agnostic, budget, scores)
         result = SearchResult(
             task=spec.name,
             data=data,

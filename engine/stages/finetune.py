@@ -17,14 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 import ray
 from ray import tune
 
 from whichmodel.actors.finetune import split_pixels
 from whichmodel.actors.finetune_trial import finetune_trial
-from whichmodel.analysis.strategies import PoolData, dense_scores, parse_strategy
+from whichmodel.analysis.strategies import rank_models
 from whichmodel.cluster.connect import ensure_ray
 from whichmodel.core import schema
 from whichmodel.core.catalog import Catalogue
@@ -76,33 +75,12 @@ def select_pairs(
     budget: int,
     scores: pl.DataFrame | None,
 ) -> list[tuple[str, str]]:
-    """The (model, task) pairs a strategy picks with ``budget`` per task, without fine-tuning."""
+    """The (model, task) pairs a strategy picks with ``budget`` per task, without fine-tuning
+    (``whichmodel.analysis.strategies.rank_models``)."""
     meta = catalogue.pool(pool)
     if budget < 1 or budget > meta.height:
         raise UserError(f"budget {budget} is not in 1..{meta.height} (pool {pool})")
-    spec = parse_strategy(strategy, sorted(set(scores["proxy"])) if scores is not None else [])
-    if spec.needs_finetune:
-        raise UserError(
-            f"strategy {strategy!r} needs fine-tune results of every model; choose "
-            "task_agnostic, a proxy or hybrid_<proxy>"
-        )
-    models = meta["model"].to_list()
-    proxy_scores = {}
-    if spec.proxy is not None:
-        proxy_scores = dense_scores(scores, models, tasks, pool, [spec.proxy])
-        if np.isnan(proxy_scores[spec.proxy]).all():
-            raise UserError(f"strategy {strategy!r}: {spec.proxy!r} applies to no model of {pool}")
-    data = PoolData(
-        pool,
-        models,
-        tasks,
-        ["unknown"] * len(tasks),
-        np.zeros((len(tasks), len(models))),
-        meta,
-        proxy_scores,
-    )
-    order = spec.rank(data)
-    return [(models[m], t) for t, row in zip(tasks, order, strict=True) for m in row[:budget]]
+    return rank_models(meta, tasks, strategy, scores, pool).pairs(budget)
 
 
 def _experiment_name(keys: list, settings: dict, lrs, reps) -> str:

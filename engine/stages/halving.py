@@ -71,19 +71,14 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
 from whichmodel.actors.proxies import PROXIES
-from whichmodel.analysis import regret, tables
+from whichmodel.analysis import regret, strategies, tables
 from whichmodel.analysis.strategies import HYBRID_PREFIX, parse_strategy
 from whichmodel.cluster.connect import ensure_ray
 from whichmodel.core import schema
 from whichmodel.core.catalog import Catalogue
 from whichmodel.core.errors import UserError
 from whichmodel.core.outputs import atomic_directory, write_table
-from whichmodel.stages.finetune import (
-    finetune_settings,
-    run_finetune,
-    select_pairs,
-    trial_trainable,
-)
+from whichmodel.stages.finetune import finetune_settings, run_finetune, trial_trainable
 from whichmodel.tasks.loader import TaskSpec
 
 log = logging.getLogger("whichmodel")
@@ -203,7 +198,7 @@ def check_ranking(rank: str, scores: pl.DataFrame | None, tasks: list[str], pool
             f"({', '.join(PROXIES)}) or {HYBRID_PREFIX}<proxy>, with --scores"
         ) from None
     if spec.proxy is None:
-        return  # select_pairs explains why the reference strategies cannot rank
+        return  # strategies.rank_models explains why the reference strategies cannot rank
     proxy = spec.proxy
     if scores is None:
         raise UserError(
@@ -400,9 +395,8 @@ def rank_pool(
     catalogue: Catalogue, pool: str, tasks: list[str], rank: str, scores: pl.DataFrame | None
 ) -> dict[str, list[str]]:
     """Per task, every model of the pool ranked by ``rank``, best first."""
-    size = catalogue.pool(pool).height
-    pairs = select_pairs(catalogue, pool, tasks, rank, size, scores)
-    return {t: [m for m, task in pairs if task == t] for t in tasks}
+    ranking = strategies.rank_models(catalogue.pool(pool), tasks, rank, scores, pool)
+    return {t: ranking.of(t) for t in tasks}
 
 
 def _scheduler(cfg: HalvingConfig, top: list[str], arms: int, steps: int, grace: int):

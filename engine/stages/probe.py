@@ -96,8 +96,11 @@ def probe(
         f"{m}\x1f{t}": ray.put(_load_pair(parts, _num_classes(meta, t, parts)))
         for (m, t), parts in pairs.items()
     }
+    # proxies registered by a decorator in this process go with the trials (installed plugins are
+    # found by each worker through their entry points)
+    plugins = PROXIES.registered_here(proxies)
     trainable = tune.with_resources(
-        tune.with_parameters(probe_trial, embeddings=refs, token=token),
+        tune.with_parameters(probe_trial, embeddings=refs, token=token, plugins=plugins),
         trial_resources(preset_resources(preset), cluster_nodes(), "probe"),
     )
     results = _tuner(trainable, path, pairs, proxies, options).fit()
