@@ -20,7 +20,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from threadpoolctl import threadpool_limits
 
 from whichmodel.actors import proxies as P
-from whichmodel.actors.proxies import PROXIES, ProxyInput, ProxyResult, run_proxy
+from whichmodel.actors.proxies import PROXIES, ProxyInput, ProxyResult, discriminant, run_proxy
 
 # ---------------------------------------------------------------------------------------------
 # data
@@ -986,7 +986,7 @@ def test_sfda_falls_back_to_the_eigenbasis_when_cholesky_refuses(monkeypatch):
     def refuse(*args, **kwargs):
         raise np.linalg.LinAlgError("not positive definite")
 
-    monkeypatch.setattr(P, "cho_factor", refuse)
+    monkeypatch.setattr(discriminant, "cho_factor", refuse)
     got = run_proxy("sfda", ProxyInput(x, y, x[:4], y[:4], 4)).score
     assert got == pytest.approx(ref_sfda(x, y), rel=1e-5)
 

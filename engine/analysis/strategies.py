@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 from scipy.stats import rankdata
 
+from whichmodel.actors.proxies import PROXIES, pool_scores
 from whichmodel.core.errors import UserError
 from whichmodel.core.registry import STRATEGY_PREFIXES, Registry
 
@@ -414,11 +415,6 @@ def _pool_combined(
 ) -> np.ndarray:
     """``values`` (tasks × models) with each task's row through ``pool_scores`` of ``proxy``,
     the terms read from ``sub``'s ``runs`` JSON."""
-    # Here, not at the top: whichmodel.actors.proxies loads torch, which `whichmodel analyze` of a
-    # table
-    # without runs never needs (docs/design.md §6: analyze starts without Ray and torch).
-    from whichmodel.actors.proxies import PROXIES, pool_scores
-
     spec = PROXIES.get(proxy)
     if spec is None or spec.pool_combine is None:
         return values
