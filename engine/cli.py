@@ -283,7 +283,8 @@ def cmd_search(args: argparse.Namespace) -> None:
     progressive = None
     if args.eta is not None or args.fractions is not None:
         fractions = DEFAULT_FRACTIONS if args.fractions is None else parse_fractions(args.fractions)
-        progressive = ProgressiveConfig(fractions, 2 if args.eta is None else args.eta)
+        eta = ProgressiveConfig.eta if args.eta is None else args.eta  # the documented default
+        progressive = ProgressiveConfig(fractions, eta)
     result = search(
         args.data,
         catalogue=args.catalog,
