@@ -74,6 +74,26 @@ def write_marker(directory: Path) -> None:
     (directory / MARKER).write_text(json.dumps({"command": command, "written": stamp}) + "\n")
 
 
+def current_umask() -> int:
+    """The process's umask (read from /proc where Linux has it, so no thread sees it changed)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def as_created(path: str | Path, directory: bool = False) -> None:
+    """Give ``path`` the mode an ordinary ``open``/``mkdir`` would (0666/0777 less the umask):
+    ``mkstemp`` and ``mkdtemp`` make 0600/0700, which a file renamed into place would keep."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
+
+
 # renameat2(2) flag: exchange the two paths atomically (Linux >= 3.15, glibc >= 2.28)
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
@@ -166,6 +186,7 @@ def atomic_directory(target: str | Path, force: bool = False) -> Iterator[Path]:
     check_replaceable(target, force)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
+        as_created(tmp, directory=True)
         yield tmp
         write_marker(tmp)
     except BaseException:
@@ -186,6 +207,7 @@ def atomic_file(path: str | Path, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        as_created(tmp)
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
