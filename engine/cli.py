@@ -18,6 +18,7 @@ from whichmodel.core.budgets import parse_budgets
 from whichmodel.core.catalog import load_catalogue
 from whichmodel.core.errors import UserError
 from whichmodel.core.outputs import atomic_directory, check_replaceable, replacing, write_table
+from whichmodel.core.rundirs import check_run_directory, check_writable, owned_run_directory
 
 log = logging.getLogger("whichmodel")
 
@@ -65,9 +66,7 @@ def check_directory(target: str | Path | None, flag: str) -> None:
                 f"{flag} {text}: unknown URI scheme {scheme!r} (use {', '.join(URI_SCHEMES)})"
             )
         return
-    path = Path(text).expanduser()
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{flag} {text}: exists and is not a directory")
+    check_writable(text, flag)  # not a file, not below one, writable: before any work
 
 
 def parse_pairs(items: Sequence[str]) -> list[tuple[str, str]]:
@@ -161,6 +160,9 @@ def cmd_probe(args: argparse.Namespace) -> None:
 
     if args.out.suffix not in (".parquet", ".csv"):
         raise UserError(f"--out {args.out}: the scores table must end in .parquet or .csv")
+    if args.out.is_dir():
+        raise UserError(f"--out {args.out}: is a directory, not a scores table file")
+    check_writable(args.out.absolute().parent, f"--out {args.out}: its folder")
     preset = load_preset(args.preset)
     proxies = [p.strip() for p in args.proxies.split(",") if p.strip()]
     if not proxies:
@@ -188,7 +190,6 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     """Fine-tune by the preset's protocol on Ray Tune: every pool model, a strategy's picks, or
     successive halving over a ranking's top K."""
     from whichmodel.core.presets import load_preset
-    from whichmodel.stages.finetune import run_finetune, select_pairs
     from whichmodel.tasks.loader import load_tasks
 
     check_directory(args.out, "--out")
@@ -197,6 +198,15 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     specs = load_tasks(args.tasks)
     preset = load_preset(args.preset)
     check_replaceable(Path(args.out) / ("halving" if args.halving else "table"))
+    check_run_directory(args.out)
+    with owned_run_directory(args.out):
+        _finetune_checked(args, catalogue, specs, preset)
+
+
+def _finetune_checked(args: argparse.Namespace, catalogue, specs: list, preset: dict) -> None:
+    """``cmd_finetune`` once its inputs and ``--out`` are checked (``--out`` held)."""
+    from whichmodel.stages.finetune import run_finetune, select_pairs
+
     halving_only = ("top_k", "total_steps", "rank", "eta", "grace", "oracle", "halving_mode")
     given = [f"--{k.replace('_', '-')}" for k in halving_only if getattr(args, k) is not None]
     if args.halving:

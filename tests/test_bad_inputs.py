@@ -340,6 +340,76 @@ CASES: dict[str, Case] = {
     # any subcommand
     "unknown option": ([*ANALYZE_OUT, "--frobnicate"], {}, "unrecognized arguments: --frobnicate"),
 }
+
+# issue 21: a user's own folder as --out (the marker rule on the whole --out), and output paths
+# that cannot be written (below a file, a file), refused before any work, nothing written
+USERS = {"scores.parquet": "the user's own table", "notes.txt": "the user's notes"}
+NOT_OURS = "not empty and not a previous whichmodel output (no .whichmodel-output)"
+BELOW = "cannot be created below {in}/not_a_dir, which is a file"
+OUTPUT_CASES: dict[str, Case] = {
+    "search --out a user's folder": (
+        [*SEARCH[:-1], "{case}", "--budget", "1"],
+        USERS,
+        f"--out {{case}}: {NOT_OURS}; pass --force",
+    ),
+    "search --out with the default (demo) pool, a user's folder": (
+        ["search", "{in}/imgs", "--out", "{case}", "--budget", "1"],
+        USERS,
+        f"--out {{case}}: {NOT_OURS}",
+    ),
+    "finetune --out a user's folder": ([*FT, "--out", "{case}", "--all"], USERS, NOT_OURS),
+    "benchmark --out a user's folder": (
+        ["benchmark", "--config", "{case}/run.toml", "--out", "{case}"],
+        {"run.toml": run_config(), **USERS},
+        f"run directory {{case}}: {NOT_OURS}",
+    ),
+    "benchmark [run] out a user's folder": (
+        ["benchmark", "--config", "{case}/run.toml"],
+        {"run.toml": run_config(out="."), **USERS},
+        f"run directory {{case}}: {NOT_OURS}",
+    ),
+    "demo --out a user's folder": (
+        ["demo", "--out", "{case}"],
+        USERS,
+        f"--out {{case}}: {NOT_OURS}",
+    ),
+    "search --out below a file": ([*SEARCH[:-1], "{in}/not_a_dir/w", "--budget", "1"], {}, BELOW),
+    "analyze --out below a file": ([*ANALYZE, "--out", "{in}/not_a_dir/x"], {}, BELOW),
+    "finetune --out below a file": ([*FT, "--out", "{in}/not_a_dir/x", "--all"], {}, BELOW),
+    "benchmark --out below a file": (
+        ["benchmark", "--config", "{case}/run.toml", "--out", "{in}/not_a_dir/x"],
+        {"run.toml": run_config()},
+        BELOW,
+    ),
+    "benchmark [run] store below a file": (
+        BENCH,
+        {"run.toml": run_config(store="afile/store"), "afile": "a file"},
+        "store {case}/afile/store: cannot be created below {case}/afile, which is a file",
+    ),
+    "demo --out below a file": (["demo", "--out", "{in}/not_a_dir/x"], {}, BELOW),
+    "demo --cache below a file": (
+        ["demo", "--out", "{out}", "--cache", "{in}/not_a_dir/c"],
+        {},
+        BELOW,
+    ),
+    "embed --store below a file": ([*EMBED, "--store", "{in}/not_a_dir/s"], {}, BELOW),
+    "probe --out below a file": (
+        [*PROBE, "--out", "{in}/not_a_dir/s.parquet"],
+        {},
+        "--out {in}/not_a_dir/s.parquet: its folder {in}/not_a_dir: exists and is not a dir",
+    ),
+    "probe --out is a folder": (
+        [*PROBE, "--out", "{case}/t.parquet"],
+        {"t.parquet/x": "a folder named like a table"},
+        "--out {case}/t.parquet: is a directory, not a scores table file",
+    ),
+    "search --out is a file": (
+        [*SEARCH[:-1], "{in}/not_a_dir", "--budget", "1"],
+        {},
+        "--out {in}/not_a_dir: exists and is not a directory",
+    ),
+}
+CASES |= OUTPUT_CASES
 for _section, _field, _value, _needle in PRESET_CASES:
     CASES[f"preset {_section}.{_field} = {_value!r}"] = (
         [*FT_OUT, "--all", "--preset", "{case}/mine.toml"],
@@ -362,6 +432,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
     case_dir = tmp_path / "case"
     case_dir.mkdir()
     for name, text in files.items():
+        (case_dir / name).parent.mkdir(parents=True, exist_ok=True)
         (case_dir / name).write_text(text)
     # run configs name the shared catalogue and tasks relative to themselves
     for name in ("catalog.toml", "tasks.toml"):

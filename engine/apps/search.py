@@ -39,6 +39,7 @@ from whichmodel.core.errors import UserError
 from whichmodel.core.names import MAX_NAME_BYTES, check_name
 from whichmodel.core.outputs import atomic_directory, check_replaceable, write_table
 from whichmodel.core.presets import load_preset
+from whichmodel.core.rundirs import check_run_directory, owned_run_directory
 from whichmodel.demo.convert import VARIANTS
 from whichmodel.demo.pool import CONTROLS, EXPERTS, ensure_demo_pool
 from whichmodel.stages.embed import embed, embed_config
@@ -413,14 +414,14 @@ def search(
     proxies = strategy_proxies(strategy)
     base, progressive = _progressive_config(strategy, progressive)
     numbers = load_preset(preset)
+    work = (Path(work_dir) if work_dir else DEFAULT_WORK_ROOT / task_name(data)).resolve()
+    _check_owned(work, task_name(data), finetune)
     spec, task = _search_task(data, skip_unreadable)
     check_budget(catalogue, pool, budget)
     cat, pool = resolve_catalogue(catalogue, pool)
     meta = cat.pool(pool)
-    work = (Path(work_dir) if work_dir else DEFAULT_WORK_ROOT / spec.name).resolve()
-    _check_owned(work, spec.name, finetune)
     models = meta["model"].to_list()
-    with _quiet_repeats():
+    with owned_run_directory(work), _quiet_repeats():
         if base is not None:
             keep = replace(progressive, keep_at_least=max(progressive.keep_at_least, budget))
             found = _progressive_scores(cat, pool, spec, base, proxies[0], numbers, work, keep)
@@ -454,13 +455,15 @@ def search(
         )
         if finetune:
             result = _finetune(result, cat, spec, numbers)
-    _write_report(result, work / "report")
+        _write_report(result, work / "report")
     return result
 
 
 def _check_owned(work: Path, task: str, finetune: bool) -> None:
-    """Refuse, before any work, a user's folder where the search writes its report (and, with
-    ``finetune``, its fine-tune table and winner)."""
+    """Refuse, before any work, a work directory that cannot be written, is a user's folder
+    or is being written by another command, and a user's folder where the search writes its
+    report (and, with ``finetune``, its fine-tune table and winner)."""
+    check_run_directory(work, "--out")
     owned = [work / "report"]
     if finetune:
         owned += [work / "finetune" / "table", work / "finetune" / "winners" / task]

@@ -49,6 +49,11 @@ def replacing(command: str, force: bool = False) -> Iterator[None]:
         _FORCE.reset(tokens[1])
 
 
+def forced() -> bool:
+    """Whether ``--force`` is in effect (``replacing(..., force=True)``)."""
+    return _FORCE.get()
+
+
 def check_replaceable(target: str | Path, force: bool = False) -> None:
     """Raise ``UserError`` when ``target`` holds something that is not a previous whichmodel
     output (a file, or a non-empty directory without the ``.whichmodel-output`` marker), unless
