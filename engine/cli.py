@@ -17,7 +17,14 @@ from whichmodel.cluster.connect import connection_options
 from whichmodel.core.budgets import parse_budgets
 from whichmodel.core.catalog import load_catalogue
 from whichmodel.core.errors import UserError
-from whichmodel.core.outputs import atomic_directory, check_replaceable, replacing, write_table
+from whichmodel.core.outputs import (
+    atomic_directory,
+    check_replaceable,
+    disk_full_message,
+    is_disk_full,
+    replacing,
+    write_table,
+)
 from whichmodel.core.rundirs import check_run_directory, check_writable, owned_run_directory
 
 log = logging.getLogger("whichmodel")
@@ -594,6 +601,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"whichmodel: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a full disk, from any writer: one line, exit 1
+        if not is_disk_full(exc):
+            raise
+        print(f"whichmodel: error: {disk_full_message(exc)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -2,8 +2,12 @@
 ``.whichmodel-output`` rule on a command's whole ``--out``, output paths checked before any work,
 a full disk, one writer per run directory, and files that get the user's umask."""
 
+import json
 import os
+import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +15,10 @@ import polars as pl
 import pytest
 
 from whichmodel import cli
+from whichmodel.core import outputs
+from whichmodel.core.errors import UserError
+from whichmodel.core.outputs import MARKER
+from whichmodel.core.rundirs import check_run_directory, owned_run_directory
 from whichmodel.stages.probe import write_scores
 from whichmodel.stages.progressive import ProgressiveConfig
 from whichmodel.stages.store import Partition, write_metadata, write_partition
@@ -81,3 +89,87 @@ def test_written_files_and_folders_get_the_users_umask(tmp_path, mask, file_mode
     assert any(k.startswith("store/embeddings") for k in files) and "s.parquet" in files
     assert set(files.values()) == {file_mode}, files
     assert set(dirs.values()) == {dir_mode}, dirs
+
+
+# ------------------------------------------------- the whole --out is a run directory (21.1)
+
+
+def test_a_run_directory_is_marked_and_a_users_folder_needs_force(tmp_path):
+    mine = tmp_path / "mydir"
+    mine.mkdir()
+    (mine / "scores.parquet").write_text("the user's own table")
+    (mine / "notes.txt").write_text("notes")
+    with pytest.raises(UserError, match=r"mydir: not empty and not a previous whichmodel"):
+        check_run_directory(mine)
+    check_run_directory(mine, force=True)  # --force: the user says so
+    with outputs.replacing("whichmodel t", force=True):
+        check_run_directory(mine)
+    run = tmp_path / "run"
+    with owned_run_directory(run):
+        (run / "scores.parquet").write_text("ours")
+    assert json.loads((run / MARKER).read_text())["command"]
+    check_run_directory(run)  # a previous output: no --force needed
+    legacy = tmp_path / "legacy"  # an earlier version marked only the report folder
+    (legacy / "report").mkdir(parents=True)
+    (legacy / "report" / MARKER).write_text("{}")
+    (legacy / "scores.parquet").write_text("ours")
+    check_run_directory(legacy)
+
+
+def test_a_refusal_inside_a_new_run_directory_leaves_nothing(tmp_path):
+    with pytest.raises(UserError, match="bad input"), owned_run_directory(tmp_path / "a" / "b"):
+        raise UserError("bad input")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------ one writer per run directory (21.7)
+
+HOLD = """
+import sys, time
+from whichmodel.core.rundirs import owned_run_directory
+with owned_run_directory(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def _whichmodel(*argv: str) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("whichmodel")
+    return subprocess.run([str(exe), *argv], capture_output=True, text=True, timeout=120)
+
+
+def test_a_second_command_into_a_held_run_directory_is_refused_naming_the_holder(tmp_path):
+    """Two real processes: one holds ``--out`` (as a running search does), a real
+    ``whichmodel search`` into it is refused before any work with one line naming the holder's
+    pid and host; once the holder is killed (SIGKILL: no clean-up), its lock blocks no one."""
+    run = tmp_path / "work"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        catalog = str(ROOT / "pools/vtab.toml")
+        argv = ["search", str(tmp_path / "imgs"), "--catalog", catalog, "--budget", "1"]
+        second = _whichmodel(*argv, "--out", str(run))
+        assert second.returncode == 2, second.stderr
+        err = second.stderr.strip()
+        assert len(err.splitlines()) == 1, err
+        assert f"--out {run}: another whichmodel command is writing this run directory" in err
+        assert f"pid {holder.pid} on {socket.gethostname()}" in err
+        in_process = pytest.raises(UserError, match=f"pid {holder.pid}")  # this process too
+        with in_process, owned_run_directory(run):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    # the lock file still names the dead holder; it blocks nothing: the next error is the data's
+    third = _whichmodel(*argv, "--out", str(run))
+    assert third.returncode == 2 and "imgs: no such image folder" in third.stderr, third.stderr
+    with owned_run_directory(run):
+        assert f"pid {os.getpid()}" in holder_text(run)
+
+
+def holder_text(run: Path) -> str:
+    from whichmodel.core.rundirs import holder
+
+    return holder(run)
