@@ -2,12 +2,15 @@
 ``.whichmodel-output`` rule on a command's whole ``--out``, output paths checked before any work,
 a full disk, one writer per run directory, and files that get the user's umask."""
 
+import contextlib
 import json
 import os
+import shutil
 import socket
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -173,3 +176,114 @@ def holder_text(run: Path) -> str:
     from whichmodel.core.rundirs import holder
 
     return holder(run)
+
+
+# ------------------------------------------ real read-only and full filesystems (21.4, tmpfs)
+
+
+@contextlib.contextmanager
+def _tmpfs(where: Path, options: str) -> Iterator[Path]:
+    """A real tmpfs at ``where`` (root in a sandbox that allows mounts; skipped elsewhere)."""
+    where.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip() or 'not root'})")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("inputs")
+    (root / "tasks.toml").write_text('[[tasks]]\nname = "digits"\nsource = "builtin"\n')
+    cat = ROOT / "pools/vtab.toml"
+    run = f'[run]\ncatalog = "{cat}"\ntasks = "tasks.toml"\npools = ["ResNet-50"]\n'
+    (root / "run.toml").write_text(run)
+    (root / "imgs").mkdir()
+    return root
+
+
+READ_ONLY = {
+    "analyze": ["analyze", *VTAB, "--out", "{ro}/an"],
+    "search": ["search", "{in}/imgs", "--catalog", str(ROOT / "pools/vtab.toml")]
+    + ["--budget", "1", "--out", "{ro}/w"],
+    "finetune": ["finetune", "--catalog", str(ROOT / "pools/vtab.toml"), "--pool", "All"]
+    + ["--tasks", "{in}/tasks.toml", "--all", "--out", "{ro}/ft"],
+    "benchmark": ["benchmark", "--config", "{in}/run.toml", "--out", "{ro}/run"],
+    "demo --out": ["demo", "--out", "{ro}/demo"],
+    "demo --cache": ["demo", "--out", "{tmp}/demo", "--cache", "{ro}/cache"],
+    "embed --store": ["embed", "--catalog", str(ROOT / "pools/vtab.toml"), "--pool", "All"]
+    + ["--tasks", "{in}/tasks.toml", "--store", "{ro}/store"],
+    "probe --out": ["probe", "--store", "{in}/none", "--out", "{ro}/scores.parquet"],
+}
+
+
+def test_read_only_outputs_are_refused_before_any_work(tmp_path, inputs, capsys, monkeypatch):
+    """Every command's output on a read-only filesystem (read-only for root too): one line
+    naming the path and why, exit 2, before any work — not an EROFS traceback 21 s in."""
+    monkeypatch.setenv("WHICHMODEL_CACHE", str(tmp_path / "cache"))
+    with _tmpfs(tmp_path / "ro", "ro,size=64k") as ro:
+        for name, argv in READ_ONLY.items():
+            fill = {"ro": ro, "in": inputs, "tmp": tmp_path}
+            rc = cli.main([a.format(**fill) for a in argv])
+            err = capsys.readouterr().err
+            assert rc == 2, (name, err)
+            assert err.count("\n") == 1 and "(read-only filesystem)" in err, (name, err)
+            assert f"{ro}/" in err and "cannot write" in err, (name, err)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["ro"]  # no cache, no output
+
+
+def _fill(fs: Path, leave: int) -> None:
+    """Fill ``fs`` until about ``leave`` bytes are free."""
+    free = shutil.disk_usage(fs).free
+    (fs / "filler").write_bytes(b"\0" * max(free - leave, 0))
+
+
+def _listing(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_a_full_disk_is_one_line_exit_1_and_the_previous_output_stays(tmp_path, capsys):
+    """ENOSPC on a real (tiny) filesystem: ``analyze`` into a folder holding a previous output.
+    One line naming the file it was writing, exit 1; the previous output unchanged and no
+    temporary left."""
+    with _tmpfs(tmp_path / "fs", "size=1m") as fs:
+        out = fs / "an"
+        assert cli.main(["analyze", *VTAB, "--out", str(out), "--budgets", "1"]) == 0
+        capsys.readouterr()
+        before = _listing(out)
+        _fill(fs, 16 * 1024)
+        rc = cli.main(["analyze", *VTAB, "--out", str(out), "--budgets", "1-2"])
+        err = capsys.readouterr().err
+        assert rc == 1, err
+        assert err.startswith("whichmodel: error: no space left on device writing ") and (
+            err.count("\n") == 1
+        ), err
+        assert f"writing {out}/" in err and "free there" in err, err
+        assert _listing(out) == before
+        assert sorted(p.name for p in fs.iterdir()) == ["an", "filler"]
+
+
+def test_a_full_disk_in_each_writer_names_the_file_and_leaves_nothing(tmp_path):
+    """pyarrow (a store partition), polars (the scores table) and plain text (metadata.json)
+    on a full tmpfs: a NoSpaceError naming the target file, and no temporary left."""
+    with _tmpfs(tmp_path / "fs", "size=256k") as fs:
+        (fs / "store").mkdir()
+        _fill(fs, 4096)
+        part = Partition(fs / "store", "m", "t", "train", "k")
+        big = np.ones((2000, 64), np.float32)
+        with pytest.raises(outputs.NoSpaceError) as caught:
+            write_partition(part, np.arange(2000), np.zeros(2000), big)
+        assert caught.value.filename == str(part.path) and caught.value.errno == 28
+        scores = pl.DataFrame({"model": ["m"] * 5000, "score": np.arange(5000.0)})
+        with pytest.raises(outputs.NoSpaceError, match=f"writing {fs}/s.parquet"):
+            write_scores(scores, fs / "s.parquet")
+        meta = {"models": {}, "tasks": {"t": {"classes": ["x" * 64] * 400}}, "runs": []}
+        with pytest.raises(outputs.NoSpaceError, match="metadata.json"):
+            write_metadata(fs / "store", meta)
+        left = [p.name for p in fs.rglob("*") if p.is_file()]
+        assert left == ["filler"], left
