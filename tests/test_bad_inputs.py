@@ -5,6 +5,7 @@ The inputs are real files (PNG images, TOML catalogue/tasks/presets/run configs,
 tables); every case here fails before Ray starts or any model is built.
 """
 
+import io
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -102,7 +103,31 @@ def inputs(tmp_path_factory) -> Path:
         schema={"model": pl.String, "task": pl.String, "proxy": pl.String},
     ).with_columns(score=pl.lit(0.5)).write_parquet(root / "scores_other_tasks.parquet")
     (root / "not_a_dir").write_text("a file")
+    write_corrupt_parquet(root / "corrupt.parquet")
+    (root / "ptasks.toml").write_text(
+        '[[tasks]]\nname = "table"\nsource = "parquet"\npath = "corrupt.parquet"\n'
+    )
     return root
+
+
+def write_corrupt_parquet(path: Path) -> None:
+    """A Parquet task (3 classes x 4 images, every split) whose rows 2 and 4 hold bytes that
+    are not a decodable image: a truncated PNG and text."""
+    rng = np.random.default_rng(1)
+    images = []
+    for _ in range(12):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(buf, "PNG")
+        images.append(buf.getvalue())
+    images[2] = images[2][: len(images[2]) // 2]
+    images[4] = b"not an image at all"
+    pl.DataFrame(
+        {
+            "image": images,
+            "label": ["a", "b", "c"] * 4,
+            "split": ["train"] * 6 + ["val"] * 3 + ["test"] * 3,
+        }
+    ).write_parquet(path)
 
 
 # (argv with {in} = the inputs folder, {out} = this case's output path; files to write into the
@@ -410,6 +435,21 @@ OUTPUT_CASES: dict[str, Case] = {
     ),
 }
 CASES |= OUTPUT_CASES
+# issue 21.5: a Parquet table's image bytes are all checked before any work, like a folder's
+ROWS = "2 unreadable image row(s) in {in}/corrupt.parquet: row 2 ("
+CASES |= {
+    "search a Parquet table with corrupt images": (
+        ["search", "{in}/corrupt.parquet", "--catalog", "{in}/catalog.toml", "--out", "{out}"]
+        + ["--budget", "1"],
+        {},
+        ROWS,
+    ),
+    "embed a Parquet task with corrupt images": (
+        [*EMBED[:6], "{in}/ptasks.toml", "--store", "{out}"],
+        {},
+        "), row 4 (not a known image format); pass --skip-unreadable (skip_unreadable = true",
+    ),
+}
 for _section, _field, _value, _needle in PRESET_CASES:
     CASES[f"preset {_section}.{_field} = {_value!r}"] = (
         [*FT_OUT, "--all", "--preset", "{case}/mine.toml"],

@@ -287,3 +287,43 @@ def test_a_full_disk_in_each_writer_names_the_file_and_leaves_nothing(tmp_path):
             write_metadata(fs / "store", meta)
         left = [p.name for p in fs.rglob("*") if p.is_file()]
         assert left == ["filler"], left
+
+
+# ------------------------------------------------ Parquet images checked up front (21.5)
+
+
+def test_skip_unreadable_leaves_out_a_parquet_tables_bad_rows(tmp_path, caplog):
+    """``search --skip-unreadable`` on a table (it was accepted and ignored for Parquet): the
+    bad rows are left out, counted and named; the rest keep their row numbers as ``index``."""
+    from test_bad_inputs import write_corrupt_parquet
+
+    from whichmodel.apps.search import _search_task
+
+    path = tmp_path / "corrupt.parquet"
+    write_corrupt_parquet(path)
+    with pytest.raises(UserError, match=r"row 2 \(.*\), row 4 \(not a known image format\)"):
+        _search_task(path, skip_unreadable=False)
+    _, task = _search_task(path, skip_unreadable=True)
+    assert task.unreadable == ("row 2", "row 4")
+    assert task.table["index"].to_pylist() == [i for i in range(12) if i not in (2, 4)]
+    assert task.split_counts() == {"train": 4, "val": 3, "test": 3}
+    assert "skipped 2 unreadable image row(s)" in caplog.text
+
+
+def test_a_hugging_face_table_names_bad_rows_by_their_path(tmp_path):
+    from test_bad_inputs import write_corrupt_parquet
+
+    from whichmodel.tasks.loader import TaskSpec, load_task
+
+    flat = tmp_path / "flat.parquet"
+    write_corrupt_parquet(flat)
+    table = pl.read_parquet(flat)
+    files = [f"img{i}.png" for i in range(table.height)]
+    hf = table.with_columns(image=pl.struct(pl.col("image").alias("bytes"), path=pl.Series(files)))
+    hf.write_parquet(tmp_path / "hf.parquet")
+    spec = TaskSpec("hf", "unknown", "parquet", {"path": "hf.parquet"}, tmp_path)
+    with pytest.raises(UserError, match=r"2 unreadable image row\(s\).*row 2 \(img2.png\) \("):
+        load_task(spec)
+    options = {"path": "hf.parquet", "skip_unreadable": True}
+    task = load_task(TaskSpec("hf", "unknown", "parquet", options, tmp_path))
+    assert task.unreadable == ("row 2 (img2.png)", "row 4 (img4.png)")
