@@ -157,18 +157,17 @@ def task_spec(data: Path, skip_unreadable: bool = False, unreadable: int = 0) ->
         raise UserError(f"{data}: no such image folder or Parquet file")
     root = data.resolve()
     name = task_name(root)
+    skip = {"skip_unreadable": True} if skip_unreadable else {}
     if root.is_file():
         if root.suffix.lower() not in (".parquet", ".pq"):
             raise UserError(f"{data}: not an image folder or a .parquet file")
-        return TaskSpec(name, "unknown", "parquet", {"path": str(root)}, root.parent)
-    options: dict[str, Any] = {"root": str(root)}
-    if skip_unreadable:
-        options["skip_unreadable"] = True
+        return TaskSpec(name, "unknown", "parquet", {"path": str(root), **skip}, root.parent)
+    options: dict[str, Any] = {"root": str(root), **skip}
     splits = {p.name for p in root.iterdir() if p.is_dir()} & set(SPLIT_ALIASES)
     if not splits:
         n = count_class_images(root) - unreadable
         if n == 0 and any(root.glob("*.parquet")):  # a folder of Parquet files: one table
-            return TaskSpec(name, "unknown", "parquet", {"path": str(root)}, root.parent)
+            return TaskSpec(name, "unknown", "parquet", {"path": str(root), **skip}, root.parent)
         if n == 0:
             kinds = ", ".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))
             raise UserError(
@@ -187,7 +186,8 @@ def load_search_task(data: Path, spec: TaskSpec) -> TaskData:
         task = SOURCES[spec.source](spec)
     except UnreadableImages as exc:
         hint = "pass --skip-unreadable to leave them out"
-        raise UserError(unreadable_message(str(data), exc.root, exc.bad, hint)) from None
+        message = unreadable_message(str(data), exc.root, exc.bad, hint, exc.kind)
+        raise UserError(message) from None
     except UserError as exc:
         raise UserError(_naming(data, str(exc))) from None
     if len(task.classes) < 2:

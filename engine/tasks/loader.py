@@ -90,7 +90,7 @@ _OPTION_TYPES: dict[str, tuple[type, int | None]] = {
 _COMMON_OPTIONS = ("seed", "max_test")
 SOURCE_OPTIONS: dict[str, tuple[str, ...]] = {
     "folder": ("root", "train", "val", "skip_unreadable"),
-    "parquet": ("path", "image_column", "label_column", "split_column"),
+    "parquet": ("path", "image_column", "label_column", "split_column", "skip_unreadable"),
     "builtin": ("builtin", "train", "val"),
 }
 _REQUIRED_OPTIONS = {"folder": "root", "parquet": "path"}
@@ -481,33 +481,58 @@ MAX_LISTED = 20  # unreadable files named in one message; the rest are counted
 
 
 class UnreadableImages(UserError):
-    """Image files of a task that cannot be decoded: every one of them, with the reason."""
+    """Images of a task that cannot be decoded: every one of them, with the reason. ``bad``
+    holds files (folder source) or row names (``row 7``, Parquet source)."""
 
-    def __init__(self, task: str, root: Path, bad: list[tuple[Path, str]], hint: str) -> None:
-        self.task, self.root, self.bad = task, root, bad
-        super().__init__(unreadable_message(f"task {task!r}", root, bad, hint))
+    def __init__(
+        self,
+        task: str,
+        root: Path,
+        bad: list[tuple[Path | str, str]],
+        hint: str,
+        kind: str = "image file(s)",
+    ) -> None:
+        self.task, self.root, self.bad, self.kind = task, root, bad, kind
+        super().__init__(unreadable_message(f"task {task!r}", root, bad, hint, kind))
 
 
-def unreadable_message(where: str, root: Path, bad: list[tuple[Path, str]], hint: str) -> str:
-    """One line naming up to ``MAX_LISTED`` unreadable files (relative to ``root``) and why."""
+def unreadable_message(
+    where: str,
+    root: Path,
+    bad: list[tuple[Path | str, str]],
+    hint: str,
+    kind: str = "image file(s)",
+) -> str:
+    """One line naming up to ``MAX_LISTED`` unreadable files (relative to ``root``) or rows,
+    and why."""
 
-    def name(path: Path) -> str:
-        return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+    def name(path: Path | str) -> str:
+        if isinstance(path, Path) and path.is_relative_to(root):
+            return str(path.relative_to(root))
+        return str(path)
 
     listed = ", ".join(f"{name(p)} ({why})" for p, why in bad[:MAX_LISTED])
     more = f" and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
-    return f"{where}: {len(bad)} unreadable image file(s) in {root}: {listed}{more}; {hint}"
+    return f"{where}: {len(bad)} unreadable {kind} in {root}: {listed}{more}; {hint}"
 
 
 @lru_cache(maxsize=1 << 17)
 def _problem(path: str, version: tuple[int, ...]) -> str | None:
     """Why the file cannot be decoded; ``version`` (size, inode, mtime, ctime) makes a changed
     file be checked again."""
-    size = version[0]
-    if size == 0:
-        return "empty, zero-byte"
+    return _decode_problem(path) if version[0] else "empty, zero-byte"
+
+
+def bytes_problem(data: bytes | None) -> str | None:
+    """None when encoded image bytes decode (as ``image_problem`` checks a file), else why not."""
+    if not data:
+        return "no image bytes" if data is None else "empty, zero-byte"
+    return _decode_problem(io.BytesIO(data))
+
+
+def _decode_problem(source: str | io.BytesIO) -> str | None:
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             if img.format == "JPEG":
                 img.draft(img.mode, (1, 1))  # decode at 1/8 scale: still reads every byte
             img.load()
@@ -593,10 +618,62 @@ def _parquet_source(spec: TaskSpec) -> TaskData:
     images = _parquet_images(where, table.column(cols[0]))
     classes, labels = _parquet_labels(where, table.column(cols[1]), dataset.schema, cols[1])
     codes = _parquet_splits(where, table.column(cols[2]))
-    keep = cap_test(labels, codes, spec.options.get("max_test"), _seed(spec))
+    readable, unreadable = _parquet_readable(spec, path, table.column(cols[0]), images)
+    keep = cap_test(labels, codes, spec.options.get("max_test"), _seed(spec)) & readable
     index = np.flatnonzero(keep)
     out = _table(index, labels[keep], codes[keep], image=images.filter(pa.array(keep)))
-    return TaskData(spec.name, classes, out)
+    return TaskData(spec.name, classes, out, unreadable=unreadable)
+
+
+_CHECKED_TABLES: dict[tuple, list[tuple[int, str]]] = {}  # (table, version) -> bad rows
+
+
+def _table_version(path: Path) -> tuple:
+    files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
+    return tuple((str(f), *_stat_version(f)) for f in files)
+
+
+def _stat_version(path: Path) -> tuple[int, ...]:
+    st = os.stat(path)
+    return st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _parquet_readable(
+    spec: TaskSpec, path: Path, raw: pa.ChunkedArray, images: pa.ChunkedArray
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Decode every row's image bytes up front (threads; cached per table version): all bad
+    rows named in one ``UnreadableImages`` (by row and, for the Hugging Face struct, its
+    ``path``), or with ``skip_unreadable`` left out: (rows to keep, names of those left out)."""
+    key = (str(path.resolve()), _table_version(path), str(raw.type), len(images))
+    bad = _CHECKED_TABLES.get(key)
+    if bad is None:
+        values = images.to_pylist()
+        workers = min(8, os.cpu_count() or 1, max(len(values), 1))
+        with ThreadPoolExecutor(workers) as pool:
+            reasons = list(pool.map(bytes_problem, values, chunksize=64))
+        bad = [(i, r) for i, r in enumerate(reasons) if r is not None]
+        _CHECKED_TABLES[key] = bad
+    keep = np.ones(len(images), bool)
+    if not bad:
+        return keep, ()
+    paths = None
+    if pa.types.is_struct(raw.type) and raw.type.get_field_index("path") >= 0:
+        paths = pc.struct_field(raw, "path").to_pylist()
+    names = [f"row {i}" + (f" ({paths[i]})" if paths and paths[i] else "") for i, _ in bad]
+    if not spec.options.get("skip_unreadable", False):
+        hint = "pass --skip-unreadable (skip_unreadable = true in a tasks file) to leave them out"
+        named = [(n, why) for n, (_, why) in zip(names, bad, strict=True)]
+        raise UnreadableImages(spec.name, path, named, hint, kind="image row(s)")
+    keep[[i for i, _ in bad]] = False
+    log.warning(
+        "task %s: skipped %d unreadable image row(s) of %s (skip_unreadable), e.g. %s (%s)",
+        spec.name,
+        len(bad),
+        path,
+        names[0],
+        bad[0][1],
+    )
+    return keep, tuple(names)
 
 
 def _first_bad(where: str, mask: pa.ChunkedArray | pa.Array, what: str) -> None:
