@@ -104,6 +104,9 @@ def inputs(tmp_path_factory) -> Path:
     ).with_columns(score=pl.lit(0.5)).write_parquet(root / "scores_other_tasks.parquet")
     (root / "not_a_dir").write_text("a file")
     write_corrupt_parquet(root / "corrupt.parquet")
+    for name in ("a/0.png", "a/1.png", "b/0.png"):  # 3 images in all
+        (root / "three" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(root / "three" / name)
     (root / "ptasks.toml").write_text(
         '[[tasks]]\nname = "table"\nsource = "parquet"\npath = "corrupt.parquet"\n'
     )
@@ -435,6 +438,13 @@ OUTPUT_CASES: dict[str, Case] = {
     ),
 }
 CASES |= OUTPUT_CASES
+# issue 21.6: the tool's own split of 3 images cannot give every class train and val images
+CASES["search 3 images in all"] = (
+    ["search", "{in}/three", "--catalog", "{in}/catalog.toml", "--out", "{out}", "--budget", "1"],
+    {},
+    "the split of its 3 images (1 train / 1 val / 1 test) leaves class 'a' without training "
+    "images (class 'a': 2 image(s), 0 train / 1 val / 1 test)",
+)
 # issue 21.5: a Parquet table's image bytes are all checked before any work, like a folder's
 ROWS = "2 unreadable image row(s) in {in}/corrupt.parquet: row 2 ("
 CASES |= {

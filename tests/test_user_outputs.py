@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from PIL import Image
 
 from whichmodel import cli
 from whichmodel.core import outputs
@@ -327,3 +328,54 @@ def test_a_hugging_face_table_names_bad_rows_by_their_path(tmp_path):
     options = {"path": "hf.parquet", "skip_unreadable": True}
     task = load_task(TaskSpec("hf", "unknown", "parquet", options, tmp_path))
     assert task.unreadable == ("row 2 (img2.png)", "row 4 (img4.png)")
+
+
+# ------------------------------------------- a class without train or val rows (21.6)
+
+
+def _pngs(folder: Path, n: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(len(str(folder)))
+    for k in range(n):
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(folder / f"{k}.png")
+
+
+def test_the_tools_split_gives_a_two_image_class_a_validation_image(tmp_path):
+    """2 of 202 images: the proportional split gave the small class no validation image, and
+    the probe scores silently ignored it; now it gets one (the other class gives one up)."""
+    from whichmodel.apps.search import _search_task
+
+    _pngs(tmp_path / "data" / "big", 200)
+    _pngs(tmp_path / "data" / "small", 2)
+    _, task = _search_task(tmp_path / "data", False)
+    labels = np.asarray(task.table["label"])
+    splits = np.asarray(task.table["split"])
+    small = task.classes.index("small")
+    assert ((labels == small) & (splits == "val")).sum() == 1
+    assert ((labels == small) & (splits == "train")).sum() == 1
+    assert task.split_counts() == {"train": 122, "val": 40, "test": 40}  # sizes kept
+
+
+def test_a_users_split_without_validation_images_of_a_class_is_a_warning(tmp_path, caplog):
+    from whichmodel.tasks.loader import TaskSpec, load_task
+
+    for split, per_class in {"train": (3, 3, 3), "val": (2, 2, 0), "test": (1, 1, 1)}.items():
+        for cls, n in zip("abc", per_class, strict=True):
+            _pngs(tmp_path / "d" / split / cls, n)
+    spec = TaskSpec("mine", "unknown", "folder", {"root": "d"}, tmp_path)
+    load_task(spec)
+    load_task(spec)  # said once, not at every reload
+    lines = [r.getMessage() for r in caplog.records if "no validation images" in r.getMessage()]
+    assert lines == [
+        "task mine: class 'c' has no validation images (3 train / 0 val / 1 test): the probes' "
+        "validation scores leave it out"
+    ]
+    _pngs(tmp_path / "e" / "train" / "a", 2)
+    _pngs(tmp_path / "e" / "train" / "b", 2)
+    for split in ("val", "test"):
+        for cls in "abc":
+            _pngs(tmp_path / "e" / split / cls, 1)
+    with pytest.raises(UserError, match=r"class 'c' appears in the val split but not in train "):
+        load_task(TaskSpec("e", "unknown", "folder", {"root": "e"}, tmp_path))
+    with pytest.raises(UserError, match=r"\(0 train / 1 val / 1 test\)"):
+        load_task(TaskSpec("e", "unknown", "folder", {"root": "e"}, tmp_path))

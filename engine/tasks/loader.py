@@ -235,13 +235,28 @@ def check_task(data: TaskData) -> None:
         if not (splits == split).any():
             raise UserError(f"task {data.name!r}: split {split!r} is empty")
     in_train = set(np.unique(labels[splits == "train"]).tolist())
+
+    def counts(label: int) -> str:
+        n = [int(((labels == label) & (splits == s)).sum()) for s in SPLITS]
+        return f"{n[0]} train / {n[1]} val / {n[2]} test"
+
     for split in ("val", "test"):
         for label in np.unique(labels[splits == split]).tolist():
             if label not in in_train:
                 raise UserError(
                     f"task {data.name!r}: class {data.classes[label]!r} appears in the {split} "
-                    "split but not in train"
+                    f"split but not in train ({counts(label)})"
                 )
+    in_val = set(np.unique(labels[splits == "val"]).tolist())
+    for label in sorted(in_train - in_val):
+        _warn_once(
+            (data.name, label, counts(label)),
+            "task %s: class %r has no validation images (%s): the probes' validation "
+            "scores leave it out",
+            data.name,
+            data.classes[label],
+            counts(label),
+        )
     if len(in_train) < 2:
         found = ", ".join(repr(data.classes[c]) for c in sorted(in_train))
         raise UserError(f"task {data.name!r}: needs at least 2 classes in train, found {found}")
@@ -326,13 +341,20 @@ def _allocate(total: int, counts: np.ndarray, floor_one: bool) -> np.ndarray:
     return quota
 
 
-def stratified_split(labels: np.ndarray, n_train: int, n_val: int, seed: int) -> np.ndarray:
+def stratified_split(
+    labels: np.ndarray, n_train: int, n_val: int, seed: int, val_every_class: bool = False
+) -> np.ndarray:
     """Split codes (0 train, 1 val, 2 test) per row: ``n_train`` / ``n_val`` rows drawn in
-    proportion to class sizes (every class at least one train row), the rest test. Seeded."""
+    proportion to class sizes (every class at least one train row), the rest test. Seeded.
+    ``val_every_class``: a class that the proportions leave without a val row gets one (from
+    its test rows, else its train rows if it keeps one) in place of a row of the class with
+    the most val rows; splits where every class has a val row are unchanged."""
     labels = np.asarray(labels)
     counts = np.bincount(labels, minlength=labels.max() + 1 if len(labels) else 0)
     train = _allocate(n_train, counts, floor_one=True)
     val = _allocate(n_val, counts - train, floor_one=False)
+    if val_every_class:
+        _val_for_every_class(counts, train, val)
     rng = np.random.default_rng(seed)
     codes = np.full(len(labels), 2, np.int8)
     for c in np.flatnonzero(counts):
@@ -340,6 +362,46 @@ def stratified_split(labels: np.ndarray, n_train: int, n_val: int, seed: int) ->
         codes[rows[: train[c]]] = 0
         codes[rows[train[c] : train[c] + val[c]]] = 1
     return codes
+
+
+def _val_for_every_class(counts: np.ndarray, train: np.ndarray, val: np.ndarray) -> None:
+    """In place: give each class without a val row one, where it has a row to spare and
+    another class has more than one val row to give up."""
+    for c in np.flatnonzero((counts > 0) & (val == 0)):
+        donor = int(np.argmax(val))
+        if val[donor] < 2:
+            return
+        if counts[c] - train[c] > 0:
+            val[c], val[donor] = 1, val[donor] - 1
+        elif train[c] >= 2:
+            train[c], val[c], val[donor] = train[c] - 1, 1, val[donor] - 1
+
+
+def check_own_split(name: str, classes: list[str], labels: np.ndarray, codes: np.ndarray) -> None:
+    """A split the tool made (not the user's) must leave every class train and val rows:
+    else a ``UserError`` with the counts (a probe would ignore such a class)."""
+    for c, cls in enumerate(classes):
+        rows = codes[labels == c]
+        n = [int((rows == k).sum()) for k in range(3)]
+        missing = [w for w, k in (("training", 0), ("validation", 1)) if n[k] == 0]
+        if rows.size and missing:
+            total = [int((codes == k).sum()) for k in range(3)]
+            raise UserError(
+                f"task {name!r}: the split of its {len(codes)} images ({total[0]} train / "
+                f"{total[1]} val / {total[2]} test) leaves class {cls!r} without "
+                f"{' and '.join(missing)} images (class {cls!r}: {rows.size} image(s), {n[0]} "
+                f"train / {n[1]} val / {n[2]} test); add images of the class, or give the "
+                "split yourself (train/val/test folders)"
+            )
+
+
+_WARNED: set[tuple] = set()
+
+
+def _warn_once(key: tuple, message: str, *args: Any) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        log.warning(message, *args)
 
 
 def cap_test(labels: np.ndarray, codes: np.ndarray, max_test: int | None, seed: int) -> np.ndarray:
@@ -463,8 +525,10 @@ def _folder_source(spec: TaskSpec) -> TaskData:
         for f in found[c]
     ]
     labels = np.array([r[1] for r in rows], np.int64)
-    if split_dirs is None:
-        codes = stratified_split(labels, *_split_sizes(spec, len(rows), 800, 200), _seed(spec))
+    if split_dirs is None:  # the tool's own split: every class gets train and val rows
+        sizes = _split_sizes(spec, len(rows), 800, 200)
+        codes = stratified_split(labels, *sizes, _seed(spec), val_every_class=True)
+        check_own_split(spec.name, classes, labels, codes)
     else:
         codes = np.array([SPLITS.index(r[0]) for r in rows], np.int8)
     keep = cap_test(labels, codes, spec.options.get("max_test"), _seed(spec))
