@@ -13,7 +13,8 @@ Options (relative paths resolve against the TOML file's directory):
 - ``folder``: ``root`` (required). ``ROOT/<split>/<class>/<file>`` when ROOT holds ``train``,
   ``val`` (or ``validation``) and ``test`` folders (all three required); otherwise
   ``ROOT/<class>/<file>`` split seeded and stratified into ``train`` (default 800) / ``val``
-  (default 200) / the rest test (these two options only apply to this layout). Image files:
+  (default 200) / the rest test (these two options only apply to this layout; every class gets
+  a train and a val image, else an error with the counts). Image files:
   png, jpg, jpeg, bmp, gif, tif, tiff, webp (any case), found recursively inside class folders;
   hidden files are ignored, other files skipped with one warning and counted in
   ``TaskData.skipped``. Every image file is checked up front (``image_problem``); unreadable
@@ -23,7 +24,9 @@ Options (relative paths resolve against the TOML file's directory):
   image's absolute ``path`` so that Ray workers read the files.
 - ``parquet``: ``path`` (required: a file or a folder of files), ``image_column`` ("image"),
   ``label_column`` ("label"), ``split_column`` ("split"). Images: binary bytes or the Hugging
-  Face ``{bytes, path}`` struct (bytes taken). Labels: strings (classes = sorted values) or ints
+  Face ``{bytes, path}`` struct (bytes taken); every row's bytes are decoded up front and bad
+  rows named in one error (``row 7 (path)``), or with ``skip_unreadable = true`` left out and
+  listed in ``TaskData.unreadable``. Labels: strings (classes = sorted values) or ints
   (classes = the ClassLabel names in Hugging Face metadata if present, else ``str(i)``; sorted
   and renumbered 0..k-1). Splits: train / val / test ("validation" is read as val).
 - ``builtin``: ``builtin`` (name in ``whichmodel.tasks.builtin.BUILTINS``; default: the task name),
