@@ -336,8 +336,8 @@ def check_target(config: BenchmarkConfig, target: Path | str) -> None:
     empty, and not being written by another command, and the store can be written."""
     if is_uri(target):
         check_remote_run(str(target), "run directory")
-        check_writable(staging_dir(str(target)), "staging copy of run directory")
-        local = staging_dir(str(target))
+        # the staging copy is ours (its marker is the URI's): only writable and not in use
+        check_run_directory(staging_dir(str(target)), "staging copy of run directory", True)
     else:
         local = Path(target).resolve()
         for owned in (local / "plots", local / "tables", local / "finetune" / "table"):
@@ -345,8 +345,6 @@ def check_target(config: BenchmarkConfig, target: Path | str) -> None:
         check_run_directory(local, "run directory")
     if config.store is not None:
         check_writable(config.store, "store")
-    elif is_uri(target) and local.is_dir():
-        check_run_directory(local, "staging copy of run directory", force=True)
 
 
 def _study(config: BenchmarkConfig, run: Path) -> Path:
