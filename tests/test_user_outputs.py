@@ -343,7 +343,7 @@ def _pngs(folder: Path, n: int) -> None:
 def test_the_tools_split_gives_a_two_image_class_a_validation_image(tmp_path):
     """2 of 202 images: the proportional split gave the small class no validation image, and
     the probe scores silently ignored it; now it gets one (the other class gives one up)."""
-    from whichmodel.apps.search import _search_task
+    from whichmodel.apps.search import _search_task, split_sizes
 
     _pngs(tmp_path / "data" / "big", 200)
     _pngs(tmp_path / "data" / "small", 2)
@@ -354,6 +354,9 @@ def test_the_tools_split_gives_a_two_image_class_a_validation_image(tmp_path):
     assert ((labels == small) & (splits == "val")).sum() == 1
     assert ((labels == small) & (splits == "train")).sum() == 1
     assert task.split_counts() == {"train": 122, "val": 40, "test": 40}  # sizes kept
+    # a small folder: at least a val image per class where train can have one per class too
+    assert split_sizes(12, 3) == (6, 3) and split_sizes(12) == (8, 2)
+    assert split_sizes(3, 2) == (1, 1)  # no room: the split refuses with the counts
 
 
 def test_a_users_split_without_validation_images_of_a_class_is_a_warning(tmp_path, caplog):

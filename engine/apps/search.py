@@ -138,12 +138,20 @@ def count_class_images(root: Path) -> int:
     return FolderScan(root.name).count_class_images(root)
 
 
-def split_sizes(n: int) -> tuple[int, int]:
+def count_classes(root: Path) -> int:
+    """Class folders with image files under ``ROOT/``."""
+    return sum(1 for files in FolderScan(root.name).classes(root).values() if files)
+
+
+def split_sizes(n: int, classes: int = 1) -> tuple[int, int]:
     """Train / val sizes for ``n`` unsplit images: VTAB-1k's 800 / 200 when the rest leaves a
-    test split of at least 250, else 60 % / 20 % (the rest, ≥ 20 %, is test)."""
+    test split of at least 250, else 60 % / 20 % (the rest, ≥ 20 %, is test), with at least one
+    val image per class (of ``classes``) where the images leave a train image per class too."""
     if n >= VTAB_MIN_IMAGES:
         return VTAB_TRAIN, VTAB_VAL
     val = max(1, n // 5)
+    if val < classes <= (n - classes) // 2:
+        val = classes
     return max(1, n - 2 * val), val
 
 
@@ -176,7 +184,7 @@ def task_spec(data: Path, skip_unreadable: bool = False, unreadable: int = 0) ->
             )
         if n < 3:
             raise UserError(f"{data}: {n} image(s); a search needs train, val and test images")
-        options["train"], options["val"] = split_sizes(n)
+        options["train"], options["val"] = split_sizes(n, count_classes(root))
     return TaskSpec(name, "unknown", "folder", options, root.parent)
 
 
