@@ -13,7 +13,8 @@ from whichmodel import api
 from whichmodel.cluster.connect import connection_options
 from whichmodel.core.budgets import parse_budgets
 from whichmodel.core.errors import UserError
-from whichmodel.core.outputs import replacing
+from whichmodel.core.outputs import check_replaceable, disk_full_message, is_disk_full, replacing
+from whichmodel.core.rundirs import check_run_directory, check_writable, owned_run_directory
 
 log = logging.getLogger("whichmodel")
 
@@ -61,9 +62,7 @@ def check_directory(target: str | Path | None, flag: str) -> None:
                 f"{flag} {text}: unknown URI scheme {scheme!r} (use {', '.join(URI_SCHEMES)})"
             )
         return
-    path = Path(text).expanduser()
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{flag} {text}: exists and is not a directory")
+    check_writable(text, flag)  # not a file, not below one, writable: before any work
 
 
 def parse_pairs(items: Sequence[str]) -> list[tuple[str, str]]:
@@ -132,6 +131,9 @@ def cmd_probe(args: argparse.Namespace) -> None:
 
     if args.out.suffix not in (".parquet", ".csv"):
         raise UserError(f"--out {args.out}: the scores table must end in .parquet or .csv")
+    if args.out.is_dir():
+        raise UserError(f"--out {args.out}: is a directory, not a scores table file")
+    check_writable(args.out.absolute().parent, f"--out {args.out}: its folder")
     load_preset(args.preset)  # a bad preset is named before the proxies
     proxies = [p.strip() for p in args.proxies.split(",") if p.strip()]
     if not proxies:
@@ -161,6 +163,14 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     """Fine-tune by the preset's protocol on Ray Tune: every pool model, a strategy's picks, or
     successive halving over a ranking's top K."""
     check_directory(args.out, "--out")
+    check_replaceable(Path(args.out) / ("halving" if args.halving else "table"))
+    check_run_directory(args.out)
+    with owned_run_directory(args.out):
+        _finetune_checked(args)
+
+
+def _finetune_checked(args: argparse.Namespace) -> None:
+    """``cmd_finetune`` once ``--out`` is checked and held."""
     if args.halving:
         _finetune_halving(args)
         return
@@ -530,6 +540,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"whichmodel: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a full disk, from any writer: one line, exit 1
+        if not is_disk_full(exc):
+            raise
+        print(f"whichmodel: error: {disk_full_message(exc)}", file=sys.stderr)
+        return 1
     return 0
 
 

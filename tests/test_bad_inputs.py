@@ -5,6 +5,7 @@ The inputs are real files (PNG images, TOML catalogue/tasks/presets/run configs,
 tables); every case here fails before Ray starts or any model is built.
 """
 
+import io
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -102,7 +103,34 @@ def inputs(tmp_path_factory) -> Path:
         schema={"model": pl.String, "task": pl.String, "proxy": pl.String},
     ).with_columns(score=pl.lit(0.5)).write_parquet(root / "scores_other_tasks.parquet")
     (root / "not_a_dir").write_text("a file")
+    write_corrupt_parquet(root / "corrupt.parquet")
+    for name in ("a/0.png", "a/1.png", "b/0.png"):  # 3 images in all
+        (root / "three" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(root / "three" / name)
+    (root / "ptasks.toml").write_text(
+        '[[tasks]]\nname = "table"\nsource = "parquet"\npath = "corrupt.parquet"\n'
+    )
     return root
+
+
+def write_corrupt_parquet(path: Path) -> None:
+    """A Parquet task (3 classes x 4 images, every split) whose rows 2 and 4 hold bytes that
+    are not a decodable image: a truncated PNG and text."""
+    rng = np.random.default_rng(1)
+    images = []
+    for _ in range(12):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(buf, "PNG")
+        images.append(buf.getvalue())
+    images[2] = images[2][: len(images[2]) // 2]
+    images[4] = b"not an image at all"
+    pl.DataFrame(
+        {
+            "image": images,
+            "label": ["a", "b", "c"] * 4,
+            "split": ["train"] * 6 + ["val"] * 3 + ["test"] * 3,
+        }
+    ).write_parquet(path)
 
 
 # (argv with {in} = the inputs folder, {out} = this case's output path; files to write into the
@@ -340,6 +368,98 @@ CASES: dict[str, Case] = {
     # any subcommand
     "unknown option": ([*ANALYZE_OUT, "--frobnicate"], {}, "unrecognized arguments: --frobnicate"),
 }
+
+# issue 21: a user's own folder as --out (the marker rule on the whole --out), and output paths
+# that cannot be written (below a file, a file), refused before any work, nothing written
+USERS = {"scores.parquet": "the user's own table", "notes.txt": "the user's notes"}
+NOT_OURS = "not empty and not a previous whichmodel output (no .whichmodel-output)"
+BELOW = "cannot be created below {in}/not_a_dir, which is a file"
+OUTPUT_CASES: dict[str, Case] = {
+    "search --out a user's folder": (
+        [*SEARCH[:-1], "{case}", "--budget", "1"],
+        USERS,
+        f"--out {{case}}: {NOT_OURS}; pass --force",
+    ),
+    "search --out with the default (demo) pool, a user's folder": (
+        ["search", "{in}/imgs", "--out", "{case}", "--budget", "1"],
+        USERS,
+        f"--out {{case}}: {NOT_OURS}",
+    ),
+    "finetune --out a user's folder": ([*FT, "--out", "{case}", "--all"], USERS, NOT_OURS),
+    "benchmark --out a user's folder": (
+        ["benchmark", "--config", "{case}/run.toml", "--out", "{case}"],
+        {"run.toml": run_config(), **USERS},
+        f"run directory {{case}}: {NOT_OURS}",
+    ),
+    "benchmark [run] out a user's folder": (
+        ["benchmark", "--config", "{case}/run.toml"],
+        {"run.toml": run_config(out="."), **USERS},
+        f"run directory {{case}}: {NOT_OURS}",
+    ),
+    "demo --out a user's folder": (
+        ["demo", "--out", "{case}"],
+        USERS,
+        f"--out {{case}}: {NOT_OURS}",
+    ),
+    "search --out below a file": ([*SEARCH[:-1], "{in}/not_a_dir/w", "--budget", "1"], {}, BELOW),
+    "analyze --out below a file": ([*ANALYZE, "--out", "{in}/not_a_dir/x"], {}, BELOW),
+    "finetune --out below a file": ([*FT, "--out", "{in}/not_a_dir/x", "--all"], {}, BELOW),
+    "benchmark --out below a file": (
+        ["benchmark", "--config", "{case}/run.toml", "--out", "{in}/not_a_dir/x"],
+        {"run.toml": run_config()},
+        BELOW,
+    ),
+    "benchmark [run] store below a file": (
+        BENCH,
+        {"run.toml": run_config(store="afile/store"), "afile": "a file"},
+        "store {case}/afile/store: cannot be created below {case}/afile, which is a file",
+    ),
+    "demo --out below a file": (["demo", "--out", "{in}/not_a_dir/x"], {}, BELOW),
+    "demo --cache below a file": (
+        ["demo", "--out", "{out}", "--cache", "{in}/not_a_dir/c"],
+        {},
+        BELOW,
+    ),
+    "embed --store below a file": ([*EMBED, "--store", "{in}/not_a_dir/s"], {}, BELOW),
+    "probe --out below a file": (
+        [*PROBE, "--out", "{in}/not_a_dir/s.parquet"],
+        {},
+        "--out {in}/not_a_dir/s.parquet: its folder {in}/not_a_dir: exists and is not a dir",
+    ),
+    "probe --out is a folder": (
+        [*PROBE, "--out", "{case}/t.parquet"],
+        {"t.parquet/x": "a folder named like a table"},
+        "--out {case}/t.parquet: is a directory, not a scores table file",
+    ),
+    "search --out is a file": (
+        [*SEARCH[:-1], "{in}/not_a_dir", "--budget", "1"],
+        {},
+        "--out {in}/not_a_dir: exists and is not a directory",
+    ),
+}
+CASES |= OUTPUT_CASES
+# issue 21.6: the tool's own split of 3 images cannot give every class train and val images
+CASES["search 3 images in all"] = (
+    ["search", "{in}/three", "--catalog", "{in}/catalog.toml", "--out", "{out}", "--budget", "1"],
+    {},
+    "the split of its 3 images (1 train / 1 val / 1 test) leaves class 'a' without training "
+    "images (class 'a': 2 image(s), 0 train / 1 val / 1 test)",
+)
+# issue 21.5: a Parquet table's image bytes are all checked before any work, like a folder's
+ROWS = "2 unreadable image row(s) in {in}/corrupt.parquet: row 2 ("
+CASES |= {
+    "search a Parquet table with corrupt images": (
+        ["search", "{in}/corrupt.parquet", "--catalog", "{in}/catalog.toml", "--out", "{out}"]
+        + ["--budget", "1"],
+        {},
+        ROWS,
+    ),
+    "embed a Parquet task with corrupt images": (
+        [*EMBED[:6], "{in}/ptasks.toml", "--store", "{out}"],
+        {},
+        "), row 4 (not a known image format); pass --skip-unreadable (skip_unreadable = true",
+    ),
+}
 for _section, _field, _value, _needle in PRESET_CASES:
     CASES[f"preset {_section}.{_field} = {_value!r}"] = (
         [*FT_OUT, "--all", "--preset", "{case}/mine.toml"],
@@ -362,6 +482,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
     case_dir = tmp_path / "case"
     case_dir.mkdir()
     for name, text in files.items():
+        (case_dir / name).parent.mkdir(parents=True, exist_ok=True)
         (case_dir / name).write_text(text)
     # run configs name the shared catalogue and tasks relative to themselves
     for name in ("catalog.toml", "tasks.toml"):

@@ -72,9 +72,16 @@ from whichmodel.core.outputs import (
     check_replaceable,
     is_uri,
     run_directory,
+    staging_dir,
     write_table,
 )
 from whichmodel.core.presets import load_preset
+from whichmodel.core.rundirs import (
+    check_remote_run,
+    check_run_directory,
+    check_writable,
+    owned_run_directory,
+)
 from whichmodel.stages.embed import embed, embed_config
 from whichmodel.stages.finetune import run_finetune
 from whichmodel.stages.probe import probe, write_scores
@@ -334,11 +341,29 @@ def run_benchmark(config: BenchmarkConfig, out: Path | str | None = None) -> Pat
 def run_study(config: BenchmarkConfig, out: Path | str | None = None) -> Study:
     """``run_benchmark``, returning what the study holds in memory (``Study``)."""
     target = out or config.out
-    with run_directory(target) as run:
+    check_target(config, target)
+    with run_directory(target) as run, owned_run_directory(run):
         study = _study(config, run)
     if is_uri(target):
         print(f"[benchmark] published {target} (worked in {run})", flush=True)
     return study
+
+
+def check_target(config: BenchmarkConfig, target: Path | str) -> None:
+    """Before any work: the folders the study replaces whole hold no user's files, the run
+    directory (its local staging copy for a URI) is writable, a whichmodel run directory or
+    empty, and not being written by another command, and the store can be written."""
+    if is_uri(target):
+        check_remote_run(str(target), "run directory")
+        # the staging copy is ours (its marker is the URI's): only writable and not in use
+        check_run_directory(staging_dir(str(target)), "staging copy of run directory", True)
+    else:
+        local = Path(target).resolve()
+        for owned in (local / "plots", local / "tables", local / "finetune" / "table"):
+            check_replaceable(owned)
+        check_run_directory(local, "run directory")
+    if config.store is not None:
+        check_writable(config.store, "store")
 
 
 def _study(config: BenchmarkConfig, run: Path) -> Study:

@@ -41,6 +41,7 @@ from whichmodel.core.errors import UserError
 from whichmodel.core.names import MAX_NAME_BYTES, check_name
 from whichmodel.core.outputs import atomic_directory, check_replaceable, write_table
 from whichmodel.core.presets import load_preset
+from whichmodel.core.rundirs import check_run_directory, owned_run_directory
 from whichmodel.demo.convert import VARIANTS
 from whichmodel.demo.pool import CONTROLS, EXPERTS, ensure_demo_pool
 from whichmodel.stages.embed import embed, embed_config
@@ -139,12 +140,20 @@ def count_class_images(root: Path) -> int:
     return FolderScan(root.name).count_class_images(root)
 
 
-def split_sizes(n: int) -> tuple[int, int]:
+def count_classes(root: Path) -> int:
+    """Class folders with image files under ``ROOT/``."""
+    return sum(1 for files in FolderScan(root.name).classes(root).values() if files)
+
+
+def split_sizes(n: int, classes: int = 1) -> tuple[int, int]:
     """Train / val sizes for ``n`` unsplit images: VTAB-1k's 800 / 200 when the rest leaves a
-    test split of at least 250, else 60 % / 20 % (the rest, ≥ 20 %, is test)."""
+    test split of at least 250, else 60 % / 20 % (the rest, ≥ 20 %, is test), with at least one
+    val image per class (of ``classes``) where the images leave a train image per class too."""
     if n >= VTAB_MIN_IMAGES:
         return VTAB_TRAIN, VTAB_VAL
     val = max(1, n // 5)
+    if val < classes <= (n - classes) // 2:
+        val = classes
     return max(1, n - 2 * val), val
 
 
@@ -158,18 +167,17 @@ def task_spec(data: Path, skip_unreadable: bool = False, unreadable: int = 0) ->
         raise UserError(f"{data}: no such image folder or Parquet file")
     root = data.resolve()
     name = task_name(root)
+    skip = {"skip_unreadable": True} if skip_unreadable else {}
     if root.is_file():
         if root.suffix.lower() not in (".parquet", ".pq"):
             raise UserError(f"{data}: not an image folder or a .parquet file")
-        return TaskSpec(name, "unknown", "parquet", {"path": str(root)}, root.parent)
-    options: dict[str, Any] = {"root": str(root)}
-    if skip_unreadable:
-        options["skip_unreadable"] = True
+        return TaskSpec(name, "unknown", "parquet", {"path": str(root), **skip}, root.parent)
+    options: dict[str, Any] = {"root": str(root), **skip}
     splits = {p.name for p in root.iterdir() if p.is_dir()} & set(SPLIT_ALIASES)
     if not splits:
         n = count_class_images(root) - unreadable
         if n == 0 and any(root.glob("*.parquet")):  # a folder of Parquet files: one table
-            return TaskSpec(name, "unknown", "parquet", {"path": str(root)}, root.parent)
+            return TaskSpec(name, "unknown", "parquet", {"path": str(root), **skip}, root.parent)
         if n == 0:
             kinds = ", ".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))
             raise UserError(
@@ -178,7 +186,7 @@ def task_spec(data: Path, skip_unreadable: bool = False, unreadable: int = 0) ->
             )
         if n < 3:
             raise UserError(f"{data}: {n} image(s); a search needs train, val and test images")
-        options["train"], options["val"] = split_sizes(n)
+        options["train"], options["val"] = split_sizes(n, count_classes(root))
     return TaskSpec(name, "unknown", "folder", options, root.parent)
 
 
@@ -188,7 +196,8 @@ def load_search_task(data: Path, spec: TaskSpec) -> TaskData:
         task = SOURCES[spec.source](spec)
     except UnreadableImages as exc:
         hint = "pass --skip-unreadable to leave them out"
-        raise UserError(unreadable_message(str(data), exc.root, exc.bad, hint)) from None
+        message = unreadable_message(str(data), exc.root, exc.bad, hint, exc.kind)
+        raise UserError(message) from None
     except UserError as exc:
         raise UserError(_naming(data, str(exc))) from None
     if len(task.classes) < 2:
@@ -417,14 +426,14 @@ def search(
     proxies = strategy_proxies(strategy)
     base, progressive = _progressive_config(strategy, progressive)
     numbers = load_preset(preset)
+    work = (Path(work_dir) if work_dir else DEFAULT_WORK_ROOT / task_name(data)).resolve()
+    _check_owned(work, task_name(data), finetune)
     spec, task = _search_task(data, skip_unreadable)
     check_budget(catalogue, pool, budget)
     cat, pool = resolve_catalogue(catalogue, pool)
     meta = cat.pool(pool)
-    work = (Path(work_dir) if work_dir else DEFAULT_WORK_ROOT / spec.name).resolve()
-    _check_owned(work, spec.name, finetune)
     models = meta["model"].to_list()
-    with _quiet_repeats():
+    with owned_run_directory(work), _quiet_repeats():
         if base is not None:
             keep = replace(progressive, keep_at_least=max(progressive.keep_at_least, budget))
             found = _progressive_scores(cat, pool, spec, base, proxies[0], numbers, work, keep)
@@ -455,13 +464,15 @@ def search(
         )
         if finetune:
             result = _finetune(result, cat, spec, numbers)
-    _write_report(result, work / "report")
+        _write_report(result, work / "report")
     return result
 
 
 def _check_owned(work: Path, task: str, finetune: bool) -> None:
-    """Refuse, before any work, a user's folder where the search writes its report (and, with
-    ``finetune``, its fine-tune table and winner)."""
+    """Refuse, before any work, a work directory that cannot be written, is a user's folder
+    or is being written by another command, and a user's folder where the search writes its
+    report (and, with ``finetune``, its fine-tune table and winner)."""
+    check_run_directory(work, "--out")
     owned = [work / "report"]
     if finetune:
         owned += [work / "finetune" / "table", work / "finetune" / "winners" / task]

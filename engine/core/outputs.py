@@ -49,6 +49,11 @@ def replacing(command: str, force: bool = False) -> Iterator[None]:
         _FORCE.reset(tokens[1])
 
 
+def forced() -> bool:
+    """Whether ``--force`` is in effect (``replacing(..., force=True)``)."""
+    return _FORCE.get()
+
+
 def check_replaceable(target: str | Path, force: bool = False) -> None:
     """Raise ``UserError`` when ``target`` holds something that is not a previous whichmodel
     output (a file, or a non-empty directory without the ``.whichmodel-output`` marker), unless
@@ -72,6 +77,26 @@ def write_marker(directory: Path) -> None:
     command = _COMMAND.get() or " ".join(["whichmodel", *sys.argv[1:2]])
     stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     (directory / MARKER).write_text(json.dumps({"command": command, "written": stamp}) + "\n")
+
+
+def current_umask() -> int:
+    """The process's umask (read from /proc where Linux has it, so no thread sees it changed)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def as_created(path: str | Path, directory: bool = False) -> None:
+    """Give ``path`` the mode an ordinary ``open``/``mkdir`` would (0666/0777 less the umask):
+    ``mkstemp`` and ``mkdtemp`` make 0600/0700, which a file renamed into place would keep."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
 
 
 # renameat2(2) flag: exchange the two paths atomically (Linux >= 3.15, glibc >= 2.28)
@@ -166,10 +191,16 @@ def atomic_directory(target: str | Path, force: bool = False) -> Iterator[Path]:
     check_replaceable(target, force)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
+        as_created(tmp, directory=True)
         yield tmp
         write_marker(tmp)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, Exception) and is_disk_full(exc):  # named by the target's path
+            name = getattr(exc, "filename", None)
+            inside = name is not None and Path(name).is_relative_to(tmp)
+            where = target / Path(name).relative_to(tmp) if inside else target
+            raise NoSpaceError(where, getattr(exc, "needed", None)) from None
         raise
     try:
         replace_directory(tmp, target)
@@ -177,19 +208,92 @@ def atomic_directory(target: str | Path, force: bool = False) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)  # only left when the replacement failed
 
 
+class NoSpaceError(OSError):
+    """A write that ran out of disk space (ENOSPC, errno 28), naming the file being written,
+    the space it needed where known and what was free; nothing half-written is left."""
+
+    def __init__(self, path: str | Path, needed: int | None = None) -> None:
+        self.needed, self.free = needed, _free_bytes(Path(path))
+        super().__init__(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    def __str__(self) -> str:
+        known = [f"about {_size(self.needed)} needed"] if self.needed else []
+        known += [f"{_size(self.free)} free there"] if self.free is not None else []
+        extra = f" ({', '.join(known)})" if known else ""
+        return f"no space left on device writing {self.filename}{extra}"
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _free_bytes(path: Path) -> int | None:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is ENOSPC: an ``OSError`` with errno
+    28 (Python, pyarrow) or a message saying so (polars' ComputeError, a Ray task's error)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(exc) or "[errno 28]" in str(exc).lower():
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+@contextlib.contextmanager
+def no_space_names(path: str | Path, needed: int | None = None) -> Iterator[None]:
+    """Turn a full disk inside the block (any writer's way of saying it) into ``NoSpaceError``
+    naming ``path``."""
+    try:
+        yield
+    except NoSpaceError:
+        raise
+    except Exception as exc:
+        if is_disk_full(exc):
+            raise NoSpaceError(path, needed) from None
+        raise
+
+
 def atomic_file(path: str | Path, write: Callable[[str], None]) -> Path:
     """Create ``path`` by ``write(tmp)`` on a temporary file in its folder, renamed into place
-    only when ``write`` succeeds (the temporary file is removed either way)."""
+    only when ``write`` succeeds (the temporary file is removed either way). A full disk is a
+    ``NoSpaceError`` naming ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with no_space_names(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            write(tmp)
+            as_created(tmp)
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
     return path
+
+
+def disk_full_message(exc: BaseException) -> str:
+    """The one line a full disk is reported with (``is_disk_full(exc)`` holds)."""
+    if isinstance(exc, NoSpaceError):
+        return str(exc)
+    name = getattr(exc, "filename", None)
+    if name:
+        return str(NoSpaceError(name))
+    return f"no space left on device: {' '.join(str(exc).split())[:300]}"
 
 
 def atomic_text(path: str | Path, text: str) -> Path:
@@ -198,10 +302,13 @@ def atomic_text(path: str | Path, text: str) -> Path:
 
 
 def write_table(df: pl.DataFrame, directory: Path, name: str, csv: bool = True) -> None:
-    """Write ``name``.parquet (and ``name``.csv) into ``directory``."""
-    df.write_parquet(directory / f"{name}.parquet")
+    """Write ``name``.parquet (and ``name``.csv) into ``directory`` (a full disk: a
+    ``NoSpaceError`` naming the file and the table's in-memory size)."""
+    with no_space_names(directory / f"{name}.parquet", df.estimated_size()):
+        df.write_parquet(directory / f"{name}.parquet")
     if csv:
-        df.write_csv(directory / f"{name}.csv")
+        with no_space_names(directory / f"{name}.csv", df.estimated_size()):
+            df.write_csv(directory / f"{name}.csv")
 
 
 # ------------------------------------------------------------------ run directories at a URI

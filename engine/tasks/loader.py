@@ -13,7 +13,8 @@ Options (relative paths resolve against the TOML file's directory):
 - ``folder``: ``root`` (required). ``ROOT/<split>/<class>/<file>`` when ROOT holds ``train``,
   ``val`` (or ``validation``) and ``test`` folders (all three required); otherwise
   ``ROOT/<class>/<file>`` split seeded and stratified into ``train`` (default 800) / ``val``
-  (default 200) / the rest test (these two options only apply to this layout). Image files:
+  (default 200) / the rest test (these two options only apply to this layout; every class gets
+  a train and a val image, else an error with the counts). Image files:
   png, jpg, jpeg, bmp, gif, tif, tiff, webp (any case), found recursively inside class folders;
   hidden files are ignored, other files skipped with one warning and counted in
   ``TaskData.skipped``. Every image file is checked up front (``image_problem``); unreadable
@@ -23,7 +24,9 @@ Options (relative paths resolve against the TOML file's directory):
   image's absolute ``path`` so that Ray workers read the files.
 - ``parquet``: ``path`` (required: a file or a folder of files), ``image_column`` ("image"),
   ``label_column`` ("label"), ``split_column`` ("split"). Images: binary bytes or the Hugging
-  Face ``{bytes, path}`` struct (bytes taken). Labels: strings (classes = sorted values) or ints
+  Face ``{bytes, path}`` struct (bytes taken); every row's bytes are decoded up front and bad
+  rows named in one error (``row 7 (path)``), or with ``skip_unreadable = true`` left out and
+  listed in ``TaskData.unreadable``. Labels: strings (classes = sorted values) or ints
   (classes = the ClassLabel names in Hugging Face metadata if present, else ``str(i)``; sorted
   and renumbered 0..k-1). Splits: train / val / test ("validation" is read as val).
 - ``builtin``: ``builtin`` (name in ``whichmodel.tasks.builtin.BUILTINS``; default: the task name),
@@ -90,7 +93,7 @@ _OPTION_TYPES: dict[str, tuple[type, int | None]] = {
 _COMMON_OPTIONS = ("seed", "max_test")
 SOURCE_OPTIONS: dict[str, tuple[str, ...]] = {
     "folder": ("root", "train", "val", "skip_unreadable"),
-    "parquet": ("path", "image_column", "label_column", "split_column"),
+    "parquet": ("path", "image_column", "label_column", "split_column", "skip_unreadable"),
     "builtin": ("builtin", "train", "val"),
 }
 _REQUIRED_OPTIONS = {"folder": "root", "parquet": "path"}
@@ -235,13 +238,28 @@ def check_task(data: TaskData) -> None:
         if not (splits == split).any():
             raise UserError(f"task {data.name!r}: split {split!r} is empty")
     in_train = set(np.unique(labels[splits == "train"]).tolist())
+
+    def counts(label: int) -> str:
+        n = [int(((labels == label) & (splits == s)).sum()) for s in SPLITS]
+        return f"{n[0]} train / {n[1]} val / {n[2]} test"
+
     for split in ("val", "test"):
         for label in np.unique(labels[splits == split]).tolist():
             if label not in in_train:
                 raise UserError(
                     f"task {data.name!r}: class {data.classes[label]!r} appears in the {split} "
-                    "split but not in train"
+                    f"split but not in train ({counts(label)})"
                 )
+    in_val = set(np.unique(labels[splits == "val"]).tolist())
+    for label in sorted(in_train - in_val):
+        _warn_once(
+            (data.name, label, counts(label)),
+            "task %s: class %r has no validation images (%s): the probes' validation "
+            "scores leave it out",
+            data.name,
+            data.classes[label],
+            counts(label),
+        )
     if len(in_train) < 2:
         found = ", ".join(repr(data.classes[c]) for c in sorted(in_train))
         raise UserError(f"task {data.name!r}: needs at least 2 classes in train, found {found}")
@@ -326,13 +344,20 @@ def _allocate(total: int, counts: np.ndarray, floor_one: bool) -> np.ndarray:
     return quota
 
 
-def stratified_split(labels: np.ndarray, n_train: int, n_val: int, seed: int) -> np.ndarray:
+def stratified_split(
+    labels: np.ndarray, n_train: int, n_val: int, seed: int, val_every_class: bool = False
+) -> np.ndarray:
     """Split codes (0 train, 1 val, 2 test) per row: ``n_train`` / ``n_val`` rows drawn in
-    proportion to class sizes (every class at least one train row), the rest test. Seeded."""
+    proportion to class sizes (every class at least one train row), the rest test. Seeded.
+    ``val_every_class``: a class that the proportions leave without a val row gets one (from
+    its test rows, else its train rows if it keeps one) in place of a row of the class with
+    the most val rows; splits where every class has a val row are unchanged."""
     labels = np.asarray(labels)
     counts = np.bincount(labels, minlength=labels.max() + 1 if len(labels) else 0)
     train = _allocate(n_train, counts, floor_one=True)
     val = _allocate(n_val, counts - train, floor_one=False)
+    if val_every_class:
+        _val_for_every_class(counts, train, val)
     rng = np.random.default_rng(seed)
     codes = np.full(len(labels), 2, np.int8)
     for c in np.flatnonzero(counts):
@@ -340,6 +365,46 @@ def stratified_split(labels: np.ndarray, n_train: int, n_val: int, seed: int) ->
         codes[rows[: train[c]]] = 0
         codes[rows[train[c] : train[c] + val[c]]] = 1
     return codes
+
+
+def _val_for_every_class(counts: np.ndarray, train: np.ndarray, val: np.ndarray) -> None:
+    """In place: give each class without a val row one, where it has a row to spare and
+    another class has more than one val row to give up."""
+    for c in np.flatnonzero((counts > 0) & (val == 0)):
+        donor = int(np.argmax(val))
+        if val[donor] < 2:
+            return
+        if counts[c] - train[c] > 0:
+            val[c], val[donor] = 1, val[donor] - 1
+        elif train[c] >= 2:
+            train[c], val[c], val[donor] = train[c] - 1, 1, val[donor] - 1
+
+
+def check_own_split(name: str, classes: list[str], labels: np.ndarray, codes: np.ndarray) -> None:
+    """A split the tool made (not the user's) must leave every class train and val rows:
+    else a ``UserError`` with the counts (a probe would ignore such a class)."""
+    for c, cls in enumerate(classes):
+        rows = codes[labels == c]
+        n = [int((rows == k).sum()) for k in range(3)]
+        missing = [w for w, k in (("training", 0), ("validation", 1)) if n[k] == 0]
+        if rows.size and missing:
+            total = [int((codes == k).sum()) for k in range(3)]
+            raise UserError(
+                f"task {name!r}: the split of its {len(codes)} images ({total[0]} train / "
+                f"{total[1]} val / {total[2]} test) leaves class {cls!r} without "
+                f"{' and '.join(missing)} images (class {cls!r}: {rows.size} image(s), {n[0]} "
+                f"train / {n[1]} val / {n[2]} test); add images of the class, or give the "
+                "split yourself (train/val/test folders)"
+            )
+
+
+_WARNED: set[tuple] = set()
+
+
+def _warn_once(key: tuple, message: str, *args: Any) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        log.warning(message, *args)
 
 
 def cap_test(labels: np.ndarray, codes: np.ndarray, max_test: int | None, seed: int) -> np.ndarray:
@@ -463,8 +528,10 @@ def _folder_source(spec: TaskSpec) -> TaskData:
         for f in found[c]
     ]
     labels = np.array([r[1] for r in rows], np.int64)
-    if split_dirs is None:
-        codes = stratified_split(labels, *_split_sizes(spec, len(rows), 800, 200), _seed(spec))
+    if split_dirs is None:  # the tool's own split: every class gets train and val rows
+        sizes = _split_sizes(spec, len(rows), 800, 200)
+        codes = stratified_split(labels, *sizes, _seed(spec), val_every_class=True)
+        check_own_split(spec.name, classes, labels, codes)
     else:
         codes = np.array([SPLITS.index(r[0]) for r in rows], np.int8)
     keep = cap_test(labels, codes, spec.options.get("max_test"), _seed(spec))
@@ -481,33 +548,58 @@ MAX_LISTED = 20  # unreadable files named in one message; the rest are counted
 
 
 class UnreadableImages(UserError):
-    """Image files of a task that cannot be decoded: every one of them, with the reason."""
+    """Images of a task that cannot be decoded: every one of them, with the reason. ``bad``
+    holds files (folder source) or row names (``row 7``, Parquet source)."""
 
-    def __init__(self, task: str, root: Path, bad: list[tuple[Path, str]], hint: str) -> None:
-        self.task, self.root, self.bad = task, root, bad
-        super().__init__(unreadable_message(f"task {task!r}", root, bad, hint))
+    def __init__(
+        self,
+        task: str,
+        root: Path,
+        bad: list[tuple[Path | str, str]],
+        hint: str,
+        kind: str = "image file(s)",
+    ) -> None:
+        self.task, self.root, self.bad, self.kind = task, root, bad, kind
+        super().__init__(unreadable_message(f"task {task!r}", root, bad, hint, kind))
 
 
-def unreadable_message(where: str, root: Path, bad: list[tuple[Path, str]], hint: str) -> str:
-    """One line naming up to ``MAX_LISTED`` unreadable files (relative to ``root``) and why."""
+def unreadable_message(
+    where: str,
+    root: Path,
+    bad: list[tuple[Path | str, str]],
+    hint: str,
+    kind: str = "image file(s)",
+) -> str:
+    """One line naming up to ``MAX_LISTED`` unreadable files (relative to ``root``) or rows,
+    and why."""
 
-    def name(path: Path) -> str:
-        return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+    def name(path: Path | str) -> str:
+        if isinstance(path, Path) and path.is_relative_to(root):
+            return str(path.relative_to(root))
+        return str(path)
 
     listed = ", ".join(f"{name(p)} ({why})" for p, why in bad[:MAX_LISTED])
     more = f" and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
-    return f"{where}: {len(bad)} unreadable image file(s) in {root}: {listed}{more}; {hint}"
+    return f"{where}: {len(bad)} unreadable {kind} in {root}: {listed}{more}; {hint}"
 
 
 @lru_cache(maxsize=1 << 17)
 def _problem(path: str, version: tuple[int, ...]) -> str | None:
     """Why the file cannot be decoded; ``version`` (size, inode, mtime, ctime) makes a changed
     file be checked again."""
-    size = version[0]
-    if size == 0:
-        return "empty, zero-byte"
+    return _decode_problem(path) if version[0] else "empty, zero-byte"
+
+
+def bytes_problem(data: bytes | None) -> str | None:
+    """None when encoded image bytes decode (as ``image_problem`` checks a file), else why not."""
+    if not data:
+        return "no image bytes" if data is None else "empty, zero-byte"
+    return _decode_problem(io.BytesIO(data))
+
+
+def _decode_problem(source: str | io.BytesIO) -> str | None:
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             if img.format == "JPEG":
                 img.draft(img.mode, (1, 1))  # decode at 1/8 scale: still reads every byte
             img.load()
@@ -593,10 +685,62 @@ def _parquet_source(spec: TaskSpec) -> TaskData:
     images = _parquet_images(where, table.column(cols[0]))
     classes, labels = _parquet_labels(where, table.column(cols[1]), dataset.schema, cols[1])
     codes = _parquet_splits(where, table.column(cols[2]))
-    keep = cap_test(labels, codes, spec.options.get("max_test"), _seed(spec))
+    readable, unreadable = _parquet_readable(spec, path, table.column(cols[0]), images)
+    keep = cap_test(labels, codes, spec.options.get("max_test"), _seed(spec)) & readable
     index = np.flatnonzero(keep)
     out = _table(index, labels[keep], codes[keep], image=images.filter(pa.array(keep)))
-    return TaskData(spec.name, classes, out)
+    return TaskData(spec.name, classes, out, unreadable=unreadable)
+
+
+_CHECKED_TABLES: dict[tuple, list[tuple[int, str]]] = {}  # (table, version) -> bad rows
+
+
+def _table_version(path: Path) -> tuple:
+    files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
+    return tuple((str(f), *_stat_version(f)) for f in files)
+
+
+def _stat_version(path: Path) -> tuple[int, ...]:
+    st = os.stat(path)
+    return st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _parquet_readable(
+    spec: TaskSpec, path: Path, raw: pa.ChunkedArray, images: pa.ChunkedArray
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Decode every row's image bytes up front (threads; cached per table version): all bad
+    rows named in one ``UnreadableImages`` (by row and, for the Hugging Face struct, its
+    ``path``), or with ``skip_unreadable`` left out: (rows to keep, names of those left out)."""
+    key = (str(path.resolve()), _table_version(path), str(raw.type), len(images))
+    bad = _CHECKED_TABLES.get(key)
+    if bad is None:
+        values = images.to_pylist()
+        workers = min(8, os.cpu_count() or 1, max(len(values), 1))
+        with ThreadPoolExecutor(workers) as pool:
+            reasons = list(pool.map(bytes_problem, values, chunksize=64))
+        bad = [(i, r) for i, r in enumerate(reasons) if r is not None]
+        _CHECKED_TABLES[key] = bad
+    keep = np.ones(len(images), bool)
+    if not bad:
+        return keep, ()
+    paths = None
+    if pa.types.is_struct(raw.type) and raw.type.get_field_index("path") >= 0:
+        paths = pc.struct_field(raw, "path").to_pylist()
+    names = [f"row {i}" + (f" ({paths[i]})" if paths and paths[i] else "") for i, _ in bad]
+    if not spec.options.get("skip_unreadable", False):
+        hint = "pass --skip-unreadable (skip_unreadable = true in a tasks file) to leave them out"
+        named = [(n, why) for n, (_, why) in zip(names, bad, strict=True)]
+        raise UnreadableImages(spec.name, path, named, hint, kind="image row(s)")
+    keep[[i for i, _ in bad]] = False
+    log.warning(
+        "task %s: skipped %d unreadable image row(s) of %s (skip_unreadable), e.g. %s (%s)",
+        spec.name,
+        len(bad),
+        path,
+        names[0],
+        bad[0][1],
+    )
+    return keep, tuple(names)
 
 
 def _first_bad(where: str, mask: pa.ChunkedArray | pa.Array, what: str) -> None:

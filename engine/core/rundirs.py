@@ -1,0 +1,193 @@
+"""Run directories a command writes into (``search --out``, ``benchmark``/``demo --out``,
+``finetune --out``): checked before any work, owned, and written by one command at a time.
+
+- ``check_writable``: a path a command will write can be written — it is not below a file, not
+  a file itself, and its nearest existing folder is writable (a read-only filesystem is named).
+- ``check_run_directory``: the same, and the ``.whichmodel-output`` rule on the whole folder: a
+  non-empty folder that holds neither the marker nor a whichmodel output folder (an earlier
+  version marked only those) is a user's folder, refused unless ``--force``; and a folder
+  another command is writing is refused at once, naming it.
+- ``owned_run_directory``: create the folder, mark it, and hold ``.whichmodel-lock``
+  (``fcntl.flock``) while the block runs. The kernel drops the lock when its process dies, so a
+  killed run never blocks the next one; the file only says who held it last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import fcntl
+import json
+import os
+import shutil
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from pyarrow import fs as pafs
+
+from whichmodel.core.errors import UserError
+from whichmodel.core.outputs import MARKER, forced, write_marker
+
+LOCK = ".whichmodel-lock"
+
+
+def check_writable(path: str | Path, what: str) -> None:
+    """``UserError`` (one line naming ``path``) when a command could not create or write the
+    folder ``path``: a file at it or above it, or no write access to its nearest existing
+    folder (a read-only filesystem, or permissions). Writes nothing."""
+    path = Path(path).expanduser().absolute()
+    probe = path
+    while not os.path.lexists(probe) and probe != probe.parent:
+        probe = probe.parent
+    if probe == path and not path.is_dir():
+        raise UserError(f"{what} {path}: exists and is not a directory")
+    if not probe.is_dir():
+        raise UserError(f"{what} {path}: cannot be created below {probe}, which is a file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        why = "read-only filesystem" if _read_only(probe) else "no write permission"
+        where = "" if probe == path else f" in {probe}"
+        raise UserError(f"{what} {path}: cannot write{where} ({why})")
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _owned(names: list[str], has_marker) -> bool:
+    """Whether a folder's entries show a whichmodel run directory: the marker, or (before the
+    whole run directory was marked) a direct subfolder carrying it."""
+    return MARKER in names or any(has_marker(n) for n in names)
+
+
+def check_run_directory(path: str | Path, what: str = "--out", force: bool = False) -> None:
+    """``check_writable``, then refuse a non-empty folder that is not a whichmodel run directory
+    (unless ``force`` or ``--force``) and one that another live command is writing."""
+    path = Path(path).expanduser().absolute()
+    check_writable(path, what)
+    if not path.is_dir():
+        return
+    names = [p.name for p in path.iterdir()]
+    if names and not (force or forced()) and not _owned(names, lambda n: _marked(path / n)):
+        raise UserError(
+            f"{what} {path}: not empty and not a previous whichmodel output (no {MARKER}); "
+            "pass --force to write into it, or choose another directory"
+        )
+    if LOCK in names:
+        _probe_lock(path, what)  # held by someone else: refused here, before any work
+
+
+def _marked(folder: Path) -> bool:
+    return (folder / MARKER).is_file()
+
+
+def check_remote_run(uri: str, what: str = "--out", force: bool = False) -> None:
+    """The marker rule for a run directory at a URI (listed through pyarrow, nothing written)."""
+    try:
+        fs, remote = pafs.FileSystem.from_uri(uri)
+        info = fs.get_file_info(remote)
+        if info.type == pafs.FileType.NotFound:
+            return
+        if info.type != pafs.FileType.Directory:
+            raise UserError(f"{what} {uri}: exists and is not a directory")
+        entries = fs.get_file_info(pafs.FileSelector(remote))
+        names = [e.base_name for e in entries]
+        marked = {
+            e.base_name
+            for e in entries
+            if e.type == pafs.FileType.Directory
+            and fs.get_file_info(f"{e.path}/{MARKER}").type == pafs.FileType.File
+        }
+    except (ValueError, OSError) as exc:  # ArrowInvalid (unknown scheme) is a ValueError
+        raise UserError(f"{what} {uri}: cannot list it: {' '.join(str(exc).split())}") from None
+    if names and not (force or forced()) and not _owned(names, marked.__contains__):
+        raise UserError(
+            f"{what} {uri}: not empty and not a previous whichmodel output (no {MARKER}); "
+            "pass --force to write into it, or choose another directory"
+        )
+
+
+@contextlib.contextmanager
+def owned_run_directory(path: str | Path, what: str = "--out") -> Iterator[Path]:
+    """Create ``path``, give it the marker (if it has none) and hold its lock for the block;
+    ``check_run_directory`` must have passed. A second command on the same folder, in this
+    process or another, gets a ``UserError`` naming the holder. A folder this call created is
+    removed again when the block fails before writing anything into it."""
+    path = Path(path).expanduser().absolute()
+    top = path  # the topmost folder this call creates (None: it existed)
+    while not top.parent.exists():
+        top = top.parent
+    created = None if path.exists() else top
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        with _locked(path, what):
+            if not (path / MARKER).is_file():
+                write_marker(path)
+            yield path
+    except BaseException:
+        if created is not None and {p.name for p in path.iterdir()} <= {MARKER, LOCK}:
+            shutil.rmtree(created, ignore_errors=True)  # a refusal inside leaves nothing
+        raise
+
+
+@contextlib.contextmanager
+def _locked(path: Path, what: str) -> Iterator[None]:
+    """Hold ``path/.whichmodel-lock`` (non-blocking ``flock``) and record the holder in it."""
+    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            raise UserError(f"{what} {path}: {holder(path)}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, _holder_record().encode(), 0)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _probe_lock(path: Path, what: str) -> None:
+    """``UserError`` naming the holder when ``path``'s lock is held now (nothing written)."""
+    fd = os.open(path / LOCK, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except OSError as exc:
+        if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            raise
+        raise UserError(f"{what} {path}: {holder(path)}") from None
+    finally:
+        os.close(fd)
+
+
+def _holder_record() -> str:
+    stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    command = " ".join(["whichmodel", *sys.argv[1:2]])
+    return json.dumps(
+        {"pid": os.getpid(), "host": socket.gethostname(), "since": stamp, "command": command}
+    )
+
+
+def holder(path: str | Path) -> str:
+    """The refusal text naming who holds ``path``'s lock (pid, host, since when, command)."""
+    try:
+        info = json.loads((Path(path) / LOCK).read_text() or "{}")
+    except (OSError, ValueError):
+        info = {}
+    who = f"pid {info.get('pid', '?')} on {info.get('host', '?')}"
+    since = f" since {info['since']}" if info.get("since") else ""
+    command = f" ({info['command']})" if info.get("command") else ""
+    return (
+        f"another whichmodel command is writing this run directory: {who}{since}{command}; "
+        "wait for it to finish, or choose another directory"
+    )
