@@ -26,7 +26,8 @@ import polars as pl
 from whichmodel.core.budgets import parse_budgets
 from whichmodel.core.catalog import Catalogue, load_catalogue
 from whichmodel.core.errors import UserError
-from whichmodel.core.outputs import atomic_directory, atomic_file, check_replaceable, write_table
+from whichmodel.core.outputs import atomic_directory, check_replaceable, write_table
+from whichmodel.core.rundirs import check_run_directory
 
 if TYPE_CHECKING:
     from whichmodel.analysis.analyze import Analysis
@@ -342,10 +343,11 @@ def _frame_task(frame: pl.DataFrame, name: str, out: PathLike | None) -> Path:
     from whichmodel.core.names import check_name
 
     check_name("task", name, "search(name=...)")
-    path = Path(out or DEFAULT_WORK_ROOT / name) / "data" / f"{name}.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_file(path, frame.write_parquet)
-    return path
+    work = Path(out or DEFAULT_WORK_ROOT / name)
+    check_run_directory(work)  # a user's own folder is refused before the frame goes in
+    with atomic_directory(work / "data") as tmp:  # marked: the search's own folder
+        frame.write_parquet(tmp / f"{name}.parquet")
+    return work / "data" / f"{name}.parquet"
 
 
 # ------------------------------------------------------------------------------- stages
