@@ -14,6 +14,8 @@ from whichmodel.analysis.analyze import analyze
 from whichmodel.analysis.plots import DELTA_PAIRS, write_plots
 from whichmodel.analysis.summary import summary_text
 from whichmodel.cluster.connect import connection_options
+from whichmodel.cluster.quiet import set_verbose
+from whichmodel.cluster.tracking import TRACKERS, check_tracker
 from whichmodel.core.budgets import parse_budgets
 from whichmodel.core.catalog import load_catalogue
 from whichmodel.core.errors import UserError
@@ -308,7 +310,7 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     check_directory(args.out, "--out")
     config = load_config(args.config)
     check_directory(config.out, f"{config.path}: [run] out")
-    run_benchmark(config, args.out)
+    run_benchmark(config, args.out, track=check_tracker(args.track, "--track"))
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -319,7 +321,17 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     check_directory(args.out, "--out")
     check_directory(args.cache, "--cache")
-    run_demo(args.out, args.cache)
+    run_demo(args.out, args.cache, track=check_tracker(args.track, "--track"))
+
+
+def add_track(p: argparse.ArgumentParser) -> None:
+    """The --track flag of the commands that run a study."""
+    p.add_argument(
+        "--track",
+        choices=TRACKERS,
+        help="log the study to an experiment tracker: mlflow (default URI "
+        "sqlite:///<run directory>/mlflow.db; needs whichmodel[mlflow])",
+    )
 
 
 def add_force(p: argparse.ArgumentParser) -> None:
@@ -509,6 +521,7 @@ def add_benchmark_parser(sub: argparse._SubParsersAction) -> None:
         help="run directory, or a URI pyarrow opens (s3://B/P, gs://B/P, file:///P): worked on "
         "locally and published when the study succeeds (default: [run] out of the config)",
     )
+    add_track(p)
     add_force(p)
     p.set_defaults(func=cmd_benchmark)
 
@@ -526,6 +539,7 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
         type=Path,
         help="cache of the demo pool (default $WHICHMODEL_CACHE/demo or ~/.cache/whichmodel/demo)",
     )
+    add_track(p)
     add_force(p)
     p.set_defaults(func=cmd_demo)
 
@@ -546,7 +560,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="whichmodel",
         description="Which pre-trained models to fine-tune: model search and regret analysis.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log more detail, and show Ray's, Ray Data's and Ray Tune's own output",
+    )
     parser.add_argument(
         "--address",
         help="join this existing Ray cluster (host:port of its GCS, auto, or ray://host:port; "
@@ -574,6 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="whichmodel: %(levelname)s: %(message)s",
     )
+    set_verbose(args.verbose)  # Ray's, Ray Data's and Tune's own reporters (cluster/quiet.py)
     try:
         with (
             connection_options(args.address, args.allow_unauthenticated),

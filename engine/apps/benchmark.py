@@ -22,6 +22,7 @@ config computes nothing new. A RUN.toml (paths relative to the file)::
     budgets = "1-3"               # default: 1 to each pool's size (at most 50)
     store = "store"               # embedding store (default RUN/store); may be shared
     log_odds = false              # relative regret in log-odds (paper App. C)
+    track = "mlflow"              # log the study to MLflow (whichmodel.cluster.tracking)
 
 The run directory::
 
@@ -37,6 +38,8 @@ The run directory::
     RUN/summary.txt             regret summary, as printed
     RUN/compute.json            compute per stage, this invocation and the earlier ones
     RUN/benchmark.log           the driver's log lines, every invocation
+    RUN/ray.log                 Ray's, Ray Data's and Tune's log records (off the terminal)
+    RUN/mlflow.db               with ``track = "mlflow"`` (or --track mlflow): the MLflow runs
     RUN/report.html             the self-contained report
 """
 
@@ -60,6 +63,14 @@ from whichmodel.analysis.plots import write_plots
 from whichmodel.analysis.progressive_cost import progressive_cost
 from whichmodel.analysis.report import ReportData, write_report
 from whichmodel.analysis.summary import summary_text
+from whichmodel.cluster.quiet import ray_log_file
+from whichmodel.cluster.tracking import (
+    Study,
+    check_tracker,
+    log_artifacts,
+    log_metrics,
+    tracked_study,
+)
 from whichmodel.core import schema
 from whichmodel.core.budgets import parse_budgets
 from whichmodel.core.catalog import Catalogue, load_catalogue
@@ -103,6 +114,7 @@ KEYS = (
     "progressive",
     "eta",
     "fractions",
+    "track",
 )
 
 DEFAULT_PROXIES = tuple(name for name, spec in PROXIES.items() if spec.default)
@@ -126,6 +138,7 @@ class BenchmarkConfig:
     log_odds: bool = False
     progressive: list[str] = dataclasses.field(default_factory=list)
     progressive_cfg: ProgressiveConfig | None = None  # None when ``progressive`` is empty
+    track: str | None = None  # experiment tracker (whichmodel.cluster.tracking.TRACKERS)
 
 
 @dataclass
@@ -224,6 +237,9 @@ def load_config(path: Path) -> BenchmarkConfig:
         store=store.resolve() if store else None,
         log_odds=log_odds,
         progressive=_names(path, "progressive", run.get("progressive", [])),
+        track=check_tracker(
+            _str(path, "track", run["track"]) if "track" in run else None, f"{path}: [run] track"
+        ),
     )
     config = dataclasses.replace(config, progressive_cfg=_progressive_cfg(path, run, config))
     _check_names(config)
@@ -308,18 +324,72 @@ def study_pool(catalogue: Catalogue, pools: list[str]) -> tuple[Catalogue, str, 
     return dataclasses.replace(catalogue, pools={**catalogue.pools, name: members}), name, members
 
 
-def run_benchmark(config: BenchmarkConfig, out: Path | str | None = None) -> Path:
+def run_benchmark(
+    config: BenchmarkConfig, out: Path | str | None = None, track: str | None = None
+) -> Path:
     """Run (or resume) the study of ``config`` into ``out`` (default the config's): a local
     directory or a URI (``s3://``, ``gs://``, ``file://``: worked on in a local staging copy and
     published when the study succeeds, ``whichmodel.core.outputs.run_directory``). Returns the
     local run
-    directory (report.html in it)."""
+    directory (report.html in it). ``track`` (or the config's ``track``): log the study to an
+    experiment tracker (``whichmodel.cluster.tracking``)."""
     target = out or config.out
-    with run_directory(target) as run:
-        _study(config, run)
+    tracker = track or config.track
+    with run_directory(target) as run, ray_log_file(run / "ray.log"):
+        with tracked_study(tracker, run, config.name, _params(config)) as tracked:
+            _study(config, run)
+            _track_results(tracked, run)
     if is_uri(target):
         print(f"[benchmark] published {target} (worked in {run})", flush=True)
     return run
+
+
+def _params(config: BenchmarkConfig) -> dict:
+    """The study's parameters as a tracker records them."""
+    params = {
+        "name": config.name,
+        "config": config.path,
+        "catalog": config.catalog,
+        "tasks": config.tasks,
+        "preset": config.preset,
+        "pools": config.pools or load_catalogue(config.catalog).pool_names(),
+        "proxies": config.proxies,
+        "progressive": config.progressive,
+        "budgets": config.budgets or "all",
+    }
+    if config.progressive_cfg is not None:
+        params |= {"eta": config.progressive_cfg.eta, "fractions": config.progressive_cfg.fractions}
+    return params
+
+
+def _track_results(tracked: Study | None, run: Path) -> None:
+    """The study's strategies (a param), its mean relative regret per pool, strategy and budget
+    up to 3 (metrics), and its tables, summary, compute record and report (artifacts)."""
+    if tracked is None:
+        return
+    curves = pl.read_parquet(run / "tables" / "curves.parquet")
+    strategies = sorted(set(curves["strategy"]))
+    tracked.client.log_param(tracked.run_id, "strategies", ",".join(strategies))
+    low = curves.filter(pl.col("budget") <= 3)
+    log_metrics(
+        tracked,
+        {
+            f"mean_rel_regret.{p}.{s}.B{b}": v
+            for p, s, b, v in low.select("pool", "strategy", "budget", "mean_rel_regret").rows()
+        },
+    )
+    compute = _read_json(run / "compute.json").get("invocation", {}).get("stages", [])
+    log_metrics(tracked, {f"wall_s.{s['stage']}": s["wall_s"] for s in compute})
+    log_artifacts(
+        tracked,
+        [
+            (run / "tables", "tables"),
+            (run / "report.html", None),
+            (run / "summary.txt", None),
+            (run / "compute.json", None),
+            (run / "config.toml", None),
+        ],
+    )
 
 
 def _study(config: BenchmarkConfig, run: Path) -> Path:

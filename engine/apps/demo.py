@@ -8,13 +8,14 @@ from whichmodel.apps.benchmark import load_config, run_benchmark
 from whichmodel.demo.pool import demo_run_config, ensure_demo_pool, print_progress
 
 
-def run_demo(out: Path | str, cache: Path | None = None) -> Path:
+def run_demo(out: Path | str, cache: Path | None = None, track: str | None = None) -> Path:
     """Build the pool if needed, then run the benchmark into ``out`` (a directory or a URI,
-    see ``whichmodel.apps.benchmark.run_benchmark``); the local run directory (report.html)."""
+    see ``whichmodel.apps.benchmark.run_benchmark``; ``track``: an experiment tracker); the
+    local run directory (report.html)."""
     start = time.perf_counter()
     catalog, _ = ensure_demo_pool(cache)
     config = load_config(demo_run_config(catalog, out))
-    run = run_benchmark(config, out)
+    run = run_benchmark(config, out, track)
     seconds = math.ceil(time.perf_counter() - start)
     print_progress(f"demo done in {seconds} s: {run / 'report.html'}")
     return run
