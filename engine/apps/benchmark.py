@@ -335,10 +335,13 @@ def run_benchmark(
     experiment tracker (``whichmodel.cluster.tracking``)."""
     target = out or config.out
     tracker = track or config.track
-    with run_directory(target) as run, ray_log_file(run / "ray.log"):
-        with tracked_study(tracker, run, config.name, _params(config)) as tracked:
-            _study(config, run)
-            _track_results(tracked, run)
+    with (
+        run_directory(target) as run,
+        ray_log_file(run / "ray.log"),
+        tracked_study(tracker, run, config.name, _params(config)) as tracked,
+    ):
+        _study(config, run)
+        _track_results(tracked, run)
     if is_uri(target):
         print(f"[benchmark] published {target} (worked in {run})", flush=True)
     return run
