@@ -34,6 +34,7 @@ from whichmodel.analysis.strategies import (
     parse_strategy,
     pick_slots,
 )
+from whichmodel.cluster.quiet import ray_log_file
 from whichmodel.core.catalog import Catalogue, load_catalogue
 from whichmodel.core.errors import UserError
 from whichmodel.core.names import MAX_NAME_BYTES, check_name
@@ -420,7 +421,7 @@ def search(
     work = (Path(work_dir) if work_dir else DEFAULT_WORK_ROOT / spec.name).resolve()
     _check_owned(work, spec.name, finetune)
     models = meta["model"].to_list()
-    with _quiet_repeats():
+    with _quiet_repeats(), ray_log_file(work / "ray.log"):
         if base is not None:
             keep = replace(progressive, keep_at_least=max(progressive.keep_at_least, budget))
             found = _progressive_scores(cat, pool, spec, base, proxies[0], numbers, work, keep)

@@ -11,13 +11,14 @@ errors still show. ``set_verbose(True)`` (the CLI's ``-v``) brings all of them b
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 RAY_LOGGERS = ("ray", "ray.data", "ray.tune", "ray.train", "ray.air", "ray.serve")
-_state = {"verbose": False}
+_state: dict[str, bool] = {"verbose": False, "set_air": False}
 
 
 def set_verbose(on: bool) -> None:
@@ -37,7 +38,15 @@ def tune_verbose() -> int:
 
 
 def quiet_ray() -> None:
-    """Apply the verbosity to Ray's loggers' terminal handlers and to Ray Data's progress."""
+    """Apply the verbosity to Ray's loggers' terminal handlers, Ray Data's progress and Tune's
+    output engine (its new engine prints an experiment table even at ``verbose=0``; the legacy
+    one, at 0, prints nothing)."""
+    if is_verbose():
+        if os.environ.get("RAY_AIR_NEW_OUTPUT") == "0" and _state.get("set_air"):
+            del os.environ["RAY_AIR_NEW_OUTPUT"]
+    elif "RAY_AIR_NEW_OUTPUT" not in os.environ:
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+        _state["set_air"] = True
     level = logging.INFO if is_verbose() else logging.ERROR
     for name in RAY_LOGGERS:
         for handler in logging.getLogger(name).handlers:
