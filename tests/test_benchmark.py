@@ -476,8 +476,14 @@ def test_warm_benchmark_prints_at_most_40_lines_and_starts_no_ray(study, tmp_pat
     assert rc == 0, text
     assert len(lines) <= 40, text
     assert not started, "a benchmark with nothing to compute started Ray"
-    summary = (study["run"] / "summary.txt").read_text()
-    assert summary.strip() in text
+    # the summary's advice strategies are shown as in summary.txt; the references are not
+    summary = (study["run"] / "summary.txt").read_text().splitlines()
+    for line in summary:
+        name = line.split()[0]
+        if name in ("pool", "strategy", "task_agnostic", "hybrid_linear", "random"):
+            assert line in lines, line
+        if name in ("oracle", "task_agnostic_oracle"):
+            assert line not in lines, line
     assert f"finetune: 0 computed, {len(MODELS) * 2} reused" in text
 
 

@@ -62,7 +62,7 @@ from whichmodel.analysis.analyze import Analysis, analyze
 from whichmodel.analysis.plots import write_plots
 from whichmodel.analysis.progressive_cost import progressive_cost
 from whichmodel.analysis.report import ReportData, write_report
-from whichmodel.analysis.summary import summary_text
+from whichmodel.analysis.summary import summary_brief, summary_text
 from whichmodel.cluster.quiet import ray_log_file
 from whichmodel.cluster.tracking import (
     Study,
@@ -308,8 +308,10 @@ class _Driver:
     def __init__(self, run: Path) -> None:
         self.file = run / "benchmark.log"
 
-    def say(self, text: str) -> None:
-        print(f"[benchmark] {text}", flush=True)
+    def say(self, text: str, terminal: bool = True) -> None:
+        """``text`` in the log and (unless ``terminal`` is false: detail) on the terminal."""
+        if terminal:
+            print(f"[benchmark] {text}", flush=True)
         with self.file.open("a") as fh:
             fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}\n")
 
@@ -450,10 +452,14 @@ def _study(config: BenchmarkConfig, run: Path) -> Path:
         run / "report.html",
     )
     atomic_text(run / "compute.json", json.dumps(compute, indent=1))
-    print(summary, end="")
-    driver.say("compute per stage (this invocation):")
+    print(summary_brief(analysis), end="")
+    total = compute["invocation"]["wall_s"]
+    driver.say(
+        f"compute per stage (this invocation): {total:.1f} s wall in all (per stage: "
+        "benchmark.log, compute.json, the report)"
+    )
     for line in compute_lines(compute):
-        driver.say("  " + line)
+        driver.say("  " + line, terminal=False)
     driver.say(f"report {report}")
     return run
 
@@ -491,7 +497,7 @@ def _analyze_stage(
 def _embed_stage(study, union, specs, store, preset, driver) -> StageRecord:
     start = time.perf_counter()
     cfg = embed_config(preset)
-    driver.say(f"embed: {store}")
+    driver.say(f"embed: {store}", terminal=False)
     summary = embed(study, union, specs, store, cfg)
     record = StageRecord(
         "embed",
@@ -512,7 +518,7 @@ def _probe_stage(store, run, proxies, preset, models, task_names, driver) -> Sta
         driver.say(record.line())
         return record
 
-    driver.say(f"probe: {', '.join(proxies)} on every stored (model, task) pair")
+    driver.say(f"probe: {', '.join(proxies)} on every stored (model, task) pair", terminal=False)
     summary = probe(store, list(proxies), preset, models=models, tasks=task_names)
     write_scores(summary.scores, run / "scores.parquet")
     record = StageRecord(
@@ -554,7 +560,8 @@ def _progressive_stage(
     cfg = config.progressive_cfg
     driver.say(
         f"progressive: {', '.join(config.progressive)} on {', '.join(pools)}, eta {cfg.eta}, "
-        f"fractions {', '.join(f'{f:g}' for f in cfg.fractions)}"
+        f"fractions {', '.join(f'{f:g}' for f in cfg.fractions)}",
+        terminal=False,
     )
     scores, rungs = [empty.scores], [empty.rungs]
     scored = reused = 0
@@ -604,7 +611,8 @@ def _finetune_stage(study, union, specs, preset, run, driver) -> tuple[StageReco
     ft = preset["finetune"]
     driver.say(
         f"finetune: every model on every task (oracle), {len(ft['lrs'])} lr(s) × "
-        f"{ft['reps']} rep(s), {ft['steps']} steps → {out}"
+        f"{ft['reps']} rep(s), {ft['steps']} steps → {out}",
+        terminal=False,
     )
     summary = run_finetune(study, union, specs, preset, out)
     with atomic_directory(out / "table") as tmp:
