@@ -90,7 +90,8 @@ def search_command(args: argparse.Namespace) -> tuple[list[str], list[Path]]:
 def demo_command(args: argparse.Namespace) -> tuple[list[str], list[Path]]:
     cache = Path(args.cache or Path(args.work) / "cache")
     out = Path(args.out or Path(args.work) / "demo")
-    shutil.rmtree(out, ignore_errors=True)
+    if not args.out:  # a run directory given is kept: (1) is then a rerun too
+        shutil.rmtree(out, ignore_errors=True)
     return [whichmodel(), "demo", "--cache", str(cache), "--out", str(out)], [out, cache]
 
 
@@ -101,7 +102,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=160, help="search: images in the folder")
     parser.add_argument("--catalog", help="search: catalogue (default: the demo pool)")
     parser.add_argument("--cache", help="demo: demo cache (default: a fresh one under --work)")
-    parser.add_argument("--out", help="demo: run directory (default: a fresh one under --work)")
+    parser.add_argument("--out", help="demo: run directory, kept (default: a fresh one)")
     args = parser.parse_args()
     Path(args.work).mkdir(parents=True, exist_ok=True)
     cmd, roots = (search_command if args.command == "search" else demo_command)(args)

@@ -10,7 +10,7 @@ def is_reference(strategy: str) -> bool:
     """Whether a strategy is an analysis reference (it ranks by fine-tune results: oracle,
     random, task_agnostic_oracle/_loo, similar_tasks_<proxy>) rather than advice to follow."""
     spec = STRATEGIES.get(strategy)
-    return strategy.startswith(SIMILAR_PREFIX) or (spec is not None and spec.kind == "reference")
+    return strategy.startswith(SIMILAR_PREFIX) or (spec is not None and spec.slots == "reference")
 
 
 def summary_brief(result: Analysis) -> str:
