@@ -297,6 +297,7 @@ def cmd_search(args: argparse.Namespace) -> None:
         work_dir=args.out,
         skip_unreadable=args.skip_unreadable,
         progressive=progressive,
+        track=check_tracker(args.track, "--track"),
     )
     print(format_result(result), end="")
     print(f"wrote {result.work_dir / 'report'}: picks.parquet, picks.csv, summary.txt")
@@ -502,6 +503,7 @@ def add_search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", type=Path, help="work directory (default ./whichmodel-search/<task name>)"
     )
+    add_track(p)
     add_force(p)
     p.set_defaults(func=cmd_search)
 

@@ -375,3 +375,26 @@ def test_search_prints_at_most_25_lines_and_a_cached_one_starts_no_ray(setup, fi
     assert len(ROW.findall(text)) == 2
     assert not started, "a cached search started Ray"
     assert (setup / "quiet" / "ray.log").is_file()
+
+
+def test_search_with_track_mlflow_logs_its_params_and_report(setup, first):
+    """``search --track mlflow`` (here a rerun: nothing to compute, so no trial runs): one
+    MLflow run named after the task, with the search's params and its report as artifacts,
+    read back through MLflow's client from the work directory's SQLite database."""
+    mlflow = pytest.importorskip("mlflow")
+    rc, out, err, _ = run_search(setup, "--budget", "2", "--track", "mlflow")
+    assert rc == 0, err
+    uri = f"sqlite:///{setup / 'work'}/mlflow.db"
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("whichmodel")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    params = runs[0].data.params
+    assert (params["strategy"], params["budget"], params["pool"]) == ("hybrid_linear", "2", "Small")
+    arts = {a.path for a in client.list_artifacts(runs[0].info.run_id, "report")}
+    assert {"report/picks.csv", "report/summary.txt"} <= arts
+    run_id = runs[0].info.run_id
+    local = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path="report/summary.txt", tracking_uri=uri
+    )
+    assert out.startswith(Path(local).read_text())
