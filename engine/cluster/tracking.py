@@ -6,7 +6,8 @@ runs in this call is an MLflow run of its own, nested under the study's (``mlflo
 logged by Ray Tune's MLflow integration (``ray.air.integrations.mlflow.MLflowLoggerCallback``):
 its config as params and every metric it reports. Trials an earlier call finished are not
 logged again. The default tracking URI is offline: ``sqlite:///<run directory>/mlflow.db``
-(MLflow's plain file store is deprecated); ``MLFLOW_TRACKING_URI`` overrides it. mlflow is an
+(MLflow's plain file store is deprecated), artifacts in ``<run directory>/mlartifacts``;
+``MLFLOW_TRACKING_URI`` overrides the URI. mlflow is an
 optional dependency: ``pip install 'whichmodel[mlflow]'``.
 """
 
@@ -75,7 +76,9 @@ def tracked_study(
     uri = default_uri(run)
     client = MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(EXPERIMENT)
-    experiment = found.experiment_id if found else client.create_experiment(EXPERIMENT)
+    # artifacts next to the database (MLflow's default is ./mlruns of the working directory)
+    artifacts = (Path(run) / "mlartifacts").resolve().as_uri()
+    experiment = found.experiment_id if found else client.create_experiment(EXPERIMENT, artifacts)
     created = client.create_run(experiment, run_name=name, tags={"whichmodel.study": name})
     study = Study(client, created.info.run_id, experiment, uri)
     for key, value in params.items():
