@@ -427,6 +427,7 @@ BASE = 'catalog = "catalog.toml"\ntasks = "tasks.toml"\n'
         (f'{BASE}progressive = ["knn"]\nfractions = "1/4,1/2"\n', "must end at 1"),
         (f'{BASE}progressive = ["knn"]\nfractions = "a,1"\n', "'a' is not a number"),
         (f'{BASE}progressive = ["knn"]\nfractions = 0.5\n', "fractions must be a list"),
+        (f'{BASE}track = "nope"\n', "[run] track: unknown tracker 'nope'"),
     ],
 )
 def test_bad_config_exits_2_naming_the_key_or_file(config_world, body, needle, capsys):
