@@ -54,9 +54,14 @@ def check_tracker(name: str | None, where: str) -> str | None:
     return name
 
 
+# The user's MLFLOW_TRACKING_URI, read before anything imports mlflow: Tune's MLflow callback
+# sets that variable in this process (mlflow.set_tracking_uri) for the study it logs.
+USER_URI = os.environ.get("MLFLOW_TRACKING_URI")
+
+
 def default_uri(run: Path) -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else a SQLite database in the run directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(run).resolve()}/mlflow.db"
+    """``MLFLOW_TRACKING_URI`` if the user set it, else a SQLite database in the run directory."""
+    return USER_URI or f"sqlite:///{Path(run).resolve()}/mlflow.db"
 
 
 @contextmanager
