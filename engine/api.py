@@ -282,6 +282,7 @@ def search(
     eta: int | None = None,
     fractions: str | Sequence[float] | None = None,
     name: str = "task",
+    track: str | None = None,
 ) -> SearchResult:
     """Which ``budget`` models of a pool to fine-tune for ``data`` (``whichmodel search``).
 
@@ -292,7 +293,7 @@ def search(
     (default ``hybrid_linear``) or ``[hybrid_]progressive_<proxy>`` (``eta``, ``fractions``:
     its rungs); ``finetune``: also fine-tune the picks and export the winner; ``out``: the
     work directory (default ``./whichmodel-search/<task>``; a rerun reuses its store and probe
-    results)."""
+    results); ``track``: log the search to an experiment tracker (``"mlflow"``)."""
     from whichmodel.apps import search as app
     from whichmodel.stages.progressive import ProgressiveConfig, parse_fractions
 
@@ -317,6 +318,7 @@ def search(
         work_dir=out,
         skip_unreadable=skip_unreadable,
         progressive=progressive,
+        track=track,
     )
     report = result.work_dir / "report"
     paths = [report / "picks.parquet", report / "picks.csv", report / "summary.txt"]
@@ -593,17 +595,20 @@ class BenchmarkResult:
     report: Path
 
 
-def benchmark(config: PathLike | BenchmarkConfig, out: PathLike | None = None) -> BenchmarkResult:
+def benchmark(
+    config: PathLike | BenchmarkConfig, out: PathLike | None = None, track: str | None = None
+) -> BenchmarkResult:
     """Run (or resume) the study of a RUN.toml (``whichmodel benchmark``; a path, or a config
     from ``whichmodel.apps.benchmark.load_config``) into ``out`` (default the config's ``[run]
-    out``; a local folder or a URI, published when the study succeeds)."""
+    out``; a local folder or a URI, published when the study succeeds); ``track``: log it to an
+    experiment tracker (default the config's ``[run] track``)."""
     from whichmodel.analysis.summary import summary_text
     from whichmodel.analysis.write import ANALYSIS_TABLES
     from whichmodel.apps.benchmark import BenchmarkConfig, load_config, run_study
 
     if not isinstance(config, BenchmarkConfig):
         config = load_config(Path(config))
-    study = run_study(config, str(out) if out is not None else None)
+    study = run_study(config, str(out) if out is not None else None, track)
     a = study.analysis
     tables = [study.run / "tables" / f"{n}.parquet" for n in ANALYSIS_TABLES]
     analysis = AnalysisResult(

@@ -11,6 +11,8 @@ import polars as pl
 
 from whichmodel import api
 from whichmodel.cluster.connect import connection_options
+from whichmodel.cluster.quiet import set_verbose
+from whichmodel.cluster.tracking import TRACKERS, check_tracker
 from whichmodel.core.budgets import parse_budgets
 from whichmodel.core.errors import UserError
 from whichmodel.core.outputs import check_replaceable, disk_full_message, is_disk_full, replacing
@@ -244,6 +246,7 @@ def cmd_search(args: argparse.Namespace) -> None:
         skip_unreadable=args.skip_unreadable,
         eta=args.eta,
         fractions=args.fractions,
+        track=check_tracker(args.track, "--track"),
     )
     print(result.summary, end="")
     print(f"wrote {result.work_dir / 'report'}: picks.parquet, picks.csv, summary.txt")
@@ -257,7 +260,7 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     check_directory(args.out, "--out")
     config = load_config(args.config)
     check_directory(config.out, f"{config.path}: [run] out")
-    api.benchmark(config, args.out)
+    api.benchmark(config, args.out, track=check_tracker(args.track, "--track"))
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -268,7 +271,17 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     check_directory(args.out, "--out")
     check_directory(args.cache, "--cache")
-    run_demo(args.out, args.cache)
+    run_demo(args.out, args.cache, track=check_tracker(args.track, "--track"))
+
+
+def add_track(p: argparse.ArgumentParser) -> None:
+    """The --track flag of the commands that run a study."""
+    p.add_argument(
+        "--track",
+        choices=TRACKERS,
+        help="log the study to an experiment tracker: mlflow (default URI "
+        "sqlite:///<run directory>/mlflow.db; needs whichmodel[mlflow])",
+    )
 
 
 def add_force(p: argparse.ArgumentParser) -> None:
@@ -447,6 +460,7 @@ def add_search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", type=Path, help="work directory (default ./whichmodel-search/<task name>)"
     )
+    add_track(p)
     add_force(p)
     p.set_defaults(func=cmd_search)
 
@@ -466,6 +480,7 @@ def add_benchmark_parser(sub: argparse._SubParsersAction) -> None:
         help="run directory, or a URI pyarrow opens (s3://B/P, gs://B/P, file:///P): worked on "
         "locally and published when the study succeeds (default: [run] out of the config)",
     )
+    add_track(p)
     add_force(p)
     p.set_defaults(func=cmd_benchmark)
 
@@ -483,6 +498,7 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
         type=Path,
         help="cache of the demo pool (default $WHICHMODEL_CACHE/demo or ~/.cache/whichmodel/demo)",
     )
+    add_track(p)
     add_force(p)
     p.set_defaults(func=cmd_demo)
 
@@ -503,7 +519,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="whichmodel",
         description="Which pre-trained models to fine-tune: model search and regret analysis.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log more detail, and show Ray's, Ray Data's and Ray Tune's own output",
+    )
     parser.add_argument(
         "--address",
         help="join this existing Ray cluster (host:port of its GCS, auto, or ray://host:port; "
@@ -531,6 +552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="whichmodel: %(levelname)s: %(message)s",
     )
+    set_verbose(args.verbose)  # Ray's, Ray Data's and Tune's own reporters (cluster/quiet.py)
     try:
         with (
             connection_options(args.address, args.allow_unauthenticated),

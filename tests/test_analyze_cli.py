@@ -306,3 +306,19 @@ def test_console_script_exit_code(tmp_path):
     proc = subprocess.run([*cmd, "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "ft.csv" in proc.stderr and "sup-100" in proc.stderr
+
+
+def test_analyze_prints_its_summary_table_and_at_most_5_more_lines(tmp_path):
+    """`whichmodel analyze` as a subprocess: what it prints is the summary table it writes to
+    summary.txt plus at most 5 lines (no library chatter, no Ray)."""
+    from cliproc import run_whichmodel
+
+    out = tmp_path / "out"
+    args = ["analyze", "--catalog", str(VTAB_CATALOG), "--finetune", str(VTAB_FT)]
+    rc, lines, started = run_whichmodel([*args, "--out", str(out)], tmp_path / "marker")
+    text = "\n".join(lines)
+    assert rc == 0, text
+    summary = (out / "summary.txt").read_text()
+    assert summary.strip() in text
+    assert len(lines) <= len(summary.splitlines()) + 5, text
+    assert not started

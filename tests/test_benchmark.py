@@ -435,6 +435,7 @@ BASE = 'catalog = "catalog.toml"\ntasks = "tasks.toml"\n'
         (f'{BASE}progressive = ["knn"]\nfractions = "1/4,1/2"\n', "must end at 1"),
         (f'{BASE}progressive = ["knn"]\nfractions = "a,1"\n', "'a' is not a number"),
         (f'{BASE}progressive = ["knn"]\nfractions = 0.5\n', "fractions must be a list"),
+        (f'{BASE}track = "nope"\n', "[run] track: unknown tracker 'nope'"),
     ],
 )
 def test_bad_config_exits_2_naming_the_key_or_file(config_world, body, needle, capsys):
@@ -472,3 +473,77 @@ def test_run_directory_at_a_uri_resumes_from_it_and_is_published(study, tmp_path
 def test_unknown_uri_scheme_exits_2(study):
     rc, _ = run_cli(["benchmark", "--config", str(study["root"] / "RUN.toml"), "--out", "nope://x"])
     assert rc == 2
+
+
+def test_warm_benchmark_prints_at_most_40_lines_and_starts_no_ray(study, tmp_path):
+    """The rerun of a finished study, as a subprocess: every result comes from the run
+    directory and the store, so it starts no Ray (nor Tune), and prints at most 40 lines (the
+    demo's warm budget), the summary among them."""
+    from cliproc import run_whichmodel
+
+    args = ["benchmark", "--config", str(study["root"] / "RUN.toml")]
+    rc, lines, started = run_whichmodel(args, tmp_path / "marker")
+    text = "\n".join(lines)
+    assert rc == 0, text
+    assert len(lines) <= 40, text
+    assert not started, "a benchmark with nothing to compute started Ray"
+    # the summary's advice strategies are shown as in summary.txt; the references are not
+    summary = (study["run"] / "summary.txt").read_text().splitlines()
+    for line in summary:
+        name = line.split()[0]
+        if name in ("pool", "strategy", "task_agnostic", "hybrid_linear", "random"):
+            assert line in lines, line
+        if name in ("oracle", "task_agnostic_oracle"):
+            assert line not in lines, line
+    assert f"finetune: 0 computed, {len(MODELS) * 2} reused" in text
+
+
+@pytest.mark.heavy
+def test_track_mlflow_logs_the_study_its_trials_and_artifacts(study):
+    """``track = "mlflow"``: one MLflow run for the study (params: preset, pools, proxies,
+    strategies; artifacts: tables and report) and, nested under it, one run per probe and
+    fine-tune trial with the metrics Tune reported, read back through MLflow's own client and
+    checked against the study's tables. The store is the reduced study's (embeddings reused);
+    the probe (kNN only) and the fine-tunes of pool Two run anew."""
+    mlflow = pytest.importorskip("mlflow")
+    root = study["root"]
+    config = root / "TRACK.toml"
+    config.write_text(
+        '[run]\nname = "tracked"\nout = "runs/tracked"\ncatalog = "catalog.toml"\n'
+        'pools = ["Two"]\ntasks = "tasks.toml"\npreset = "presets.toml:tiny"\n'
+        'proxies = ["knn"]\nstore = "runs/reduced/store"\ntrack = "mlflow"\n'
+    )
+    rc, log = run_cli(["benchmark", "--config", str(config)])
+    assert rc == 0, log
+    run = root / "runs" / "tracked"
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{run}/mlflow.db")
+    experiment = client.get_experiment_by_name("whichmodel")
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get("whichmodel.study") == "tracked"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    params = parent.data.params
+    assert params["preset"].endswith("presets.toml:tiny")
+    assert params["pools"] == "Two" and params["proxies"] == "knn"
+    curves = pl.read_parquet(run / "tables" / "curves.parquet")
+    assert params["strategies"].split(",") == sorted(set(curves["strategy"]))
+    row = curves.filter((pl.col("strategy") == "hybrid_knn") & (pl.col("budget") == 1))
+    key = "mean_rel_regret.Two.hybrid_knn.B1"
+    assert parent.data.metrics[key] == pytest.approx(row["mean_rel_regret"][0])
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    stages = defaultdict(list)
+    for child in children:
+        stages[child.data.tags["whichmodel.stage"]].append(child)
+    pairs = 2 * 2  # pool Two's models on both tasks
+    assert len(stages["probe"]) == pairs and len(stages["finetune"]) == pairs
+    finetune = pl.read_parquet(run / "tables" / "finetune.parquet")
+    for child in stages["finetune"]:
+        model, task = json.loads(child.data.params["pair"].replace("'", '"'))
+        want = finetune.filter((pl.col("model") == model) & (pl.col("task") == task))
+        assert child.data.metrics["val_acc"] == pytest.approx(want["val_acc"][0])
+        assert child.data.metrics["test_acc"] == pytest.approx(want["test_acc"][0])
+    assert all("compute_seconds" in c.data.metrics for c in stages["probe"])
+    top = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"report.html", "summary.txt", "tables"} <= top
+    tables = {a.path for a in client.list_artifacts(parent.info.run_id, "tables")}
+    assert "tables/regret.parquet" in tables and "tables/finetune.csv" in tables

@@ -349,3 +349,53 @@ def test_etran_ranks_and_prints_the_pool_normalised_score(setup, first):
     np.testing.assert_allclose(picks["score_etran"], [pooled[m] for m in expected], atol=1e-12)
     raw = dict(table.select("model", "score").iter_rows())
     assert any(raw[m] != pytest.approx(pooled[m], abs=1e-3) for m in raw)  # not the raw sum
+
+
+@pytest.mark.heavy
+def test_search_prints_at_most_25_lines_and_a_cached_one_starts_no_ray(setup, first, ray_session):
+    """A first search (joining the session's Ray) and its rerun, as subprocesses: each prints
+    at most 25 lines (no Tune trial tables, no Ray Data progress logs) with the picks; the
+    rerun, whose embeddings and probe results are all stored, answers without Ray."""
+    from cliproc import run_whichmodel
+
+    args = ["search", str(setup / "shapes"), "--catalog", str(setup / "catalog.toml")]
+    args += ["--preset", str(setup / "presets.toml"), "--budget", "2", "--out"]
+    address = ray_session.get_runtime_context().gcs_address
+    cold = ["--address", address, "--allow-unauthenticated", *args, str(setup / "quiet")]
+    rc, lines, _ = run_whichmodel(cold, setup / "cold.marker")
+    text = "\n".join(lines)
+    assert rc == 0, text
+    assert len(lines) <= 25, text
+    assert "embedded 3 (model, task) pair(s), reused 0; probed 3, reused 0" in text
+    assert len(ROW.findall(text)) == 2 and "Trial" not in text and "Progress" not in text
+    rc, lines, started = run_whichmodel([*args, str(setup / "quiet")], setup / "warm.marker")
+    text = "\n".join(lines)
+    assert rc == 0, text
+    assert len(lines) <= 25, text
+    assert "embedded 0 (model, task) pair(s), reused 3; probed 0, reused 3" in text
+    assert len(ROW.findall(text)) == 2
+    assert not started, "a cached search started Ray"
+    assert (setup / "quiet" / "ray.log").is_file()
+
+
+def test_search_with_track_mlflow_logs_its_params_and_report(setup, first):
+    """``search --track mlflow`` (here a rerun: nothing to compute, so no trial runs): one
+    MLflow run named after the task, with the search's params and its report as artifacts,
+    read back through MLflow's client from the work directory's SQLite database."""
+    mlflow = pytest.importorskip("mlflow")
+    rc, out, err, _ = run_search(setup, "--budget", "2", "--track", "mlflow")
+    assert rc == 0, err
+    uri = f"sqlite:///{setup / 'work'}/mlflow.db"
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("whichmodel")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    params = runs[0].data.params
+    assert (params["strategy"], params["budget"], params["pool"]) == ("hybrid_linear", "2", "Small")
+    arts = {a.path for a in client.list_artifacts(runs[0].info.run_id, "report")}
+    assert {"report/picks.csv", "report/summary.txt"} <= arts
+    run_id = runs[0].info.run_id
+    local = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path="report/summary.txt", tracking_uri=uri
+    )
+    assert out.startswith(Path(local).read_text())

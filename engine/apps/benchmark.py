@@ -22,6 +22,7 @@ config computes nothing new. A RUN.toml (paths relative to the file)::
     budgets = "1-3"               # default: 1 to each pool's size (at most 50)
     store = "store"               # embedding store (default RUN/store); may be shared
     log_odds = false              # relative regret in log-odds (paper App. C)
+    track = "mlflow"              # log the study to MLflow (whichmodel.cluster.tracking)
 
 The run directory::
 
@@ -37,6 +38,8 @@ The run directory::
     RUN/summary.txt             regret summary, as printed
     RUN/compute.json            compute per stage, this invocation and the earlier ones
     RUN/benchmark.log           the driver's log lines, every invocation
+    RUN/ray.log                 Ray's, Ray Data's and Tune's log records (off the terminal)
+    RUN/mlflow.db               with ``track = "mlflow"`` (or --track mlflow): the MLflow runs
     RUN/report.html             the self-contained report
 """
 
@@ -59,8 +62,16 @@ from whichmodel.analysis.analyze import Analysis, analyze
 from whichmodel.analysis.plots import write_plots
 from whichmodel.analysis.progressive_cost import progressive_cost
 from whichmodel.analysis.report import ReportData, write_report
-from whichmodel.analysis.summary import summary_text
+from whichmodel.analysis.summary import summary_brief, summary_text
 from whichmodel.analysis.write import write_analysis_tables
+from whichmodel.cluster.quiet import ray_log_file
+from whichmodel.cluster.tracking import Study as TrackedStudy
+from whichmodel.cluster.tracking import (
+    check_tracker,
+    log_artifacts,
+    log_metrics,
+    tracked_study,
+)
 from whichmodel.core import schema
 from whichmodel.core.budgets import parse_budgets
 from whichmodel.core.catalog import Catalogue, load_catalogue
@@ -111,6 +122,7 @@ KEYS = (
     "progressive",
     "eta",
     "fractions",
+    "track",
 )
 
 DEFAULT_PROXIES = tuple(name for name, spec in PROXIES.items() if spec.default)
@@ -134,6 +146,7 @@ class BenchmarkConfig:
     log_odds: bool = False
     progressive: list[str] = dataclasses.field(default_factory=list)
     progressive_cfg: ProgressiveConfig | None = None  # None when ``progressive`` is empty
+    track: str | None = None  # experiment tracker (whichmodel.cluster.tracking.TRACKERS)
 
 
 @dataclass
@@ -232,6 +245,9 @@ def load_config(path: Path) -> BenchmarkConfig:
         store=store.resolve() if store else None,
         log_odds=log_odds,
         progressive=_names(path, "progressive", run.get("progressive", [])),
+        track=check_tracker(
+            _str(path, "track", run["track"]) if "track" in run else None, f"{path}: [run] track"
+        ),
     )
     config = dataclasses.replace(config, progressive_cfg=_progressive_cfg(path, run, config))
     _check_names(config)
@@ -300,8 +316,10 @@ class _Driver:
     def __init__(self, run: Path) -> None:
         self.file = run / "benchmark.log"
 
-    def say(self, text: str) -> None:
-        print(f"[benchmark] {text}", flush=True)
+    def say(self, text: str, terminal: bool = True) -> None:
+        """``text`` in the log and (unless ``terminal`` is false: detail) on the terminal."""
+        if terminal:
+            print(f"[benchmark] {text}", flush=True)
         with self.file.open("a") as fh:
             fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}\n")
 
@@ -329,21 +347,33 @@ class Study:
     report: Path
 
 
-def run_benchmark(config: BenchmarkConfig, out: Path | str | None = None) -> Path:
+def run_benchmark(
+    config: BenchmarkConfig, out: Path | str | None = None, track: str | None = None
+) -> Path:
     """Run (or resume) the study of ``config`` into ``out`` (default the config's): a local
     directory or a URI (``s3://``, ``gs://``, ``file://``: worked on in a local staging copy and
     published when the study succeeds, ``whichmodel.core.outputs.run_directory``). Returns the
     local run
-    directory (report.html in it)."""
-    return run_study(config, out).run
+    directory (report.html in it). ``track`` (or the config's ``track``): log the study to an
+    experiment tracker (``whichmodel.cluster.tracking``)."""
+    return run_study(config, out, track).run
 
 
-def run_study(config: BenchmarkConfig, out: Path | str | None = None) -> Study:
+def run_study(
+    config: BenchmarkConfig, out: Path | str | None = None, track: str | None = None
+) -> Study:
     """``run_benchmark``, returning what the study holds in memory (``Study``)."""
     target = out or config.out
+    tracker = track or config.track
     check_target(config, target)
-    with run_directory(target) as run, owned_run_directory(run):
+    with (
+        run_directory(target) as run,
+        owned_run_directory(run),
+        ray_log_file(run / "ray.log"),
+        tracked_study(tracker, run, config.name, _params(config)) as tracked,
+    ):
         study = _study(config, run)
+        _track_results(tracked, run)
     if is_uri(target):
         print(f"[benchmark] published {target} (worked in {run})", flush=True)
     return study
@@ -364,6 +394,54 @@ def check_target(config: BenchmarkConfig, target: Path | str) -> None:
         check_run_directory(local, "run directory")
     if config.store is not None:
         check_writable(config.store, "store")
+
+
+def _params(config: BenchmarkConfig) -> dict:
+    """The study's parameters as a tracker records them."""
+    params = {
+        "name": config.name,
+        "config": config.path,
+        "catalog": config.catalog,
+        "tasks": config.tasks,
+        "preset": config.preset,
+        "pools": config.pools or load_catalogue(config.catalog).pool_names(),
+        "proxies": config.proxies,
+        "progressive": config.progressive,
+        "budgets": config.budgets or "all",
+    }
+    if config.progressive_cfg is not None:
+        params |= {"eta": config.progressive_cfg.eta, "fractions": config.progressive_cfg.fractions}
+    return params
+
+
+def _track_results(tracked: TrackedStudy | None, run: Path) -> None:
+    """The study's strategies (a param), its mean relative regret per pool, strategy and budget
+    up to 3 (metrics), and its tables, summary, compute record and report (artifacts)."""
+    if tracked is None:
+        return
+    curves = pl.read_parquet(run / "tables" / "curves.parquet")
+    strategies = sorted(set(curves["strategy"]))
+    tracked.client.log_param(tracked.run_id, "strategies", ",".join(strategies))
+    low = curves.filter(pl.col("budget") <= 3)
+    log_metrics(
+        tracked,
+        {
+            f"mean_rel_regret.{p}.{s}.B{b}": v
+            for p, s, b, v in low.select("pool", "strategy", "budget", "mean_rel_regret").rows()
+        },
+    )
+    compute = _read_json(run / "compute.json").get("invocation", {}).get("stages", [])
+    log_metrics(tracked, {f"wall_s.{s['stage']}": s["wall_s"] for s in compute})
+    log_artifacts(
+        tracked,
+        [
+            (run / "tables", "tables"),
+            (run / "report.html", None),
+            (run / "summary.txt", None),
+            (run / "compute.json", None),
+            (run / "config.toml", None),
+        ],
+    )
 
 
 def _study(config: BenchmarkConfig, run: Path) -> Study:
@@ -423,10 +501,14 @@ def _study(config: BenchmarkConfig, run: Path) -> Study:
         run / "report.html",
     )
     atomic_text(run / "compute.json", json.dumps(compute, indent=1))
-    print(summary, end="")
-    driver.say("compute per stage (this invocation):")
+    print(summary_brief(analysis), end="")
+    total = compute["invocation"]["wall_s"]
+    driver.say(
+        f"compute per stage (this invocation): {total:.1f} s wall in all (per stage: "
+        "benchmark.log, compute.json, the report)"
+    )
     for line in compute_lines(compute):
-        driver.say("  " + line)
+        driver.say("  " + line, terminal=False)
     driver.say(f"report {report}")
     return Study(run, analysis, tuple(records), compute, report)
 
@@ -462,7 +544,7 @@ def _analyze_stage(
 def _embed_stage(study, union, specs, store, preset, driver) -> StageRecord:
     start = time.perf_counter()
     cfg = embed_config(preset)
-    driver.say(f"embed: {store}")
+    driver.say(f"embed: {store}", terminal=False)
     summary = embed(study, union, specs, store, cfg)
     record = StageRecord(
         "embed",
@@ -486,7 +568,7 @@ def _probe_stage(
         driver.say(record.line())
         return record, None
 
-    driver.say(f"probe: {', '.join(proxies)} on every stored (model, task) pair")
+    driver.say(f"probe: {', '.join(proxies)} on every stored (model, task) pair", terminal=False)
     summary = probe(store, list(proxies), preset, models=models, tasks=task_names)
     write_scores(summary.scores, run / "scores.parquet")
     record = StageRecord(
@@ -528,7 +610,8 @@ def _progressive_stage(
     cfg = config.progressive_cfg
     driver.say(
         f"progressive: {', '.join(config.progressive)} on {', '.join(pools)}, eta {cfg.eta}, "
-        f"fractions {', '.join(f'{f:g}' for f in cfg.fractions)}"
+        f"fractions {', '.join(f'{f:g}' for f in cfg.fractions)}",
+        terminal=False,
     )
     scores, rungs = [empty.scores], [empty.rungs]
     scored = reused = 0
@@ -579,7 +662,8 @@ def _finetune_stage(study, union, specs, preset, run, driver) -> tuple[StageReco
     ft = preset["finetune"]
     driver.say(
         f"finetune: every model on every task (oracle), {len(ft['lrs'])} lr(s) × "
-        f"{ft['reps']} rep(s), {ft['steps']} steps → {out}"
+        f"{ft['reps']} rep(s), {ft['steps']} steps → {out}",
+        terminal=False,
     )
     summary = run_finetune(study, union, specs, preset, out)
     with atomic_directory(out / "table") as tmp:

@@ -36,6 +36,8 @@ from whichmodel.analysis.strategies import (
     rank_models,
     task_agnostic_order,
 )
+from whichmodel.cluster.quiet import ray_log_file
+from whichmodel.cluster.tracking import check_tracker, log_artifacts, tracked_study
 from whichmodel.core.catalog import Catalogue, load_catalogue
 from whichmodel.core.errors import UserError
 from whichmodel.core.names import MAX_NAME_BYTES, check_name
@@ -416,12 +418,15 @@ def search(
     work_dir: str | Path | None = None,
     skip_unreadable: bool = False,
     progressive: ProgressiveConfig | None = None,
+    track: str | None = None,
 ) -> SearchResult:
     """Embed, probe and rank a pool's models for DATA and return the ``budget`` picks, each
     with its slot and reason; with ``finetune``, fine-tune the picks and export the winner.
     Image files that do not decode are all named in one error, or with ``skip_unreadable``
     left out and listed in the result and the report. ``progressive``: the rungs of a
-    ``[hybrid_]progressive_<proxy>`` strategy (default ``ProgressiveConfig()``)."""
+    ``[hybrid_]progressive_<proxy>`` strategy (default ``ProgressiveConfig()``). ``track``: log
+    the search to an experiment tracker (``whichmodel.cluster.tracking``; its database in the
+    work directory)."""
     data = Path(data).expanduser()
     proxies = strategy_proxies(strategy)
     base, progressive = _progressive_config(strategy, progressive)
@@ -433,7 +438,14 @@ def search(
     cat, pool = resolve_catalogue(catalogue, pool)
     meta = cat.pool(pool)
     models = meta["model"].to_list()
-    with owned_run_directory(work), _quiet_repeats():
+    params = {"data": data, "catalog": cat.path, "pool": pool, "strategy": strategy}
+    params |= {"budget": budget, "preset": preset, "finetune": finetune}
+    with (
+        owned_run_directory(work),
+        _quiet_repeats(),
+        ray_log_file(work / "ray.log"),
+        tracked_study(check_tracker(track, "--track"), work, spec.name, params) as tracked,
+    ):
         if base is not None:
             keep = replace(progressive, keep_at_least=max(progressive.keep_at_least, budget))
             found = _progressive_scores(cat, pool, spec, base, proxies[0], numbers, work, keep)
@@ -465,6 +477,7 @@ def search(
         if finetune:
             result = _finetune(result, cat, spec, numbers)
         _write_report(result, work / "report")
+        log_artifacts(tracked, [(work / "report", "report"), (work / "scores.parquet", None)])
     return result
 
 

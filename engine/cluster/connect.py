@@ -72,6 +72,9 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     import ray
     from ray.exceptions import AuthenticationError
 
+    from whichmodel.cluster.quiet import is_verbose, quiet_ray
+
+    quiet_ray()  # worker logs and Ray's INFO lines stay off the terminal unless --verbose
     if ray.is_initialized():
         return
     address = cluster_address()
@@ -79,7 +82,7 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         mode = check_cluster_auth(address)
         log.info("ray: joining the cluster at %s (authentication: %s)", address, mode)
         try:
-            ray.init(address=address, log_to_driver=True)
+            ray.init(address=address, log_to_driver=is_verbose())
         except AuthenticationError as exc:
             raise UserError(
                 f"the Ray cluster at {address} refused this driver's credentials: {_one_line(exc)}"
@@ -87,7 +90,8 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         except ConnectionError as exc:
             raise UserError(f"cannot join the Ray cluster at {address}: {_one_line(exc)}") from None
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=is_verbose())
+    quiet_ray()
     res = ray.cluster_resources()
     log.info("ray: %s CPUs, %s GPUs", res.get("CPU", 0), res.get("GPU", 0))
 

@@ -48,6 +48,7 @@ from whichmodel.cluster.connect import ensure_ray
 from whichmodel.core.errors import UserError
 from whichmodel.core.outputs import atomic_file, atomic_text, is_uri
 from whichmodel.core.presets import load_preset
+from whichmodel.core.progress import StageProgress
 from whichmodel.core.schema import SPLITS
 from whichmodel.demo.convert import VARIANTS, convert_efficientnet_lite, lite_catalogue_entry
 from whichmodel.demo.experts import (
@@ -407,12 +408,14 @@ def _pretrain_all(
         )
         target = folder / f"{recipe.model}.safetensors"
         pending[task.remote(recipe, data, size, str(target))] = recipe
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        recipe = pending.pop(ready[0])
-        done = ray.get(ready[0])
-        say(f"  {recipe.model}: upstream val acc {done.val_acc:.3f} in {done.seconds:.0f} s")
-        yield recipe, done
+    with StageProgress("pre-train experts", len(pending), "experts") as display:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            recipe = pending.pop(ready[0])
+            done = ray.get(ready[0])
+            display.update(1)
+            say(f"  {recipe.model}: upstream val acc {done.val_acc:.3f} in {done.seconds:.0f} s")
+            yield recipe, done
 
 
 def ensure_demo_pool(

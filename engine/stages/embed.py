@@ -51,6 +51,7 @@ from whichmodel.cluster.failures import is_ray_failure, worker_error
 from whichmodel.core.catalog import Catalogue
 from whichmodel.core.names import check_name
 from whichmodel.core.presets import preset_resources
+from whichmodel.core.progress import StageProgress
 from whichmodel.core.resources import Resources
 from whichmodel.core.schema import SPLITS
 from whichmodel.stages.store import (
@@ -628,6 +629,7 @@ def _embed_missing(
         sum(1 for v in needs.values() if v),
         len(summary.reused),
     )
+    display = StageProgress("embed", sum(len(v) for v in needs.values()), "pairs")
     while True:
         work = [p for p in plans if needs[p.name]]
         loaded = [data[t] for t in data if any(t in v for v in needs.values())]
@@ -635,9 +637,11 @@ def _embed_missing(
             for task, cols in _run_pipeline(loaded, work, needs, cfg, ledger):
                 summary.rows += len(cols["index"])
                 _write_task(store, task, fingerprints[task], work, needs, cols, summary)
+                display.update(sum(1 for p in work if task in needs[p.name]))
             break
         except Exception as exc:  # errors raised in workers arrive wrapped by Ray
             if summary.retries >= cfg.retries or not is_ray_failure(exc):
+                display.close()
                 raise worker_error(exc) from exc
             summary.retries += 1
             needs = _missing(store, plans, fingerprints)
@@ -649,6 +653,7 @@ def _embed_missing(
                 summary.retries,
                 cfg.retries,
             )
+    display.close()
     _accounts(ledger, summary)
     log.info("embedding done in %.1f s", time.perf_counter() - start)
 

@@ -21,14 +21,17 @@ import polars as pl
 import ray
 from ray import tune
 
-from whichmodel.actors.finetune import split_pixels
+from whichmodel.actors.finetune import finetuned_meta, split_pixels
 from whichmodel.actors.finetune_trial import finetune_trial
 from whichmodel.analysis.strategies import rank_models
 from whichmodel.cluster.connect import ensure_ray
+from whichmodel.cluster.quiet import tune_verbose
+from whichmodel.cluster.tracking import tune_callbacks
+from whichmodel.cluster.trials import TrialProgress, fit
 from whichmodel.core import schema
 from whichmodel.core.catalog import Catalogue
 from whichmodel.core.errors import UserError
-from whichmodel.core.outputs import atomic_directory, check_replaceable
+from whichmodel.core.outputs import atomic_directory, atomic_file, check_replaceable
 from whichmodel.core.presets import preset_resources
 from whichmodel.core.resources import cluster_nodes, trial_resources
 from whichmodel.stages.embed import EmbedConfig, decoded_dataset, gather, plan_model
@@ -168,26 +171,57 @@ def run_finetune(
         for name in sorted({t for _, t in pairs}):
             check_replaceable(out / "winners" / name)
     settings = finetune_settings(preset)
+    name = _experiment_name([list(p) for p in pairs], settings, ft["lrs"], ft["reps"])
+    path = out / "tune" / name
+    done = _finished(path, out, sorted({t for _, t in pairs}) if export_winners else [])
+    if done is not None:  # every trial finished in an earlier call: no Ray, no Tune
+        log.info("finetune: every trial reused from %s", path)
+        winners = {t: out / "winners" / t for _, t in pairs} if export_winners else {}
+        return FinetuneSummary(done, 0, done.height, winners, {})
     ensure_ray()
     needed = [s for s in specs if s.name in {t for _, t in pairs}]
     wanted = sorted({m for m, _ in pairs})
     trainable, token = trial_trainable(
         catalogue, pool, wanted, needed, preset, settings, save_model=export_winners
     )
-    name = _experiment_name([list(p) for p in pairs], settings, ft["lrs"], ft["reps"])
-    tuner = _tuner(trainable, out / "tune" / name, pairs, ft, fault)
+    tuner = _tuner(trainable, path, pairs, ft, fault)
     fitted = time.perf_counter()
-    results = tuner.fit()
+    total = len(pairs) * len(ft["lrs"]) * int(ft["reps"])
+    results = fit(tuner, TrialProgress("finetune", total, "trials"), tune_callbacks("finetune"))
     collected = time.perf_counter()
     rows, ran, best = _collect(results, token, export_winners)
     winners = _export_winners(best, out)
     runs = pl.DataFrame(rows, schema=schema.FINETUNE_RUNS).sort("model", "task", "lr", "rep")
+    atomic_file(path / FINISHED, runs.write_parquet)  # after the winners: they are reused too
     phases = {
         "prepare": fitted - start,
         "tune": collected - fitted,
         "collect": time.perf_counter() - collected,
     }
     return FinetuneSummary(runs, ran, len(rows) - ran, winners, phases)
+
+
+FINISHED = "whichmodel-runs.parquet"  # in the experiment directory: the finetune table
+
+
+def _finished(path: Path, out: Path, winner_tasks: list[str]) -> pl.DataFrame | None:
+    """The finetune table of an experiment whose trials all finished in an earlier call (and,
+    when winners are exported, whose winners are in place), else None."""
+    try:
+        runs = pl.read_parquet(path / FINISHED)
+    except (OSError, pl.exceptions.PolarsError):
+        return None
+    for task in winner_tasks:  # the winner in place must be a best run of this experiment
+        try:
+            meta = finetuned_meta(out / "winners" / task)
+        except (OSError, ValueError):
+            return None
+        mine = runs.filter(pl.col("task") == task)
+        best = mine.filter(pl.col("val_acc") == pl.col("val_acc").max())
+        key = (meta.get("model"), meta.get("lr"), meta.get("rep"))
+        if key not in {(m, lr, rep) for m, lr, rep in best.select("model", "lr", "rep").rows()}:
+            return None
+    return runs
 
 
 def _tuner(
@@ -214,7 +248,7 @@ def _tuner(
             storage_path=str(path.parent),
             failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            verbose=1,
+            verbose=tune_verbose(),
         ),
     )
 

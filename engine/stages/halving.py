@@ -74,6 +74,9 @@ from whichmodel.actors.proxies import PROXIES
 from whichmodel.analysis import regret, strategies, tables
 from whichmodel.analysis.strategies import HYBRID_PREFIX, parse_strategy
 from whichmodel.cluster.connect import ensure_ray
+from whichmodel.cluster.quiet import tune_verbose
+from whichmodel.cluster.tracking import tune_callbacks
+from whichmodel.cluster.trials import TrialProgress, fit
 from whichmodel.core import schema
 from whichmodel.core.catalog import Catalogue
 from whichmodel.core.errors import UserError
@@ -473,10 +476,12 @@ def _halving_task(catalogue, pool, spec, top, preset, out: Path, cfg: HalvingCon
             storage_path=str(out / "tune"),
             failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            verbose=1,
+            verbose=tune_verbose(),
         ),
     )
-    rows = _arm_rows(tuner.fit(), spec, top, cfg, grace, steps, scheduler.stopped_by)
+    progress = TrialProgress(f"halving {spec.name}", len(top) * len(lrs) * len(reps), "arms")
+    results = fit(tuner, progress, tune_callbacks("halving"))
+    rows = _arm_rows(results, spec, top, cfg, grace, steps, scheduler.stopped_by)
     events = scheduler.plan.events if cfg.mode == "sync" else []
     return rows, events
 

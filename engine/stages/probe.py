@@ -22,6 +22,9 @@ from ray import tune
 from whichmodel.actors.probe_trial import probe_trial
 from whichmodel.actors.proxies import PROXIES
 from whichmodel.cluster.connect import ensure_ray
+from whichmodel.cluster.quiet import tune_verbose
+from whichmodel.cluster.tracking import tune_callbacks
+from whichmodel.cluster.trials import TrialProgress, fit
 from whichmodel.core import schema
 from whichmodel.core.errors import UserError
 from whichmodel.core.outputs import atomic_file
@@ -91,6 +94,10 @@ def probe(
     options = proxy_options(preset, proxies)
     name = _experiment_name(pairs, proxies, options)
     path = store / "probes" / name
+    done = _finished(path)
+    if done is not None:  # every trial finished in an earlier call: no Ray, no Tune
+        log.info("probe: every trial reused from %s", path)
+        return ProbeSummary(done, 0, len(pairs), 0.0, time.perf_counter() - start)
     ensure_ray()
     refs = {
         f"{m}\x1f{t}": ray.put(_load_pair(parts, _num_classes(meta, t, parts)))
@@ -103,7 +110,8 @@ def probe(
         tune.with_parameters(probe_trial, embeddings=refs, token=token, plugins=plugins),
         trial_resources(preset_resources(preset), cluster_nodes(), "probe"),
     )
-    results = _tuner(trainable, path, pairs, proxies, options).fit()
+    tuner = _tuner(trainable, path, pairs, proxies, options)
+    results = fit(tuner, TrialProgress("probe", len(pairs), "pairs"), tune_callbacks("probe"))
     rows, compute, ran = [], 0.0, 0
     for result in results:
         if result.error:
@@ -113,8 +121,22 @@ def probe(
             ran += 1
             compute += float(result.metrics["compute_seconds"])
     scores = pl.DataFrame(rows, schema=schema.SCORES_DETAIL).sort("model", "task", "proxy")
+    atomic_file(path / FINISHED, scores.write_parquet)
     wall = time.perf_counter() - start
     return ProbeSummary(scores, ran, len(results) - ran, compute, wall)
+
+
+FINISHED = "whichmodel-scores.parquet"  # in the experiment directory: every trial's rows
+
+
+def _finished(path: Path) -> pl.DataFrame | None:
+    """The scores of an experiment whose trials all finished in an earlier call (written after
+    its ``fit``; the experiment's name fingerprints its pairs, embeddings and options), else
+    None."""
+    try:
+        return pl.read_parquet(path / FINISHED)
+    except (OSError, pl.exceptions.PolarsError):
+        return None
 
 
 def _pairs(
@@ -153,7 +175,7 @@ def _tuner(trainable, path: Path, pairs: dict, proxies: list[str], options: dict
             storage_path=str(path.parent),
             # a trial whose actor or node dies is run again (from the start: it is short)
             failure_config=tune.FailureConfig(max_failures=2),
-            verbose=1,
+            verbose=tune_verbose(),
         ),
     )
 

@@ -54,6 +54,7 @@ from whichmodel.core.catalog import Catalogue
 from whichmodel.core.errors import UserError
 from whichmodel.core.outputs import atomic_file, atomic_text
 from whichmodel.core.presets import preset_resources
+from whichmodel.core.progress import StageProgress
 from whichmodel.core.resources import cluster_nodes, trial_resources
 from whichmodel.stages.embed import (
     EmbedConfig,
@@ -412,9 +413,13 @@ def progressive_rank(
         for name, source in meta.select("model", "source").iter_rows()
     }
     data, fps, task_meta = _load_tasks(tasks)
-    ensure_ray()
-    res = trial_resources(preset_resources(preset), cluster_nodes(), "probe")
-    score_fn = _score.options(num_cpus=res["cpu"], num_gpus=res["gpu"])
+
+    def score_fn():  # Ray starts only when some rung's proxy result is not in the store
+        ensure_ray()
+        res = trial_resources(preset_resources(preset), cluster_nodes(), "probe")
+        return _score.options(num_cpus=res["cpu"], num_gpus=res["gpu"])
+
+    display = None
     orders = {t: slice_orders(d, cfg.seed) for t, d in data.items()}
     stored = {(m, t): _Rows(store, plans[m], t, fps[t]) for m in models for t in data}
     state = _Halving.start(list(data), models)
@@ -429,6 +434,13 @@ def progressive_rank(
             score_fn, proxy, options, cfg.seed, state, stored, models, data, wanted, fraction
         )
         _promote(state, r, fraction, results, wanted, seconds, models, agnostic, cfg, proxy)
+        if display is None and (seconds or state.scored):  # shown once there is work
+            display = StageProgress(f"progressive {proxy} ({pool})", len(cfg.fractions), "rungs")
+            display.update(r)
+        if display is not None:
+            display.update(1)
+    if display is not None:
+        display.close()
     ranking, scores = _ranking_and_scores(state, models, agnostic, proxy, cfg)
     result = ProgressiveResult(
         proxy=proxy,
@@ -478,7 +490,9 @@ def _score_rung(
                 state.reused += 1
                 continue
             arrays = rows.arrays(wanted[t], len(data[t].classes))
-            refs[t, m] = score_fn.remote(proxy, arrays, options)
+            if not refs:
+                remote = score_fn()
+            refs[t, m] = remote.remote(proxy, arrays, options)
     for (t, m), out in _gather(refs, models, proxy, fraction):
         stored[models[m], t].save_score(keys[t, m], out)  # saved at once: a later failure
         state.probe_s += out.seconds  # leaves the finished results for the next call

@@ -1,0 +1,61 @@
+"""Tune's trials in the engine's progress display, and ``fit`` with this run's verbosity and
+callbacks (also for an experiment Tune restores with the run config of the run that made it)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ray.tune import Callback
+
+from whichmodel.cluster.quiet import tune_verbose
+from whichmodel.core.progress import StageProgress
+
+
+class TrialProgress(Callback):
+    """A Tune callback that counts finished trials into the engine's progress display; the
+    trials an earlier run finished (a restored experiment) are not counted. Pickled with the
+    experiment's run config, it keeps only its stage and unit."""
+
+    def __init__(self, stage: str, total: int, unit: str = "trials") -> None:
+        self.stage, self.total, self.unit = stage, total, unit
+        self.display: StageProgress | None = None
+
+    def __getstate__(self) -> dict:
+        return {"stage": self.stage, "total": 0, "unit": self.unit, "display": None}
+
+    def _open(self, trials: Sequence[Any]) -> StageProgress:
+        if self.display is None:
+            finished = sum(1 for t in trials if t.status == "TERMINATED")
+            self.display = StageProgress(self.stage, max(self.total - finished, 0), self.unit)
+        return self.display
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._open(trials)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._open(trials).update(1)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._open(trials).update(1)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.display is not None:
+            self.display.close()
+
+
+def fit(tuner: Any, progress: TrialProgress, callbacks: Sequence[Any] = ()) -> Any:
+    """``tuner.fit()`` with this run's verbosity and callbacks (the progress display, tracking),
+    also for a restored experiment, whose run config (verbosity and callbacks of the run that
+    created it) Tune reloads from its directory."""
+    config = getattr(getattr(tuner, "_local_tuner", None), "_run_config", None)
+    if config is not None:
+        config.verbose = tune_verbose()
+        config.callbacks = [progress, *callbacks]
+    try:
+        return tuner.fit()
+    finally:
+        progress.close()

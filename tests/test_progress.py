@@ -1,0 +1,51 @@
+"""The engine's progress display off a terminal (CI, a Ray Job's log): a line when a stage
+starts, at most one per 30 s while it runs, one when it ends; nothing for a stage with nothing to
+do. The clock is the test's own."""
+
+import io
+
+from whichmodel.core import progress
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_off_a_terminal_one_line_per_30_s_with_done_total_rate_and_eta(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(progress.time, "monotonic", clock)
+    out = io.StringIO()
+    display = progress.StageProgress("probe", 10, "pairs", stream=out, live=False)
+    assert out.getvalue() == "probe: 10 pairs to do\n"
+    for _ in range(4):  # 4 pairs in 20 s: no line yet
+        clock.now += 5
+        display.update(1)
+    assert out.getvalue().count("\n") == 1
+    clock.now += 10  # 30 s since the start line, 5 pairs done
+    display.update(1)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2
+    assert lines[1].startswith("probe: 5/10 pairs [00:30<00:30,")  # elapsed < ETA at 6 s/pair
+    assert "6.00s/pairs" in lines[1]
+    for _ in range(4):
+        clock.now += 5
+        display.update(1)
+    assert len(out.getvalue().splitlines()) == 2  # 20 s since the last line
+    clock.now += 5
+    display.update(1)
+    display.close()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3 and lines[2].startswith("probe: 10/10 pairs [00:55<00:00,")
+    display.close()  # closing twice adds nothing
+    assert len(out.getvalue().splitlines()) == 3
+
+
+def test_a_stage_with_nothing_to_do_shows_nothing():
+    out = io.StringIO()
+    with progress.StageProgress("finetune", 0, "trials", stream=out, live=False) as display:
+        display.update(3)
+    assert out.getvalue() == ""
