@@ -26,12 +26,13 @@ from whichmodel.actors.finetune import split_pixels
 from whichmodel.actors.finetune_trial import finetune_trial
 from whichmodel.analysis.strategies import PoolData, dense_scores, parse_strategy
 from whichmodel.cluster.connect import ensure_ray
+from whichmodel.cluster.demand import cluster_shape, trial_demand
 from whichmodel.core import schema
 from whichmodel.core.catalog import Catalogue
 from whichmodel.core.errors import UserError
 from whichmodel.core.outputs import atomic_directory, check_replaceable
 from whichmodel.core.presets import preset_resources
-from whichmodel.core.resources import cluster_nodes, trial_resources
+from whichmodel.core.resources import max_concurrent_trials, trial_resources
 from whichmodel.stages.embed import EmbedConfig, decoded_dataset, gather, plan_model
 from whichmodel.tasks.loader import TaskSpec, load_task
 
@@ -160,7 +161,7 @@ def trial_trainable(
         tune.with_parameters(
             finetune_trial, pixels=pixels, models=table, settings=settings, token=token, **flags
         ),
-        trial_resources(preset_resources(preset), cluster_nodes()),
+        trial_resources(preset_resources(preset), cluster_shape()),
     )
     return trainable, token
 
@@ -197,9 +198,13 @@ def run_finetune(
         catalogue, pool, wanted, needed, preset, settings, save_model=export_winners
     )
     name = _experiment_name([list(p) for p in pairs], settings, ft["lrs"], ft["reps"])
-    tuner = _tuner(trainable, out / "tune" / name, pairs, ft, fault)
+    res, shape = preset_resources(preset), cluster_shape()
+    concurrent = max_concurrent_trials(res, shape)
+    tuner = _tuner(trainable, out / "tune" / name, pairs, ft, fault, concurrent)
     fitted = time.perf_counter()
-    results = tuner.fit()
+    trials = len(pairs) * len(ft["lrs"]) * int(ft["reps"])
+    with trial_demand("finetune", trial_resources(res, shape), trials, res):
+        results = tuner.fit()
     collected = time.perf_counter()
     rows, ran, best = _collect(results, token, export_winners)
     winners = _export_winners(best, out)
@@ -213,7 +218,12 @@ def run_finetune(
 
 
 def _tuner(
-    trainable: Any, path: Path, pairs: list[tuple[str, str]], ft: dict, fault: dict | None
+    trainable: Any,
+    path: Path,
+    pairs: list[tuple[str, str]],
+    ft: dict,
+    fault: dict | None,
+    concurrent: int | None = None,
 ) -> tune.Tuner:
     """The experiment at ``path``: restored where an earlier run left it (finished trials are
     not rerun), else a grid over pairs × lrs × repetitions."""
@@ -230,7 +240,7 @@ def _tuner(
     return tune.Tuner(
         trainable,
         param_space=space,
-        tune_config=tune.TuneConfig(reuse_actors=True),
+        tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=concurrent),
         run_config=tune.RunConfig(
             name=path.name,
             storage_path=str(path.parent),

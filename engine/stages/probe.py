@@ -22,11 +22,12 @@ from ray import tune
 from whichmodel.actors.probe_trial import probe_trial
 from whichmodel.actors.proxies import PROXIES
 from whichmodel.cluster.connect import ensure_ray
+from whichmodel.cluster.demand import cluster_shape, trial_demand
 from whichmodel.core import schema
 from whichmodel.core.errors import UserError
 from whichmodel.core.outputs import atomic_file
 from whichmodel.core.presets import preset_resources
-from whichmodel.core.resources import cluster_nodes, trial_resources
+from whichmodel.core.resources import max_concurrent_trials, trial_resources
 from whichmodel.stages.store import read_metadata, read_partition, stored_pairs
 
 log = logging.getLogger("whichmodel")
@@ -96,11 +97,14 @@ def probe(
         f"{m}\x1f{t}": ray.put(_load_pair(parts, _num_classes(meta, t, parts)))
         for (m, t), parts in pairs.items()
     }
+    res, shape = preset_resources(preset), cluster_shape()
+    trial = trial_resources(res, shape, "probe")
     trainable = tune.with_resources(
-        tune.with_parameters(probe_trial, embeddings=refs, token=token),
-        trial_resources(preset_resources(preset), cluster_nodes(), "probe"),
+        tune.with_parameters(probe_trial, embeddings=refs, token=token), trial
     )
-    results = _tuner(trainable, path, pairs, proxies, options).fit()
+    concurrent = max_concurrent_trials(res, shape, "probe")
+    with trial_demand("probe", trial, len(pairs), res):
+        results = _tuner(trainable, path, pairs, proxies, options, concurrent).fit()
     rows, compute, ran = [], 0.0, 0
     for result in results:
         if result.error:
@@ -132,7 +136,14 @@ def _pairs(
     return pairs
 
 
-def _tuner(trainable, path: Path, pairs: dict, proxies: list[str], options: dict) -> tune.Tuner:
+def _tuner(
+    trainable,
+    path: Path,
+    pairs: dict,
+    proxies: list[str],
+    options: dict,
+    concurrent: int | None = None,
+) -> tune.Tuner:
     """The probe experiment at ``path``: restored if an earlier run left it, else new."""
     if tune.Tuner.can_restore(str(path)):
         log.info("probe: resuming experiment %s", path)
@@ -144,7 +155,7 @@ def _tuner(trainable, path: Path, pairs: dict, proxies: list[str], options: dict
             "proxies": list(proxies),
             "options": options,
         },
-        tune_config=tune.TuneConfig(reuse_actors=True),
+        tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=concurrent),
         run_config=tune.RunConfig(
             name=path.name,
             storage_path=str(path.parent),

@@ -49,12 +49,13 @@ from whichmodel.actors.probe_trial import proxy_input
 from whichmodel.actors.proxies import PROXIES, ProxyResult, pool_scores, run_proxy
 from whichmodel.analysis.strategies import HYBRID_PREFIX, task_agnostic_order
 from whichmodel.cluster.connect import ensure_ray
+from whichmodel.cluster.demand import cluster_shape
 from whichmodel.core import schema
 from whichmodel.core.catalog import Catalogue
 from whichmodel.core.errors import UserError
 from whichmodel.core.outputs import atomic_file, atomic_text
 from whichmodel.core.presets import preset_resources
-from whichmodel.core.resources import cluster_nodes, trial_resources
+from whichmodel.core.resources import trial_resources
 from whichmodel.stages.embed import (
     EmbedConfig,
     ModelPlan,
@@ -413,7 +414,7 @@ def progressive_rank(
     }
     data, fps, task_meta = _load_tasks(tasks)
     ensure_ray()
-    res = trial_resources(preset_resources(preset), cluster_nodes(), "probe")
+    res = trial_resources(preset_resources(preset), cluster_shape(), "probe")
     score_fn = _score.options(num_cpus=res["cpu"], num_gpus=res["gpu"])
     orders = {t: slice_orders(d, cfg.seed) for t, d in data.items()}
     stored = {(m, t): _Rows(store, plans[m], t, fps[t]) for m in models for t in data}
