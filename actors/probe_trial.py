@@ -56,5 +56,10 @@ def probe_trial(config: dict, embeddings: dict[str, "ray.ObjectRef"], token: str
             }
         )
     tune.report(
-        {"rows": json.dumps(rows), "compute_seconds": time.perf_counter() - start, "token": token}
+        {
+            "rows": json.dumps(rows),
+            "compute_seconds": time.perf_counter() - start,
+            "token": token,
+            "node": ray.get_runtime_context().get_node_id(),  # the Ray node that ran it
+        }
     )

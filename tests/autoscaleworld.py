@@ -39,9 +39,7 @@ def free_ports(n: int) -> list[int]:
     return sorted(ports)
 
 
-def fake_config(
-    head: dict, workers: dict, gcs_address: str, idle_timeout_minutes: float
-) -> dict:
+def fake_config(head: dict, workers: dict, gcs_address: str, idle_timeout_minutes: float) -> dict:
     """The fake multi-node provider's cluster config (the fields of Ray's
     ``fake_multi_node/example.yaml``, which AutoscalingCluster reads)."""
     types = {k: dict(v, node_config={}) for k, v in workers.items()}

@@ -48,6 +48,8 @@ class FinetuneSummary:
     # wall seconds of the stage's phases: prepare (plans, decode, ray.put), tune (the
     # experiment), collect (table and winners)
     phases: dict[str, float] = field(default_factory=dict)
+    # trials finished in this call per Ray node id (the node of each trial's last attempt)
+    nodes: dict[str, int] = field(default_factory=dict)
 
 
 SETTINGS = (
@@ -209,12 +211,17 @@ def run_finetune(
     rows, ran, best = _collect(results, token, export_winners)
     winners = _export_winners(best, out)
     runs = pl.DataFrame(rows, schema=schema.FINETUNE_RUNS).sort("model", "task", "lr", "rep")
+    nodes: dict[str, int] = {}
+    for result in results:
+        if result.metrics.get("token") == token:
+            node = str(result.metrics.get("node"))
+            nodes[node] = nodes.get(node, 0) + 1
     phases = {
         "prepare": fitted - start,
         "tune": collected - fitted,
         "collect": time.perf_counter() - collected,
     }
-    return FinetuneSummary(runs, ran, len(rows) - ran, winners, phases)
+    return FinetuneSummary(runs, ran, len(rows) - ran, winners, phases, nodes)
 
 
 def _tuner(

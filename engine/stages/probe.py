@@ -11,7 +11,7 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,7 @@ class ProbeSummary:
     trials_reused: int
     compute_seconds: float
     wall_seconds: float
+    nodes: dict[str, int] = field(default_factory=dict)  # trials run here per Ray node id
 
 
 def proxy_options(preset: dict, proxies: list[str]) -> dict[str, dict]:
@@ -105,7 +106,7 @@ def probe(
     concurrent = max_concurrent_trials(res, shape, "probe")
     with trial_demand("probe", trial, len(pairs), res):
         results = _tuner(trainable, path, pairs, proxies, options, concurrent).fit()
-    rows, compute, ran = [], 0.0, 0
+    rows, compute, ran, nodes = [], 0.0, 0, {}
     for result in results:
         if result.error:
             raise UserError(f"probe trial failed: {_last_line(result.error)}")
@@ -113,9 +114,11 @@ def probe(
         if result.metrics.get("token") == token:
             ran += 1
             compute += float(result.metrics["compute_seconds"])
+            node = str(result.metrics.get("node"))
+            nodes[node] = nodes.get(node, 0) + 1
     scores = pl.DataFrame(rows, schema=schema.SCORES_DETAIL).sort("model", "task", "proxy")
     wall = time.perf_counter() - start
-    return ProbeSummary(scores, ran, len(results) - ran, compute, wall)
+    return ProbeSummary(scores, ran, len(results) - ran, compute, wall, nodes)
 
 
 def _pairs(
