@@ -66,8 +66,10 @@ def main(spec_path: str) -> int:
     asked = demand.request
 
     def request(bundles):  # the engine's requests to the autoscaler, with their times
+        now = time.time()
         gpus = sum(n["Resources"].get("GPU", 0) for n in ray.nodes() if n["Alive"])
-        requests.append((time.time(), len(bundles), gpus))
+        requests.append((now, len(bundles), gpus))
+        print(f"REQUEST {now:.1f} {bundles} gpus up {gpus}", flush=True)
         asked(bundles)
 
     demand.request = request

