@@ -13,6 +13,12 @@ prints, from the driver's own clock:
   last worker gone (the autoscaler's idle timeout plus its update rounds).
 
     .venv/bin/python benchmarks/bench_autoscale.py [--idle 0.2] [--repeat 1]
+    .venv/bin/python benchmarks/bench_autoscale.py --from RESULT.json  # a recorded driver run
+
+``--from`` computes the same numbers from the result.json of an earlier driver run (the test's
+study writes one; tests/test_autoscaling.py keeps the last in $TMPDIR/wm-autoscale-last), where
+"first demand" is the study's start: its first stage's pending CPU tasks on the 1-CPU head make
+the autoscaler launch workers too (the only type), sometimes before the stage's own request.
 
 Fake worker nodes are local processes (a raylet each), so a launch costs process start-up here,
 not a cloud VM's boot (minutes on AWS): the numbers are the engine's and Ray's overhead only.
@@ -60,7 +66,11 @@ def run_once(idle: float) -> dict[str, float]:
     finally:
         head.stop()
         shutil.rmtree(root, ignore_errors=True)
-    demand = min(t for t, n, _ in r["requests"] if n)
+    return numbers(r, min(t for t, n, _ in r["requests"] if n))
+
+
+def numbers(r: dict, demand: float) -> dict[str, float]:
+    """Scale-up and scale-down seconds of a driver's result (``demand``: the first demand)."""
     cleared = max(t for t, n, _ in r["requests"] if not n)
     workers = [v for v in r["nodes"].values() if v["gpus"] > 0]
     return {
@@ -78,7 +88,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--idle", type=float, default=0.2, help="idle_timeout_minutes")
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--from", dest="result", type=Path, help="a recorded driver result.json")
     args = ap.parse_args()
+    if args.result:
+        r = json.loads(args.result.read_text())
+        first_ask = min(t for t, n, _ in r["requests"] if n)
+        print(json.dumps({"from": str(args.result)} | numbers(r, min(r["started"], first_ask))))
+        return
     for i in range(args.repeat):
         print(json.dumps({"run": i, "idle_timeout_s": args.idle * 60} | run_once(args.idle)))
 

@@ -154,8 +154,15 @@ def _error_lines(proc: subprocess.CompletedProcess) -> list[str]:
     return [line for line in proc.stderr.splitlines() if line.startswith("whichmodel: error:")]
 
 
-def test_a_bound_above_what_the_node_types_allow_is_a_one_line_error(cluster, study):
-    world, _ = study
+@pytest.fixture(scope="module")
+def bad_world(cluster):
+    """A world whose fine-tune trials ask for 2 CPUs and a GPU: no node type holds that, so a
+    stage waits for a node that never comes (whatever else the autoscaler launches)."""
+    return write_world(cluster.root / "bad", TASKS, resources="trial_cpus = 2\n")
+
+
+def test_a_bound_above_what_the_node_types_allow_is_a_one_line_error(cluster, bad_world):
+    world = bad_world
     proc = _cli(cluster, world, "--max-gpus", "3")
     assert proc.returncode == 2, proc.stderr
     (line,) = _error_lines(proc)
@@ -164,12 +171,12 @@ def test_a_bound_above_what_the_node_types_allow_is_a_one_line_error(cluster, st
     assert not (world / "ft-bad" / "table").exists()
 
 
-def test_a_wait_that_times_out_is_a_one_line_error_and_clears_its_request(cluster, study):
-    world, _ = study
+def test_a_wait_that_times_out_is_a_one_line_error_and_clears_its_request(cluster, bad_world):
+    world = bad_world
     proc = _cli(cluster, world, "--wait-for-resources", "0.5")
     assert proc.returncode == 2, proc.stderr
     (line,) = _error_lines(proc)
-    assert "finetune: no node with 1 CPU, 1 GPU came up in" in line
+    assert "finetune: no node with 2 CPU, 1 GPU came up in" in line
     assert "raise --wait-for-resources" in line
     assert "waiting for 2 GPU(s)" in proc.stderr
     assert not (world / "ft-bad" / "table").exists()
