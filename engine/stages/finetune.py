@@ -32,7 +32,7 @@ from whichmodel.core.catalog import Catalogue
 from whichmodel.core.errors import UserError
 from whichmodel.core.outputs import atomic_directory, check_replaceable
 from whichmodel.core.presets import preset_resources
-from whichmodel.core.resources import max_concurrent_trials, trial_resources
+from whichmodel.core.resources import gpu_plan, max_concurrent_trials, trial_resources
 from whichmodel.stages.embed import EmbedConfig, decoded_dataset, gather, plan_model
 from whichmodel.tasks.loader import TaskSpec, load_task
 
@@ -194,6 +194,7 @@ def run_finetune(
             check_replaceable(out / "winners" / name)
     settings = finetune_settings(preset)
     ensure_ray()
+    gpu_plan(preset_resources(preset), cluster_shape())  # a bound the cluster cannot hold: now
     needed = [s for s in specs if s.name in {t for _, t in pairs}]
     wanted = sorted({m for m, _ in pairs})
     trainable, token = trial_trainable(

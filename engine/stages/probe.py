@@ -27,7 +27,7 @@ from whichmodel.core import schema
 from whichmodel.core.errors import UserError
 from whichmodel.core.outputs import atomic_file
 from whichmodel.core.presets import preset_resources
-from whichmodel.core.resources import max_concurrent_trials, trial_resources
+from whichmodel.core.resources import gpu_plan, max_concurrent_trials, trial_resources
 from whichmodel.stages.store import read_metadata, read_partition, stored_pairs
 
 log = logging.getLogger("whichmodel")
@@ -94,6 +94,7 @@ def probe(
     name = _experiment_name(pairs, proxies, options)
     path = store / "probes" / name
     ensure_ray()
+    gpu_plan(preset_resources(preset), cluster_shape())  # a bound the cluster cannot hold: now
     refs = {
         f"{m}\x1f{t}": ray.put(_load_pair(parts, _num_classes(meta, t, parts)))
         for (m, t), parts in pairs.items()
