@@ -187,6 +187,7 @@ def bare_stages(root: Path, device: str, s: dict) -> tuple[dict[str, float], dic
     out["embed"] = time.perf_counter() - t
     opts = proxy_options(load_preset(f"{root / 'presets.toml'}:e2e"), ["linear"])
     arrays = {k: {"embedding": emb[k], "label": ys[k]} for k in ("train", "val")}
+    arrays |= {"num_classes": int(ys["train"].max()) + 1}
     t = time.perf_counter()
     linear = run_proxy("linear", proxy_input(arrays), **opts.get("linear", {}))
     out["probe"] = time.perf_counter() - t
