@@ -65,5 +65,10 @@ def probe_trial(
             }
         )
     tune.report(
-        {"rows": json.dumps(rows), "compute_seconds": time.perf_counter() - start, "token": token}
+        {
+            "rows": json.dumps(rows),
+            "compute_seconds": time.perf_counter() - start,
+            "token": token,
+            "node": ray.get_runtime_context().get_node_id(),  # the Ray node that ran it
+        }
     )

@@ -16,6 +16,7 @@ from whichmodel.cluster.tracking import TRACKERS, check_tracker
 from whichmodel.core.budgets import parse_budgets
 from whichmodel.core.errors import UserError
 from whichmodel.core.outputs import check_replaceable, disk_full_message, is_disk_full, replacing
+from whichmodel.core.resources import ACCELERATORS, resource_options
 from whichmodel.core.rundirs import check_run_directory, check_writable, owned_run_directory
 
 log = logging.getLogger("whichmodel")
@@ -536,10 +537,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="join an existing Ray cluster even if it has no token authentication "
         "(also WHICHMODEL_ALLOW_UNAUTHENTICATED=1; see docs/cluster.md)",
     )
+    add_resource_options(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     for add in SUBCOMMANDS:
         add(sub)
     return parser
+
+
+def add_resource_options(parser: argparse.ArgumentParser) -> None:
+    """What a run asks the cluster for (over the preset's [NAME.resources]; docs/cluster.md)."""
+    parser.add_argument(
+        "--accelerator",
+        choices=ACCELERATORS,
+        help="gpu, cpu, or auto (default: GPUs where the cluster has GPU nodes or its "
+        "autoscaler can launch them)",
+    )
+    parser.add_argument(
+        "--max-gpus", type=positive_int, help="the most GPUs a stage asks for at once"
+    )
+    parser.add_argument(
+        "--max-nodes", type=positive_int, help="the most GPU nodes a stage asks for at once"
+    )
+    parser.add_argument(
+        "--wait-for-resources",
+        type=float,
+        metavar="SECONDS",
+        help="how long a stage waits for its first GPU node before it gives up (default 600)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -556,6 +580,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with (
             connection_options(args.address, args.allow_unauthenticated),
+            resource_options(
+                accelerator=args.accelerator,
+                max_gpus=args.max_gpus,
+                max_nodes=args.max_nodes,
+                wait_for_resources=args.wait_for_resources,
+            ),
             replacing(f"whichmodel {args.command}", getattr(args, "force", False)),
         ):
             args.func(args)

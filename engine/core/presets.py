@@ -11,7 +11,7 @@ from typing import Any
 
 from whichmodel.core.errors import UserError
 from whichmodel.core.files import read_toml
-from whichmodel.core.resources import Resources, parse_resources
+from whichmodel.core.resources import Resources, parse_resources, with_options
 
 PRESETS_FILE = Path(__file__).with_name("presets.toml")
 
@@ -122,8 +122,10 @@ def load_preset(name: str, path: str | Path | None = None) -> dict[str, dict[str
 
 
 def preset_resources(preset: dict[str, Any]) -> Resources:
-    """The resource requests of a loaded preset (defaults for what it leaves out)."""
-    return parse_resources(preset.get("resources"))
+    """The resource requests of a loaded preset (defaults for what it leaves out), with the
+    command line's ``--accelerator`` / ``--max-gpus`` / ``--max-nodes`` /
+    ``--wait-for-resources`` on top."""
+    return with_options(parse_resources(preset.get("resources")))
 
 
 def _split_preset_file(spec: str) -> tuple[Path | None, str | None]:

@@ -47,12 +47,13 @@ from whichmodel.actors.models import (
 )
 from whichmodel.actors.pipeline import RunLedger, decode_stage
 from whichmodel.cluster.connect import cluster_address, cluster_cpus_gpus, ensure_ray
+from whichmodel.cluster.demand import GPU_BUNDLES, cluster_shape, gpu_demand
 from whichmodel.cluster.failures import is_ray_failure, worker_error
 from whichmodel.core.catalog import Catalogue
 from whichmodel.core.names import check_name
 from whichmodel.core.presets import preset_resources
 from whichmodel.core.progress import StageProgress
-from whichmodel.core.resources import Resources
+from whichmodel.core.resources import Resources, gpu_plan
 from whichmodel.core.schema import SPLITS
 from whichmodel.stages.store import (
     Partition,
@@ -88,6 +89,8 @@ class EmbedConfig:
     rows_per_block: int = 256
     keep_probs: bool = True
     retries: int = 2  # reruns of the stage for the partitions still missing after a Ray failure
+    # the preset's accelerator choice, GPU bound and wait (engine/core/resources.py)
+    demand: Resources = Resources()
 
     def with_resources(self, res: Resources) -> "EmbedConfig":
         """This config with a preset's actor and decode requests (``[NAME.resources]``)."""
@@ -96,6 +99,7 @@ class EmbedConfig:
             gpus_per_actor=res.embed_gpus_per_actor,
             cpus_per_actor=res.embed_cpus_per_actor,
             decode_cpus=res.decode_cpus,
+            demand=res,
         )
 
 
@@ -230,10 +234,12 @@ def _run_pipeline(
 ) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
     """Decode every image once, embed it with every model that needs its task; yield each
     task's columns as soon as all its rows are through (``complete_tasks``)."""
-    cpus, gpus = cluster_cpus_gpus()
+    cpus, _ = cluster_cpus_gpus()
+    plan = gpu_plan(cfg.demand, cluster_shape())
+    gpus = min(plan.bound, GPU_BUNDLES) if plan.use else 0.0
     # Errors in a stage (a corrupt image, bad weights) surface as the worker's own exception.
     ray.data.DataContext.get_current().raise_original_map_exception = True
-    here = gpus == 0 and forward_in_driver(cfg)
+    here = not plan.use and forward_in_driver(cfg)
     # Here the driver's forward passes take the cores Ray does not see: one CPU per decode task
     # (half as many decoders at once, each a whole core; measured faster on 2 cores).
     decode_cfg = replace(cfg, decode_cpus=max(1.0, cfg.decode_cpus)) if here else cfg
@@ -258,8 +264,17 @@ def _run_pipeline(
         # every model on the decoded blocks while Ray Data decodes ahead; no actor start-up.
         yield from _forward_here(ds, specs, cpus, cfg, rows)
         return
-    ds = _embed_stages(ds, specs, cpus, gpus, cfg)
-    yield from complete_tasks(ds.drop_columns(["pixels"]), rows)
+    if not plan.use:
+        ds = _embed_stages(ds, specs, cpus, 0.0, cfg)
+        yield from complete_tasks(ds.drop_columns(["pixels"]), rows)
+        return
+    # GPUs: ask the autoscaler for the bound up front, start once one GPU node is up; each
+    # model's actor pool (min 1, max its share of the bound) grows as more nodes arrive.
+    resources, _ = actor_resources(cpus, gpus, len(specs), cfg)
+    bundle = {"CPU": resources["num_cpus"], "GPU": resources["num_gpus"]}
+    with gpu_demand("embed", bundle, gpus / bundle["GPU"], cfg.demand.wait_for_resources):
+        ds = _embed_stages(ds, specs, cpus, gpus, cfg)
+        yield from complete_tasks(ds.drop_columns(["pixels"]), rows)
 
 
 def _embed_stages(

@@ -25,6 +25,7 @@ from whichmodel.actors.finetune import finetuned_meta, split_pixels
 from whichmodel.actors.finetune_trial import finetune_trial
 from whichmodel.analysis.strategies import rank_models
 from whichmodel.cluster.connect import ensure_ray
+from whichmodel.cluster.demand import cluster_shape, trial_demand
 from whichmodel.cluster.quiet import tune_verbose
 from whichmodel.cluster.tracking import tune_callbacks
 from whichmodel.cluster.trials import TrialProgress, fit
@@ -33,7 +34,7 @@ from whichmodel.core.catalog import Catalogue
 from whichmodel.core.errors import UserError
 from whichmodel.core.outputs import atomic_directory, atomic_file, check_replaceable
 from whichmodel.core.presets import preset_resources
-from whichmodel.core.resources import cluster_nodes, trial_resources
+from whichmodel.core.resources import gpu_plan, max_concurrent_trials, trial_resources
 from whichmodel.stages.embed import EmbedConfig, decoded_dataset, gather, plan_model
 from whichmodel.tasks.loader import TaskSpec, load_task
 
@@ -49,6 +50,8 @@ class FinetuneSummary:
     # wall seconds of the stage's phases: prepare (plans, decode, ray.put), tune (the
     # experiment), collect (table and winners)
     phases: dict[str, float] = field(default_factory=dict)
+    # trials finished in this call per Ray node id (the node of each trial's last attempt)
+    nodes: dict[str, int] = field(default_factory=dict)
 
 
 SETTINGS = (
@@ -141,7 +144,7 @@ def trial_trainable(
         tune.with_parameters(
             finetune_trial, pixels=pixels, models=table, settings=settings, token=token, **flags
         ),
-        trial_resources(preset_resources(preset), cluster_nodes()),
+        trial_resources(preset_resources(preset), cluster_shape()),
     )
     return trainable, token
 
@@ -179,26 +182,35 @@ def run_finetune(
         winners = {t: out / "winners" / t for _, t in pairs} if export_winners else {}
         return FinetuneSummary(done, 0, done.height, winners, {})
     ensure_ray()
+    gpu_plan(preset_resources(preset), cluster_shape())  # a bound the cluster cannot hold: now
     needed = [s for s in specs if s.name in {t for _, t in pairs}]
     wanted = sorted({m for m, _ in pairs})
     trainable, token = trial_trainable(
         catalogue, pool, wanted, needed, preset, settings, save_model=export_winners
     )
-    tuner = _tuner(trainable, path, pairs, ft, fault)
+    res, shape = preset_resources(preset), cluster_shape()
+    concurrent = max_concurrent_trials(res, shape)
+    tuner = _tuner(trainable, path, pairs, ft, fault, concurrent)
     fitted = time.perf_counter()
     total = len(pairs) * len(ft["lrs"]) * int(ft["reps"])
-    results = fit(tuner, TrialProgress("finetune", total, "trials"), tune_callbacks("finetune"))
+    with trial_demand("finetune", trial_resources(res, shape), total, res):
+        results = fit(tuner, TrialProgress("finetune", total, "trials"), tune_callbacks("finetune"))
     collected = time.perf_counter()
     rows, ran, best = _collect(results, token, export_winners)
     winners = _export_winners(best, out)
     runs = pl.DataFrame(rows, schema=schema.FINETUNE_RUNS).sort("model", "task", "lr", "rep")
+    nodes: dict[str, int] = {}
+    for result in results:
+        if result.metrics.get("token") == token:
+            node = str(result.metrics.get("node"))
+            nodes[node] = nodes.get(node, 0) + 1
     atomic_file(path / FINISHED, runs.write_parquet)  # after the winners: they are reused too
     phases = {
         "prepare": fitted - start,
         "tune": collected - fitted,
         "collect": time.perf_counter() - collected,
     }
-    return FinetuneSummary(runs, ran, len(rows) - ran, winners, phases)
+    return FinetuneSummary(runs, ran, len(rows) - ran, winners, phases, nodes)
 
 
 FINISHED = "whichmodel-runs.parquet"  # in the experiment directory: the finetune table
@@ -225,7 +237,12 @@ def _finished(path: Path, out: Path, winner_tasks: list[str]) -> pl.DataFrame | 
 
 
 def _tuner(
-    trainable: Any, path: Path, pairs: list[tuple[str, str]], ft: dict, fault: dict | None
+    trainable: Any,
+    path: Path,
+    pairs: list[tuple[str, str]],
+    ft: dict,
+    fault: dict | None,
+    concurrent: int | None = None,
 ) -> tune.Tuner:
     """The experiment at ``path``: restored where an earlier run left it (finished trials are
     not rerun), else a grid over pairs × lrs × repetitions."""
@@ -242,7 +259,7 @@ def _tuner(
     return tune.Tuner(
         trainable,
         param_space=space,
-        tune_config=tune.TuneConfig(reuse_actors=True),
+        tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=concurrent),
         run_config=tune.RunConfig(
             name=path.name,
             storage_path=str(path.parent),

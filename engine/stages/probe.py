@@ -11,7 +11,7 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ from ray import tune
 from whichmodel.actors.probe_trial import probe_trial
 from whichmodel.actors.proxies import PROXIES
 from whichmodel.cluster.connect import ensure_ray
+from whichmodel.cluster.demand import cluster_shape, trial_demand
 from whichmodel.cluster.quiet import tune_verbose
 from whichmodel.cluster.tracking import tune_callbacks
 from whichmodel.cluster.trials import TrialProgress, fit
@@ -29,7 +30,7 @@ from whichmodel.core import schema
 from whichmodel.core.errors import UserError
 from whichmodel.core.outputs import atomic_file
 from whichmodel.core.presets import preset_resources
-from whichmodel.core.resources import cluster_nodes, trial_resources
+from whichmodel.core.resources import gpu_plan, max_concurrent_trials, trial_resources
 from whichmodel.stages.store import read_metadata, read_partition, stored_pairs
 
 log = logging.getLogger("whichmodel")
@@ -42,6 +43,7 @@ class ProbeSummary:
     trials_reused: int
     compute_seconds: float
     wall_seconds: float
+    nodes: dict[str, int] = field(default_factory=dict)  # trials run here per Ray node id
 
 
 def proxy_options(preset: dict, proxies: list[str]) -> dict[str, dict]:
@@ -99,6 +101,7 @@ def probe(
         log.info("probe: every trial reused from %s", path)
         return ProbeSummary(done, 0, len(pairs), 0.0, time.perf_counter() - start)
     ensure_ray()
+    gpu_plan(preset_resources(preset), cluster_shape())  # a bound the cluster cannot hold: now
     refs = {
         f"{m}\x1f{t}": ray.put(_load_pair(parts, _num_classes(meta, t, parts)))
         for (m, t), parts in pairs.items()
@@ -106,13 +109,16 @@ def probe(
     # proxies registered by a decorator in this process go with the trials (installed plugins are
     # found by each worker through their entry points)
     plugins = PROXIES.registered_here(proxies)
+    res, shape = preset_resources(preset), cluster_shape()
+    trial = trial_resources(res, shape, "probe")
     trainable = tune.with_resources(
-        tune.with_parameters(probe_trial, embeddings=refs, token=token, plugins=plugins),
-        trial_resources(preset_resources(preset), cluster_nodes(), "probe"),
+        tune.with_parameters(probe_trial, embeddings=refs, token=token, plugins=plugins), trial
     )
-    tuner = _tuner(trainable, path, pairs, proxies, options)
-    results = fit(tuner, TrialProgress("probe", len(pairs), "pairs"), tune_callbacks("probe"))
-    rows, compute, ran = [], 0.0, 0
+    concurrent = max_concurrent_trials(res, shape, "probe")
+    tuner = _tuner(trainable, path, pairs, proxies, options, concurrent)
+    with trial_demand("probe", trial, len(pairs), res):
+        results = fit(tuner, TrialProgress("probe", len(pairs), "pairs"), tune_callbacks("probe"))
+    rows, compute, ran, nodes = [], 0.0, 0, {}
     for result in results:
         if result.error:
             raise UserError(f"probe trial failed: {_last_line(result.error)}")
@@ -120,10 +126,12 @@ def probe(
         if result.metrics.get("token") == token:
             ran += 1
             compute += float(result.metrics["compute_seconds"])
+            node = str(result.metrics.get("node"))
+            nodes[node] = nodes.get(node, 0) + 1
     scores = pl.DataFrame(rows, schema=schema.SCORES_DETAIL).sort("model", "task", "proxy")
     atomic_file(path / FINISHED, scores.write_parquet)
     wall = time.perf_counter() - start
-    return ProbeSummary(scores, ran, len(results) - ran, compute, wall)
+    return ProbeSummary(scores, ran, len(results) - ran, compute, wall, nodes)
 
 
 FINISHED = "whichmodel-scores.parquet"  # in the experiment directory: every trial's rows
@@ -157,7 +165,14 @@ def _pairs(
     return pairs
 
 
-def _tuner(trainable, path: Path, pairs: dict, proxies: list[str], options: dict) -> tune.Tuner:
+def _tuner(
+    trainable,
+    path: Path,
+    pairs: dict,
+    proxies: list[str],
+    options: dict,
+    concurrent: int | None = None,
+) -> tune.Tuner:
     """The probe experiment at ``path``: restored if an earlier run left it, else new."""
     if tune.Tuner.can_restore(str(path)):
         log.info("probe: resuming experiment %s", path)
@@ -169,7 +184,7 @@ def _tuner(trainable, path: Path, pairs: dict, proxies: list[str], options: dict
             "proxies": list(proxies),
             "options": options,
         },
-        tune_config=tune.TuneConfig(reuse_actors=True),
+        tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=concurrent),
         run_config=tune.RunConfig(
             name=path.name,
             storage_path=str(path.parent),

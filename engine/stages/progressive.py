@@ -49,13 +49,14 @@ from whichmodel.actors.probe_trial import proxy_input
 from whichmodel.actors.proxies import PROXIES, ProxyResult, pool_scores, run_proxy
 from whichmodel.analysis.strategies import HYBRID_PREFIX, task_agnostic_order
 from whichmodel.cluster.connect import ensure_ray
+from whichmodel.cluster.demand import cluster_shape
 from whichmodel.core import schema
 from whichmodel.core.catalog import Catalogue
 from whichmodel.core.errors import UserError
 from whichmodel.core.outputs import atomic_file, atomic_text
 from whichmodel.core.presets import preset_resources
 from whichmodel.core.progress import StageProgress
-from whichmodel.core.resources import cluster_nodes, trial_resources
+from whichmodel.core.resources import trial_resources
 from whichmodel.stages.embed import (
     EmbedConfig,
     ModelPlan,
@@ -416,7 +417,7 @@ def progressive_rank(
 
     def score_fn():  # Ray starts only when some rung's proxy result is not in the store
         ensure_ray()
-        res = trial_resources(preset_resources(preset), cluster_nodes(), "probe")
+        res = trial_resources(preset_resources(preset), cluster_shape(), "probe")
         return _score.options(num_cpus=res["cpu"], num_gpus=res["gpu"])
 
     display = None
