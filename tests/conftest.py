@@ -10,6 +10,18 @@ def ray_session():
     """A real local Ray (2 CPUs) for the tests that need it; only this session's processes."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    if not ray.is_initialized():  # an in-process engine call (ensure_ray) may have started it
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _ray_down_at_the_end():
+    """A local Ray that an in-process engine call started ends with the session too."""
+    yield
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
