@@ -13,6 +13,7 @@ from whichmodel.analysis import tables
 from whichmodel.analysis.analyze import analyze
 from whichmodel.analysis.plots import DELTA_PAIRS, write_plots
 from whichmodel.analysis.summary import summary_text
+from whichmodel.cluster import interrupts
 from whichmodel.cluster.connect import connection_options
 from whichmodel.core.budgets import parse_budgets
 from whichmodel.core.catalog import load_catalogue
@@ -574,15 +575,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="whichmodel: %(levelname)s: %(message)s",
     )
+    stopped = None
     try:
         with (
+            interrupts.handled(),
             connection_options(args.address, args.allow_unauthenticated),
             replacing(f"whichmodel {args.command}", getattr(args, "force", False)),
         ):
             args.func(args)
     except UserError as exc:
-        print(f"whichmodel: error: {exc}", file=sys.stderr)
-        return 2
+        if interrupts.requested() is None:
+            print(f"whichmodel: error: {exc}", file=sys.stderr)
+            return 2
+        stopped = interrupts.requested()  # an error caused by the interruption itself
+    except interrupts.Interrupted as exc:
+        stopped = exc.signum
+    except Exception:
+        if interrupts.requested() is None:
+            raise
+        stopped = interrupts.requested()
+    if stopped is not None:  # here, not in the except block: its frames are released now
+        return interrupts.finish(stopped)
     return 0
 
 

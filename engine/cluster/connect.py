@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from whichmodel.cluster import interrupts
 from whichmodel.core.errors import UserError
 
 log = logging.getLogger("whichmodel")
@@ -88,6 +89,7 @@ def ensure_ray(num_cpus: int | None = None) -> None:
             raise UserError(f"cannot join the Ray cluster at {address}: {_one_line(exc)}") from None
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+    interrupts.install()  # ray.init replaced the SIGTERM handler with its own
     res = ray.cluster_resources()
     log.info("ray: %s CPUs, %s GPUs", res.get("CPU", 0), res.get("GPU", 0))
 

@@ -319,14 +319,13 @@ def _forward_here(
     batches = iter(ds.iter_batches(batch_size=cfg.batch_size, batch_format="numpy"))
     # Ray Data starts decoding on the first request for a batch: make it from a thread while
     # this one builds the models, so worker start-up and the first decode overlap the builds.
-    with ThreadPoolExecutor(1, thread_name_prefix="whichmodel-first-batch") as pool:
-        first = pool.submit(next, batches, None)
-        try:
-            embedder = PoolEmbedder(models=specs, threads=cpu_actor_threads(cpus, cfg)[0])
-            head = first.result()
-        except BaseException:
-            first.cancel()
-            raise
+    pool = ThreadPoolExecutor(1, thread_name_prefix="whichmodel-first-batch")
+    first = pool.submit(next, batches, None)
+    try:
+        embedder = PoolEmbedder(models=specs, threads=cpu_actor_threads(cpus, cfg)[0])
+        head = first.result()
+    finally:  # interrupted: do not wait for the first batch
+        pool.shutdown(wait=first.done(), cancel_futures=True)
     try:
         decoded = itertools.chain([] if head is None else [head], batches)
         needs = [spec["tasks"] for spec in specs]

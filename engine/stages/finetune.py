@@ -25,6 +25,7 @@ from ray import tune
 from whichmodel.actors.finetune import split_pixels
 from whichmodel.actors.finetune_trial import finetune_trial
 from whichmodel.analysis.strategies import PoolData, dense_scores, parse_strategy
+from whichmodel.cluster import interrupts
 from whichmodel.cluster.connect import ensure_ray
 from whichmodel.core import schema
 from whichmodel.core.catalog import Catalogue
@@ -199,7 +200,7 @@ def run_finetune(
     name = _experiment_name([list(p) for p in pairs], settings, ft["lrs"], ft["reps"])
     tuner = _tuner(trainable, out / "tune" / name, pairs, ft, fault)
     fitted = time.perf_counter()
-    results = tuner.fit()
+    results = interrupts.tune_fit(tuner, "fine-tune", "fine-tune runs", "val_acc")
     collected = time.perf_counter()
     rows, ran, best = _collect(results, token, export_winners)
     winners = _export_winners(best, out)

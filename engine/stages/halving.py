@@ -73,6 +73,7 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialSch
 from whichmodel.actors.proxies import PROXIES
 from whichmodel.analysis import regret, tables
 from whichmodel.analysis.strategies import HYBRID_PREFIX, parse_strategy
+from whichmodel.cluster import interrupts
 from whichmodel.cluster.connect import ensure_ray
 from whichmodel.core import schema
 from whichmodel.core.catalog import Catalogue
@@ -482,7 +483,8 @@ def _halving_task(catalogue, pool, spec, top, preset, out: Path, cfg: HalvingCon
             verbose=1,
         ),
     )
-    rows = _arm_rows(tuner.fit(), spec, top, cfg, grace, steps, scheduler.stopped_by)
+    results = interrupts.tune_fit(tuner, "halving", "arms", "step")
+    rows = _arm_rows(results, spec, top, cfg, grace, steps, scheduler.stopped_by)
     events = scheduler.plan.events if cfg.mode == "sync" else []
     return rows, events
 

@@ -21,6 +21,7 @@ from ray import tune
 
 from whichmodel.actors.probe_trial import probe_trial
 from whichmodel.actors.proxies import PROXIES
+from whichmodel.cluster import interrupts
 from whichmodel.cluster.connect import ensure_ray
 from whichmodel.core import schema
 from whichmodel.core.errors import UserError
@@ -100,7 +101,8 @@ def probe(
         tune.with_parameters(probe_trial, embeddings=refs, token=token),
         trial_resources(preset_resources(preset), cluster_nodes(), "probe"),
     )
-    results = _tuner(trainable, path, pairs, proxies, options).fit()
+    tuner = _tuner(trainable, path, pairs, proxies, options)
+    results = interrupts.tune_fit(tuner, "probe", "probe trials", "rows")
     rows, compute, ran = [], 0.0, 0
     for result in results:
         if result.error:

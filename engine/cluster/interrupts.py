@@ -1,0 +1,249 @@
+"""Stopping a command on Ctrl-C or SIGTERM: within seconds, one line, nothing left running.
+
+``handled()`` (the CLI's ``main``) installs handlers for SIGINT and SIGTERM. The first signal:
+
+- outside a Ray Tune experiment, raises ``Interrupted`` (a ``KeyboardInterrupt``) in the main
+  thread, so the stage stops where it is (a Ray Data pipeline, a ``ray.get``, ``ray.init``);
+- inside one (``tune_fit``), asks Tune to stop as its own Ctrl-C does: unfinished trials stay
+  unfinished in the experiment state (a rerun resumes them), then ``Interrupted`` is raised
+  when ``fit`` returns, before the stage reads the incomplete results.
+
+``finish`` then closes what the stage left open while Ray is still up (Ray Data's generators),
+shuts down the Ray this process started, ends every process this command started (captured at
+the signal: Ray's raylet, GCS, workers and agents are its children) and prints one line,
+``interrupted after N of M <units>; run the same command again to resume`` (the stage's
+``progress``, else its name). Exit code 130 (SIGINT) or 143 (SIGTERM). A watchdog does the same
+at once if that takes longer than ``GRACE_S``; a second signal exits immediately
+(``os._exit``, default handlers restored). Finished work is already on disk: the embedding
+store's chunks and partitions, the Tune experiments' state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+GRACE_S = 7.0  # the first signal ends the command within this (plus a kill's few ms)
+
+
+class Interrupted(KeyboardInterrupt):
+    """The command was asked to stop (SIGINT or SIGTERM)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def code(self) -> int:
+        return 128 + self.signum
+
+
+@dataclass
+class _State:
+    active: bool = False
+    signum: int | None = None
+    in_tune: int = 0
+    stage: str = ""
+    unit: str = ""
+    done: int | None = None
+    total: int | None = None
+    tree: list = field(default_factory=list)  # psutil.Process of this command's processes
+    printed: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_state = _State()
+
+
+def progress(stage: str, done: int | None = None, total: int | None = None, unit: str = "") -> None:
+    """Where the running stage stands, for the interruption's line (``done`` of ``total``
+    ``unit``; the stage name alone where they are unknown)."""
+    _state.stage, _state.done, _state.total, _state.unit = stage, done, total, unit
+
+
+def advance(n: int = 1) -> None:
+    """``n`` more units of the running stage done."""
+    if _state.done is not None:
+        _state.done += n
+
+
+def requested() -> int | None:
+    """The signal that asked the command to stop, if one did."""
+    return _state.signum
+
+
+def check() -> None:
+    """Raise ``Interrupted`` if a signal asked the command to stop."""
+    if _state.signum is not None:
+        raise Interrupted(_state.signum)
+
+
+def message() -> str:
+    """The one line printed when the command stops."""
+    s = _state
+    if s.done is not None and s.total is not None:
+        where = f"{s.done:,} of {s.total:,} {s.unit or s.stage}".rstrip()
+        if s.unit and s.stage:
+            where += f" ({s.stage})"
+    else:
+        where = s.stage or "the start"
+    return f"whichmodel: interrupted after {where}; run the same command again to resume"
+
+
+def install() -> None:
+    """(Re)install the handlers: ``ray.init`` replaces the SIGTERM handler with its own."""
+    if _state.active and threading.current_thread() is threading.main_thread():
+        for signum in SIGNALS:
+            signal.signal(signum, _handler)
+
+
+@contextlib.contextmanager
+def handled() -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM stop the command as this module says; the caller
+    catches ``Interrupted`` and calls ``finish`` after its ``except`` block (so that the
+    interrupted frames, and the generators they hold, are gone)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {s: signal.getsignal(s) for s in SIGNALS}
+    # Tune's own Ctrl-C handler would swallow the signal; ours asks Tune to stop (tune_fit)
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    _state.active = True
+    install()
+    try:
+        yield
+    finally:
+        _state.active = False
+        if _state.signum is None:
+            for s, h in before.items():
+                signal.signal(s, h)
+
+
+def _handler(signum: int, frame: Any) -> None:
+    if _state.signum is not None:  # a second signal: stop now
+        _restore_defaults()
+        _kill(_state.tree, hard=True)
+        _print_once()
+        os._exit(128 + _state.signum)
+    _state.signum = signum
+    _state.tree = _descendants()
+    threading.Thread(target=_watchdog, name="whichmodel-interrupt", daemon=True).start()
+    if _state.in_tune and _tune_listening():
+        os.kill(os.getpid(), signal.SIGUSR1)  # Tune's own "stop the experiment" signal
+        return
+    raise Interrupted(signum)
+
+
+def _tune_listening() -> bool:
+    """Whether Tune's experiment loop is running (its SIGUSR1 handler is installed)."""
+    handler = signal.getsignal(signal.SIGUSR1)
+    return "signal_interrupt_tune_run" in getattr(handler, "__qualname__", "")
+
+
+def tune_fit(tuner: Any, stage: str, unit: str, key: str) -> Any:
+    """``tuner.fit()``, stopped as Tune stops on Ctrl-C when a signal arrives (unfinished trials
+    resume on a rerun); then ``Interrupted``, with the trials that reported ``key`` as the
+    stage's progress, before the caller reads the incomplete results."""
+    progress(stage)
+    check()
+    _state.in_tune += 1
+    try:
+        results = tuner.fit()
+    finally:
+        _state.in_tune -= 1
+    if _state.signum is not None:
+        done = sum(1 for r in results if key in (r.metrics or {}))
+        progress(stage, done, len(results), unit)
+    check()
+    return results
+
+
+def finish(signum: int) -> int:
+    """Close what the interrupted stage left (while Ray is up), shut down the Ray this process
+    started, end this command's processes, print the line; the exit code."""
+    gc.collect()  # Ray Data's iterators close now, with Ray still there
+    _shutdown_ray()
+    _kill(_state.tree + _descendants(), hard=False)
+    _print_once()
+    return 128 + signum
+
+
+def _shutdown_ray() -> None:
+    ray = sys.modules.get("ray")
+    if ray is None:
+        return
+    with contextlib.suppress(Exception):
+        from ray._private import auto_init_hook
+
+        auto_init_hook.enable_auto_connect = False  # nothing may start a new local Ray now
+    with contextlib.suppress(Exception):
+        ray.shutdown()
+
+
+def _descendants() -> list:
+    """This process's descendants (none before Ray was imported: nothing else starts any)."""
+    if "ray" not in sys.modules:
+        return []
+    try:
+        import psutil  # Ray puts its bundled psutil on sys.path
+
+        return psutil.Process().children(recursive=True)
+    except Exception:
+        return []
+
+
+def _kill(procs: list, hard: bool) -> None:
+    """End ``procs`` (SIGTERM, then SIGKILL after a second; at once if ``hard``)."""
+    if not procs:
+        return
+    try:
+        import psutil
+    except ImportError:
+        return
+    alive = []
+    for p in {p.pid: p for p in procs}.values():
+        with contextlib.suppress(psutil.Error):
+            if hard:
+                p.kill()
+            else:
+                p.terminate()
+            alive.append(p)
+    if hard:
+        return
+    _, left = psutil.wait_procs(alive, timeout=1.5)
+    for p in left:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(left, timeout=1.0)
+
+
+def _print_once() -> None:
+    with _state.lock:
+        if _state.printed:
+            return
+        _state.printed = True
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    os.write(2, (message() + "\n").encode())
+
+
+def _watchdog() -> None:
+    """End the command if the orderly stop takes longer than ``GRACE_S``."""
+    threading.Event().wait(GRACE_S)
+    _kill(_state.tree + _descendants(), hard=True)
+    _print_once()
+    os._exit(128 + (_state.signum or signal.SIGINT))
+
+
+def _restore_defaults() -> None:
+    for signum in SIGNALS:
+        with contextlib.suppress(Exception):
+            signal.signal(signum, signal.SIG_DFL)
