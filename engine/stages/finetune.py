@@ -191,6 +191,7 @@ def run_finetune(
         for name in sorted({t for _, t in pairs}):
             check_replaceable(out / "winners" / name)
     settings = finetune_settings(preset)
+    interrupts.progress("fine-tune (decoding the images)")
     ensure_ray()
     needed = [s for s in specs if s.name in {t for _, t in pairs}]
     wanted = sorted({m for m, _ in pairs})

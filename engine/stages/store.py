@@ -115,6 +115,38 @@ def _matrix(column: pa.ChunkedArray) -> np.ndarray:
     return arr.flatten().to_numpy().reshape(len(arr), arr.type.list_size)
 
 
+def read_chunks(folder: Path, pattern: str = "*.parquet") -> dict[str, np.ndarray] | None:
+    """Every chunk file of a (model, task) folder matching ``pattern``, concatenated
+    (``index``, ``label``, ``split``, ``embedding``, ``probs``); None if there is none."""
+    files = sorted(folder.glob(pattern))
+    if not files:
+        return None
+    return embedding_columns(pa.concat_tables([pq.read_table(f) for f in files]))
+
+
+def write_chunk(folder: Path, cols: dict[str, np.ndarray], name: str | None = None) -> Path:
+    """One chunk of newly embedded rows of a (model, task), written atomically: ``name``, or
+    ``rows-<n>-<hash of its row indices>``. The chunks of a (model, task) live in one folder
+    (``STORE/slices/...``): the progressive rungs' slices and the embedding stage's finished
+    batches (``batch<size>-<start>``, merged into the partitions when the pair is complete)."""
+    if name is None:
+        digest = hashlib.sha256(np.sort(cols["index"]).astype(np.int64).tobytes()).hexdigest()
+        name = f"rows-{len(cols['index'])}-{digest[:16]}"
+    emb = np.ascontiguousarray(cols["embedding"], dtype=np.float32)
+    columns = {
+        "index": pa.array(cols["index"], pa.int64()),
+        "label": pa.array(cols["label"], pa.int64()),
+        "split": pa.array(cols["split"], pa.string()),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), emb.shape[1]),
+    }
+    if cols.get("probs") is not None:
+        p = np.ascontiguousarray(cols["probs"], dtype=np.float32)
+        columns["probs"] = pa.FixedSizeListArray.from_arrays(pa.array(p.ravel()), p.shape[1])
+    path = folder / f"{name}.parquet"
+    atomic_file(path, lambda tmp: pq.write_table(pa.table(columns), tmp))
+    return path
+
+
 def read_metadata(store: Path) -> dict:
     path = store / "metadata.json"
     return (
