@@ -232,3 +232,47 @@ def test_interrupted_progressive_ranking_resumes(undisturbed):
     a, _ = _tables(root / "pbase")
     b, _ = _tables(root / "prun")
     assert a.equals(b), f"{a}\n{b}"
+
+
+SCRIPT = """
+import sys, time
+from whichmodel.cluster import interrupts
+print("ready", flush=True)
+try:
+    with interrupts.handled():
+        interrupts.progress("waiting", 3, 7, "naps")
+        time.sleep(60)
+except interrupts.Interrupted as exc:
+    stopped = exc.signum
+if sys.argv[1] == "slow":  # an orderly stop that hangs: a second Ctrl-C must end it at once
+    time.sleep(60)
+sys.exit(interrupts.finish(stopped))
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_the_first_signal_stops_with_one_line_and_its_exit_code(tmp_path, sig):
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, "fast"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout.readline() == "ready\n"
+    time.sleep(0.5)  # inside the block
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + sig
+    assert err.splitlines() == [
+        "whichmodel: interrupted after 3 of 7 naps (waiting); run the same command again to resume"
+    ]
+
+
+def test_a_second_ctrl_c_exits_at_once(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, "slow"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout.readline() == "ready\n"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(1.0)  # the orderly stop "hangs" (the watchdog would end it after GRACE_S)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=5)
+    assert proc.returncode == 130
+    assert len(err.splitlines()) == 1 and LINE.match(err.strip())
