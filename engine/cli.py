@@ -595,7 +595,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         stopped = interrupts.requested()
     if stopped is not None:  # here, not in the except block: its frames are released now
-        return interrupts.finish(stopped)
+        interrupts.finish(stopped)  # ends the process
     return 0
 
 

@@ -246,7 +246,7 @@ except interrupts.Interrupted as exc:
     stopped = exc.signum
 if sys.argv[1] == "slow":  # an orderly stop that hangs: a second Ctrl-C must end it at once
     time.sleep(60)
-sys.exit(interrupts.finish(stopped))
+interrupts.finish(stopped)
 """
 
 

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import os
 import signal
 import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 GRACE_S = 7.0  # the first signal ends the command within this (plus a kill's few ms)
@@ -166,14 +167,18 @@ def tune_fit(tuner: Any, stage: str, unit: str, key: str) -> Any:
     return results
 
 
-def finish(signum: int) -> int:
+def finish(signum: int) -> NoReturn:
     """Close what the interrupted stage left (while Ray is up), shut down the Ray this process
-    started, end this command's processes, print the line; the exit code."""
+    started, end this command's processes, print the line and end the process with the exit
+    code (``os._exit``: no finaliser of a half-closed Ray object runs after Ray is gone)."""
     gc.collect()  # Ray Data's iterators close now, with Ray still there
     _shutdown_ray()
     _kill(_state.tree + _descendants(), hard=False)
     _print_once()
-    return 128 + signum
+    with contextlib.suppress(Exception):
+        logging.shutdown()
+        sys.stderr.flush()
+    os._exit(128 + signum)
 
 
 def _shutdown_ray() -> None:

@@ -664,6 +664,7 @@ def embed(
     """
     cfg = cfg or EmbedConfig()
     store = Path(store)
+    interrupts.progress("embedding (planning)")
     models = list(catalogue.pool(pool).select("model", "source").iter_rows())
     # Planning the models (the first plan imports timm) and loading the tasks (files read and
     # hashed) are independent: each in a thread. Where the store surely lacks a partition, this
@@ -757,6 +758,7 @@ def _embed_missing(
                 _save_batch(store, name, cols, work, batches, data, fingerprints, size, summary)
             break
         except Exception as exc:  # errors raised in workers arrive wrapped by Ray
+            interrupts.check()  # Ray's processes stopped by the user's Ctrl-C: no rerun
             if summary.retries >= cfg.retries or not is_ray_failure(exc):
                 raise worker_error(exc) from exc
             summary.retries += 1
