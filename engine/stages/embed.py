@@ -56,6 +56,7 @@ from whichmodel.core.resources import Resources
 from whichmodel.core.schema import SPLITS
 from whichmodel.stages.store import (
     Partition,
+    check_finite,
     partition_key,
     read_chunks,
     record_run,
@@ -575,6 +576,7 @@ def _save_batch(
         folder = chunk_folder(store, plan, task, fingerprints[task])
         chunk = {k: cols[k] for k in ("index", "label", "split")}
         chunk |= {"embedding": cols[emb_column(i)], "probs": cols.get(probs_column(i))}
+        check_finite(plan.name, task, chunk["split"], chunk["index"], chunk["embedding"])
         write_chunk(folder, chunk, name=f"batch{size}-{start}")
         seconds = float(cols[seconds_column(i)].sum())
         summary.device_seconds[plan.name] = summary.device_seconds.get(plan.name, 0.0) + seconds

@@ -68,12 +68,7 @@ def write_partition(
     probs: np.ndarray | None = None,
 ) -> None:
     """Write one partition atomically and remove files of older keys in its directory."""
-    if not np.isfinite(embedding).all():
-        bad = int(index[~np.isfinite(embedding).all(axis=1)][0])
-        raise UserError(
-            f"model {part.model}: embedding of task {part.task} ({part.split} index {bad}) is "
-            "not finite (NaN or inf); nothing written for this partition"
-        )
+    check_finite(part.model, part.task, np.full(len(index), part.split), index, embedding)
     order = np.argsort(index, kind="stable")
     emb = np.ascontiguousarray(embedding[order], dtype=np.float32)
     columns = {
@@ -88,6 +83,19 @@ def write_partition(
     for old in part.directory.glob("*.parquet"):
         if old != part.path:
             old.unlink(missing_ok=True)
+
+
+def check_finite(
+    model: str, task: str, split: np.ndarray, index: np.ndarray, embedding: np.ndarray
+) -> None:
+    """``UserError`` naming the first row whose embedding is NaN or infinite."""
+    finite = np.isfinite(embedding).all(axis=1)
+    if not finite.all():
+        bad = int(np.flatnonzero(~finite)[0])
+        raise UserError(
+            f"model {model}: embedding of task {task} ({split[bad]} index {int(index[bad])}) is "
+            "not finite (NaN or inf); nothing written for this partition"
+        )
 
 
 def read_partition(part: Partition) -> dict[str, np.ndarray]:
