@@ -134,8 +134,10 @@ class Child:
             code = self.proc.wait(timeout=60)
         finally:
             seconds = time.monotonic() - sent
-        _, alive = psutil.wait_procs(procs, timeout=5)
-        left = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+        deadline, left = time.monotonic() + 5, procs
+        while left and time.monotonic() < deadline:  # dead (a zombie, if unreaped) or gone
+            left = [p for p in left if _running(p)]
+            time.sleep(0.1)
         for p in left:
             with contextlib.suppress(psutil.Error):
                 p.kill()
@@ -150,6 +152,13 @@ class Child:
             with contextlib.suppress(psutil.Error):
                 p.kill()
         psutil.wait_procs(procs, timeout=10)
+
+
+def _running(p) -> bool:
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _chunks(store: Path) -> list[Path]:

@@ -9,8 +9,8 @@
   when ``fit`` returns, before the stage reads the incomplete results.
 
 ``finish`` then closes what the stage left open while Ray is still up (Ray Data's generators),
-shuts down the Ray this process started, ends every process this command started (captured at
-the signal: Ray's raylet, GCS, workers and agents are its children) and prints one line,
+ends every process this command started (captured at the signal, and again then: the local
+Ray it started — GCS, raylet, workers, agents — are its descendants) and prints one line,
 ``interrupted after N of M <units>; run the same command again to resume`` (the stage's
 ``progress``, else its name). Exit code 130 (SIGINT) or 143 (SIGTERM). A watchdog does the same
 at once if that takes longer than ``GRACE_S``; a second signal exits immediately
@@ -168,29 +168,33 @@ def tune_fit(tuner: Any, stage: str, unit: str, key: str) -> Any:
 
 
 def finish(signum: int) -> NoReturn:
-    """Close what the interrupted stage left (while Ray is up), shut down the Ray this process
-    started, end this command's processes, print the line and end the process with the exit
-    code (``os._exit``: no finaliser of a half-closed Ray object runs after Ray is gone)."""
+    """Close what the interrupted stage left (while Ray is up), print the line, end every
+    process this command started (the local Ray it started: GCS, raylet, workers, agents) and
+    end this process with the exit code.
+
+    Not ``ray.shutdown()``: a Ray Data thread still running (a prefetcher, the streaming
+    executor) that touches Ray after it makes Ray's core worker end the process with exit code 1
+    (measured); ending the processes, then this one with ``os._exit`` (no finaliser runs after
+    Ray is gone, so none can start a new local Ray), leaves nothing behind. A cluster the
+    command joined sees its driver gone and frees the driver's actors and objects."""
     gc.collect()  # Ray Data's iterators close now, with Ray still there
-    _shutdown_ray()
-    _kill(_state.tree + _descendants(), hard=False)
     _print_once()
+    _no_new_ray()
+    _kill(_state.tree + _descendants(), hard=False)
     with contextlib.suppress(Exception):
         logging.shutdown()
         sys.stderr.flush()
     os._exit(128 + signum)
 
 
-def _shutdown_ray() -> None:
-    ray = sys.modules.get("ray")
-    if ray is None:
+def _no_new_ray() -> None:
+    """Nothing in this process may start a new local Ray any more (Ray's auto-init)."""
+    if "ray" not in sys.modules:
         return
     with contextlib.suppress(Exception):
         from ray._private import auto_init_hook
 
-        auto_init_hook.enable_auto_connect = False  # nothing may start a new local Ray now
-    with contextlib.suppress(Exception):
-        ray.shutdown()
+        auto_init_hook.enable_auto_connect = False
 
 
 def _descendants() -> list:
