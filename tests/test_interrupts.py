@@ -185,6 +185,7 @@ def _tables(out: Path) -> tuple[pl.DataFrame, pl.DataFrame | None]:
     return scores, ft
 
 
+@pytest.mark.heavy
 def test_interrupted_in_every_stage_then_resumed(undisturbed):
     root = undisturbed
     store = root / "run" / "store"
@@ -229,6 +230,7 @@ def test_interrupted_in_every_stage_then_resumed(undisturbed):
         assert a.equals(b), f"{a}\n{b}"
 
 
+@pytest.mark.heavy
 def test_interrupted_progressive_ranking_resumes(undisturbed):
     root = undisturbed
     cmd = _cmd(root, "prun", "--strategy", "progressive_linear")
