@@ -143,6 +143,10 @@ def _handler(signum: int, frame: Any) -> None:
     raise Interrupted(signum)
 
 
+def _before_tune(signum: int, frame: Any) -> None:
+    """SIGUSR1 before Tune's loop installs its handler: nothing to do."""
+
+
 def _tune_listening() -> bool:
     """Whether Tune's experiment loop is running (its SIGUSR1 handler is installed)."""
     handler = signal.getsignal(signal.SIGUSR1)
@@ -155,6 +159,9 @@ def tune_fit(tuner: Any, stage: str, unit: str, key: str) -> Any:
     stage's progress, before the caller reads the incomplete results."""
     progress(stage)
     check()
+    if threading.current_thread() is threading.main_thread():
+        # an earlier experiment's handler would look like this one's loop running
+        signal.signal(signal.SIGUSR1, _before_tune)
     _state.in_tune += 1
     try:
         results = tuner.fit()
