@@ -9,8 +9,9 @@
   when ``fit`` returns, before the stage reads the incomplete results.
 
 ``finish`` then closes what the stage left open while Ray is still up (Ray Data's generators),
-ends every process this command started (captured at the signal, and again then: the local
-Ray it started — GCS, raylet, workers, agents — are its descendants) and prints one line,
+prints one line and exits, leaving a small reaper to end every process this command started
+(captured at the signal, and again then: the local Ray it started — GCS, raylet, workers,
+agents — are its descendants) within two seconds,
 ``interrupted after N of M <units>; run the same command again to resume`` (the stage's
 ``progress``, else its name). Exit code 130 (SIGINT) or 143 (SIGTERM). A watchdog does the same
 at once if that takes longer than ``GRACE_S``; a second signal exits immediately
@@ -131,8 +132,8 @@ def handled() -> Iterator[None]:
 def _handler(signum: int, frame: Any) -> None:
     if _state.signum is not None:  # a second signal: stop now
         _restore_defaults()
-        _kill(_state.tree, hard=True)
         _print_once()
+        _reap_after_exit(_state.tree, hard=True)
         os._exit(128 + _state.signum)
     _state.signum = signum
     _state.tree = _descendants()
@@ -187,11 +188,56 @@ def finish(signum: int) -> NoReturn:
     gc.collect()  # Ray Data's iterators close now, with Ray still there
     _print_once()
     _no_new_ray()
-    _kill(_state.tree + _descendants(), hard=False)
     with contextlib.suppress(Exception):
         logging.shutdown()
         sys.stderr.flush()
+    _reap_after_exit(_state.tree + _descendants(), hard=False)
     os._exit(128 + signum)
+
+
+_REAPER = """
+import os, signal, sys, time
+pids = [int(p) for p in sys.argv[2:]]
+def alive(p):
+    try:
+        os.kill(p, 0)
+        return True
+    except OSError:
+        return False
+if sys.argv[1] == "soft":
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGTERM)
+        except OSError:
+            pass
+    end = time.monotonic() + 1.5
+    while time.monotonic() < end and any(alive(p) for p in pids):
+        time.sleep(0.05)
+for p in pids:
+    try:
+        os.kill(p, signal.SIGKILL)
+    except OSError:
+        pass
+"""
+
+
+def _reap_after_exit(procs: list, hard: bool) -> None:
+    """End ``procs`` from a small process of their own, started now, so that this process can
+    exit first: killing the local Ray under a live driver makes Ray's core worker end the
+    driver with exit code 1 (measured), not the interruption's code."""
+    pids = sorted({p.pid for p in procs})
+    if not pids:
+        return
+    import subprocess
+
+    with contextlib.suppress(Exception):
+        subprocess.Popen(
+            [sys.executable, "-c", _REAPER, "hard" if hard else "soft", *map(str, pids)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
 
 def _no_new_ray() -> None:
@@ -216,31 +262,6 @@ def _descendants() -> list:
         return []
 
 
-def _kill(procs: list, hard: bool) -> None:
-    """End ``procs`` (SIGTERM, then SIGKILL after a second; at once if ``hard``)."""
-    if not procs:
-        return
-    try:
-        import psutil
-    except ImportError:
-        return
-    alive = []
-    for p in {p.pid: p for p in procs}.values():
-        with contextlib.suppress(psutil.Error):
-            if hard:
-                p.kill()
-            else:
-                p.terminate()
-            alive.append(p)
-    if hard:
-        return
-    _, left = psutil.wait_procs(alive, timeout=1.5)
-    for p in left:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-    psutil.wait_procs(left, timeout=1.0)
-
-
 def _print_once() -> None:
     with _state.lock:
         if _state.printed:
@@ -254,8 +275,8 @@ def _print_once() -> None:
 def _watchdog() -> None:
     """End the command if the orderly stop takes longer than ``GRACE_S``."""
     threading.Event().wait(GRACE_S)
-    _kill(_state.tree + _descendants(), hard=True)
     _print_once()
+    _reap_after_exit(_state.tree + _descendants(), hard=True)
     os._exit(128 + (_state.signum or signal.SIGINT))
 
 
