@@ -219,6 +219,9 @@ def _tuner(
 ) -> tune.Tuner:
     """The experiment at ``path``: restored where an earlier run left it (finished trials are
     not rerun), else a grid over pairs × lrs × repetitions."""
+    if tune.Tuner.can_restore(str(path)) and not any(path.glob("experiment_state-*.json")):
+        # interrupted before Tune saved any state: nothing to resume, start it again
+        shutil.rmtree(path)
     if tune.Tuner.can_restore(str(path)):
         log.info("finetune: resuming experiment %s", path)
         return tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)

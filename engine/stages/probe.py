@@ -9,6 +9,7 @@ interruption, it restores the experiment and runs only the trials that did not f
 import hashlib
 import json
 import logging
+import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -136,6 +137,9 @@ def _pairs(
 
 def _tuner(trainable, path: Path, pairs: dict, proxies: list[str], options: dict) -> tune.Tuner:
     """The probe experiment at ``path``: restored if an earlier run left it, else new."""
+    if tune.Tuner.can_restore(str(path)) and not any(path.glob("experiment_state-*.json")):
+        # interrupted before Tune saved any state: nothing to resume, start it again
+        shutil.rmtree(path)
     if tune.Tuner.can_restore(str(path)):
         log.info("probe: resuming experiment %s", path)
         return tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
