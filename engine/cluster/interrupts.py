@@ -168,7 +168,7 @@ def tune_fit(tuner: Any, stage: str, unit: str, key: str) -> Any:
         results = tuner.fit()
     finally:
         _state.in_tune -= 1
-    if _state.signum is not None:
+    if _state.signum is not None and len(results):
         done = sum(1 for r in results if key in (r.metrics or {}))
         progress(stage, done, len(results), unit)
     check()
