@@ -10,6 +10,7 @@ from pathlib import Path
 import polars as pl
 
 from whichmodel import api
+from whichmodel.cluster import interrupts
 from whichmodel.cluster.connect import connection_options
 from whichmodel.cluster.quiet import set_verbose
 from whichmodel.cluster.tracking import TRACKERS, check_tracker
@@ -577,8 +578,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="whichmodel: %(levelname)s: %(message)s",
     )
     set_verbose(args.verbose)  # Ray's, Ray Data's and Tune's own reporters (cluster/quiet.py)
+    stopped = None
     try:
         with (
+            interrupts.handled(),
             connection_options(args.address, args.allow_unauthenticated),
             resource_options(
                 accelerator=args.accelerator,
@@ -590,13 +593,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         ):
             args.func(args)
     except UserError as exc:
-        print(f"whichmodel: error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # a full disk, from any writer: one line, exit 1
-        if not is_disk_full(exc):
+        if interrupts.requested() is None:
+            print(f"whichmodel: error: {exc}", file=sys.stderr)
+            return 2
+        stopped = interrupts.requested()  # an error caused by the interruption itself
+    except interrupts.Interrupted as exc:
+        stopped = exc.signum
+    except Exception as exc:
+        if interrupts.requested() is not None:
+            stopped = interrupts.requested()
+        elif is_disk_full(exc):  # a full disk, from any writer: one line, exit 1
+            print(f"whichmodel: error: {disk_full_message(exc)}", file=sys.stderr)
+            return 1
+        else:
             raise
-        print(f"whichmodel: error: {disk_full_message(exc)}", file=sys.stderr)
-        return 1
+    if stopped is not None:  # here, not in the except block: its frames are released now
+        interrupts.finish(stopped)  # ends the process
     return 0
 
 

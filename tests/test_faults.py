@@ -170,28 +170,29 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_a_ray_failure_the_pipeline_gives_up_on_reruns_only_the_missing_tasks(
+def test_a_ray_failure_the_pipeline_gives_up_on_reruns_only_the_missing_batches(
     tmp_path, undisturbed, monkeypatch
 ):
     # Ray Data recovered every real fault above by itself; this is the engine's own fallback:
-    # the pipeline (real Ray) writes one task, then fails with a Ray system error, once.
+    # the pipeline (real Ray) delivers one batch (written as a chunk), then fails with a Ray
+    # system error, once; the rerun embeds only the batches without a chunk.
     from ray.exceptions import NodeDiedError
 
     world = write_world(tmp_path, TASKS)
-    real, calls = whichmodel.stages.embed._run_pipeline, []
+    real, calls, delivered = whichmodel.stages.embed._run_pipeline, [], []
 
-    def fails_once(tasks, plans, needs, cfg, ledger):
+    def fails_once(tasks, plans, needs, cfg, ledger, *args):
         calls.append(sorted(t.name for t in tasks))
-        for i, item in enumerate(real(tasks, plans, needs, cfg, ledger)):
+        for i, item in enumerate(real(tasks, plans, needs, cfg, ledger, *args)):
             if len(calls) == 1 and i == 1:
                 raise NodeDiedError("a node died (injected)")
+            delivered.append(item[0])
             yield item
 
     monkeypatch.setattr(whichmodel.stages.embed, "_run_pipeline", fails_once)
     summary = _embed(world)
     assert summary.retries == 1 and len(calls) == 2
-    first_done = {t for m, t in summary.computed[: len(MODELS)]}
-    assert len(first_done) == 1 and calls[1] == sorted(set(TASKS) - first_done)
+    assert calls[1] == sorted(set(calls[0]) - {delivered[0]})
     assert sorted(summary.computed) == sorted((m, t) for m in MODELS for t in TASKS)
     assert read_metadata(world / "store")["runs"][-1]["retries"] == 1
     assert_same_tables(assert_complete(world / "store", TASKS), undisturbed)

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from whichmodel.cluster import interrupts
 from whichmodel.core.errors import UserError
 
 log = logging.getLogger("whichmodel")
@@ -70,13 +72,32 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     ``check_cluster_auth``; without one, start a local Ray with ``num_cpus``.
     """
     import ray
-    from ray.exceptions import AuthenticationError
 
-    from whichmodel.cluster.quiet import is_verbose, quiet_ray
+    from whichmodel.cluster.quiet import quiet_ray
 
     quiet_ray()  # worker logs and Ray's INFO lines stay off the terminal unless --verbose
     if ray.is_initialized():
         return
+    try:
+        _init(num_cpus)
+    except SystemExit as exc:  # Ray's own SIGTERM handler, active while ray.init runs
+        if exc.code == signal.SIGTERM:
+            raise interrupts.Interrupted(signal.SIGTERM) from None
+        raise
+    finally:
+        interrupts.install()  # ray.init replaced the SIGTERM handler with its own
+    quiet_ray()
+    res = ray.cluster_resources()
+    log.info("ray: %s CPUs, %s GPUs", res.get("CPU", 0), res.get("GPU", 0))
+
+
+def _init(num_cpus: int | None) -> None:
+    """``ray.init``: join the cluster named by the address (checked first), else start one."""
+    import ray
+    from ray.exceptions import AuthenticationError
+
+    from whichmodel.cluster.quiet import is_verbose
+
     address = cluster_address()
     if address:
         mode = check_cluster_auth(address)
@@ -91,9 +112,6 @@ def ensure_ray(num_cpus: int | None = None) -> None:
             raise UserError(f"cannot join the Ray cluster at {address}: {_one_line(exc)}") from None
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=is_verbose())
-    quiet_ray()
-    res = ray.cluster_resources()
-    log.info("ray: %s CPUs, %s GPUs", res.get("CPU", 0), res.get("GPU", 0))
 
 
 def check_cluster_auth(address: str) -> str:

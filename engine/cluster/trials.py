@@ -8,6 +8,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from whichmodel.cluster import interrupts
 from whichmodel.cluster.quiet import tune_verbose
 from whichmodel.core.progress import StageProgress
 
@@ -47,15 +48,21 @@ class TrialProgress(Callback):
             self.display.close()
 
 
-def fit(tuner: Any, progress: TrialProgress, callbacks: Sequence[Any] = ()) -> Any:
+def fit(
+    tuner: Any,
+    progress: TrialProgress,
+    callbacks: Sequence[Any] = (),
+    stop: tuple[str, str, str] | None = None,
+) -> Any:
     """``tuner.fit()`` with this run's verbosity and callbacks (the progress display, tracking),
     also for a restored experiment, whose run config (verbosity and callbacks of the run that
-    created it) Tune reloads from its directory."""
+    created it) Tune reloads from its directory. ``stop``: (stage, unit, key) of
+    ``interrupts.tune_fit``, which stops the fit on Ctrl-C/SIGTERM as Tune's own Ctrl-C does."""
     config = getattr(getattr(tuner, "_local_tuner", None), "_run_config", None)
     if config is not None:
         config.verbose = tune_verbose()
         config.callbacks = [progress, *callbacks]
     try:
-        return tuner.fit()
+        return interrupts.tune_fit(tuner, *stop) if stop else tuner.fit()
     finally:
         progress.close()

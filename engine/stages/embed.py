@@ -46,6 +46,7 @@ from whichmodel.actors.models import (
     weights_fingerprint,
 )
 from whichmodel.actors.pipeline import RunLedger, decode_stage
+from whichmodel.cluster import interrupts
 from whichmodel.cluster.connect import cluster_address, cluster_cpus_gpus, ensure_ray
 from whichmodel.cluster.demand import GPU_BUNDLES, cluster_shape, gpu_demand
 from whichmodel.cluster.failures import is_ray_failure, worker_error
@@ -57,8 +58,11 @@ from whichmodel.core.resources import Resources, gpu_plan
 from whichmodel.core.schema import SPLITS
 from whichmodel.stages.store import (
     Partition,
+    check_finite,
     partition_key,
+    read_chunks,
     record_run,
+    write_chunk,
     write_partition,
 )
 from whichmodel.tasks.loader import TaskData, TaskSpec, load_task, task_fingerprint
@@ -191,6 +195,13 @@ def _partitions(store: Path, plan: ModelPlan, task: str, task_fp: str) -> list[P
     ]
 
 
+def chunk_folder(store: Path, plan: ModelPlan, task: str, task_fp: str) -> Path:
+    """Where the chunks of one (model, task) live (``write_chunk``), under its content key:
+    the embedding stage's finished batches and the progressive rungs' slices."""
+    key = partition_key(plan.weights_fp, plan.preprocessing_fp, task_fp, "slices")
+    return store / "slices" / f"model={plan.name}" / f"task={task}" / key
+
+
 def _decode_geometry(plans: list[ModelPlan]) -> tuple[int, int, str]:
     """The one geometry images are decoded to: the largest input size among ``plans``."""
     top = max(plans, key=lambda p: p.size)
@@ -231,9 +242,13 @@ def _run_pipeline(
     needs: dict[str, list[str]],
     cfg: EmbedConfig,
     ledger: "ray.actor.ActorHandle",
+    aligned: bool = False,
 ) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
     """Decode every image once, embed it with every model that needs its task; yield each
-    task's columns as soon as all its rows are through (``complete_tasks``)."""
+    task's columns as soon as all its rows are through (``complete_tasks``). ``aligned``: where
+    the driver runs the models, each task is one batch, embedded in index order (the embedding
+    stage's tasks are single batches of the real tasks, so a batch's embeddings do not depend on
+    what else was missing: a resumed run equals an uninterrupted one bit for bit)."""
     cpus, _ = cluster_cpus_gpus()
     plan = gpu_plan(cfg.demand, cluster_shape())
     gpus = min(plan.bound, GPU_BUNDLES) if plan.use else 0.0
@@ -262,7 +277,7 @@ def _run_pipeline(
     if here:
         # One CPU node (a laptop): the driver, which has torch and timm imported already, runs
         # every model on the decoded blocks while Ray Data decodes ahead; no actor start-up.
-        yield from _forward_here(ds, specs, cpus, cfg, rows)
+        yield from _forward_here(ds, specs, cpus, cfg, rows, aligned)
         return
     if not plan.use:
         ds = _embed_stages(ds, specs, cpus, 0.0, cfg)
@@ -328,23 +343,34 @@ def forward_in_driver(cfg: EmbedConfig) -> bool:
 
 
 def _forward_here(
-    ds: ray.data.Dataset, specs: list[dict], cpus: float, cfg: EmbedConfig, rows: dict[str, int]
+    ds: ray.data.Dataset,
+    specs: list[dict],
+    cpus: float,
+    cfg: EmbedConfig,
+    rows: dict[str, int],
+    aligned: bool = False,
 ) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
-    """``complete_tasks`` of the decoded ``ds`` embedded in this process by every model."""
+    """``complete_tasks`` of the decoded ``ds`` embedded in this process by every model
+    (``aligned``: each task embedded as one batch, in index order)."""
     threads = torch.get_num_threads()
     batches = iter(ds.iter_batches(batch_size=cfg.batch_size, batch_format="numpy"))
     # Ray Data starts decoding on the first request for a batch: make it from a thread while
     # this one builds the models, so worker start-up and the first decode overlap the builds.
-    with ThreadPoolExecutor(1, thread_name_prefix="whichmodel-first-batch") as pool:
-        first = pool.submit(next, batches, None)
-        try:
-            embedder = PoolEmbedder(models=specs, threads=cpu_actor_threads(cpus, cfg)[0])
-            head = first.result()
-        except BaseException:
-            first.cancel()
-            raise
+    pool = ThreadPoolExecutor(1, thread_name_prefix="whichmodel-first-batch")
+    first = pool.submit(next, batches, None)
+    try:
+        embedder = PoolEmbedder(models=specs, threads=cpu_actor_threads(cpus, cfg)[0])
+        head = first.result()
+    finally:  # interrupted: do not wait for the first batch
+        pool.shutdown(wait=first.done(), cancel_futures=True)
     try:
         decoded = itertools.chain([] if head is None else [head], batches)
+        if aligned:
+            for task, cols in complete_tasks(decoded, rows):
+                order = np.argsort(cols["index"], kind="stable")
+                out = embedder({k: np.asarray(v)[order] for k, v in cols.items()})
+                yield task, {k: v for k, v in out.items() if k != "pixels"}
+            return
         needs = [spec["tasks"] for spec in specs]
         decoded = batches_by_models(decoded, cfg.batch_size, rows, needs)
         embedded = ({k: v for k, v in embedder(b).items() if k != "pixels"} for b in decoded)
@@ -494,32 +520,116 @@ def gather(ds: ray.data.Dataset) -> dict[str, np.ndarray]:
     return {k: np.concatenate(v) for k, v in chunks.items()}
 
 
-def _write_task(
+@dataclass
+class _Batches:
+    """The embedding stage's work: every (model, task) whose partitions are missing, cut into
+    the task's aligned batches (its rows in index order, ``batch_size`` at a time). Each batch
+    a model finishes is written at once as a chunk (``batch<size>-<start>``) in the pair's chunk
+    folder; a rerun embeds only the batches without one, and a pair whose batches are all
+    there is merged into its partitions."""
+
+    pseudo: list[TaskData]  # one task per (task, batch start) that some model lacks
+    where: dict[str, tuple[str, int]]  # pseudo-task -> (task, batch start)
+    needs: dict[str, list[str]]  # model -> its pseudo-tasks
+    left: dict[tuple[str, str], set[int]]  # (model, task) -> batch starts without a chunk
+    rows: int  # embeddings (model x row) still to compute
+    done: int  # ... found in chunks
+
+    @classmethod
+    def plan(
+        cls,
+        store: Path,
+        plans: list[ModelPlan],
+        data: dict[str, TaskData],
+        fingerprints: dict[str, str],
+        needs: dict[str, list[str]],
+        size: int,
+    ) -> "_Batches":
+        groups: dict[tuple[str, int], list[str]] = {}
+        left, done, todo = {}, 0, 0
+        for plan in plans:
+            for task in needs[plan.name]:
+                n = data[task].table.num_rows
+                folder = chunk_folder(store, plan, task, fingerprints[task])
+                have = {int(f.stem.split("-")[1]) for f in folder.glob(f"batch{size}-*.parquet")}
+                starts = [a for a in range(0, n, size) if a not in have]
+                left[plan.name, task] = set(starts)
+                for a in starts:
+                    groups.setdefault((task, a), []).append(plan.name)
+                    todo += min(size, n - a)
+                done += n - sum(min(size, n - a) for a in starts)
+        pseudo, where = [], {}
+        order = {t: np.argsort(d.table["index"].to_numpy(), kind="stable") for t, d in data.items()}
+        for (task, a), _ in sorted(groups.items()):
+            name = f"{task}#{a}"
+            where[name] = (task, a)
+            rows = data[task].table.take(order[task][a : a + size])
+            pseudo.append(TaskData(name, data[task].classes, rows))
+        by_model = {
+            p.name: [f"{t}#{a}" for (t, a), models in sorted(groups.items()) if p.name in models]
+            for p in plans
+        }
+        return cls(pseudo, where, by_model, left, todo, done)
+
+
+def _save_batch(
     store: Path,
-    task: str,
-    fingerprint: str,
-    plans: list[ModelPlan],
-    needs: dict[str, list[str]],
+    name: str,
     cols: dict[str, np.ndarray],
+    work: list[ModelPlan],
+    batches: _Batches,
+    data: dict[str, TaskData],
+    fingerprints: dict[str, str],
+    size: int,
     summary: EmbedSummary,
 ) -> None:
-    """Write the (model, task, split) partitions of one task for every model that needed it."""
-    for i, plan in enumerate(plans):
-        if task not in needs[plan.name]:
+    """Write one finished batch as a chunk of every model that needed it; merge each pair that
+    is now complete into its partitions."""
+    task, start = batches.where[name]
+    for i, plan in enumerate(work):
+        if name not in batches.needs[plan.name]:
             continue
-        emb, probs = cols[emb_column(i)], cols.get(probs_column(i))
-        for part in _partitions(store, plan, task, fingerprint):
-            rows = cols["split"] == part.split
-            write_partition(
-                part,
-                cols["index"][rows],
-                cols["label"][rows],
-                emb[rows],
-                None if probs is None else probs[rows],
-            )
-        summary.computed.append((plan.name, task))
+        folder = chunk_folder(store, plan, task, fingerprints[task])
+        chunk = {k: cols[k] for k in ("index", "label", "split")}
+        chunk |= {"embedding": cols[emb_column(i)], "probs": cols.get(probs_column(i))}
+        check_finite(plan.name, task, chunk["split"], chunk["index"], chunk["embedding"])
+        write_chunk(folder, chunk, name=f"batch{size}-{start}")
         seconds = float(cols[seconds_column(i)].sum())
         summary.device_seconds[plan.name] = summary.device_seconds.get(plan.name, 0.0) + seconds
+        interrupts.advance(len(cols["index"]))
+        left = batches.left[plan.name, task]
+        left.discard(start)
+        if not left:
+            _merge_chunks(store, plan, data[task], fingerprints[task], size)
+            summary.computed.append((plan.name, task))
+
+
+def _merge_chunks(
+    store: Path, plan: ModelPlan, data: TaskData, fingerprint: str, size: int
+) -> None:
+    """Write the (model, task, split) partitions of a pair from its batch chunks, then remove
+    them (a kill in between leaves the chunks: the rerun merges them again)."""
+    folder = chunk_folder(store, plan, data.name, fingerprint)
+    cols = read_chunks(folder, f"batch{size}-*.parquet")
+    expected = np.sort(data.table["index"].to_numpy())
+    if cols is None or not np.array_equal(np.sort(cols["index"]), expected):
+        got = 0 if cols is None else len(cols["index"])
+        raise RuntimeError(
+            f"model {plan.name}, task {data.name}: the chunks in {folder} hold {got} rows, not "
+            f"the task's {expected.size} rows once each"
+        )
+    for part in _partitions(store, plan, data.name, fingerprint):
+        rows = cols["split"] == part.split
+        probs = cols.get("probs")
+        write_partition(
+            part,
+            cols["index"][rows],
+            cols["label"][rows],
+            cols["embedding"][rows],
+            None if probs is None else probs[rows],
+        )
+    for chunk in folder.glob("batch*-*.parquet"):
+        chunk.unlink(missing_ok=True)
 
 
 def _missing(
@@ -572,6 +682,7 @@ def embed(
     """
     cfg = cfg or EmbedConfig()
     store = Path(store)
+    interrupts.progress("embedding (planning)")
     models = list(catalogue.pool(pool).select("model", "source").iter_rows())
     # Planning the models (the first plan imports timm) and loading the tasks (files read and
     # hashed) are independent: each in a thread. Where the store surely lacks a partition, this
@@ -645,16 +756,31 @@ def _embed_missing(
         len(summary.reused),
     )
     display = StageProgress("embed", sum(len(v) for v in needs.values()), "pairs")
+    shown = 0  # pairs done, as the display knows
+    size = cfg.batch_size
     while True:
-        work = [p for p in plans if needs[p.name]]
-        loaded = [data[t] for t in data if any(t in v for v in needs.values())]
+        batches = _Batches.plan(store, plans, data, fingerprints, needs, size)
+        interrupts.progress(
+            "embedding", batches.done, batches.done + batches.rows, "image embeddings"
+        )
+        for plan in plans:  # every batch in chunks already: a kill came before the merge
+            for task in needs[plan.name]:
+                if not batches.left[plan.name, task]:
+                    _merge_chunks(store, plan, data[task], fingerprints[task], size)
+                    summary.computed.append((plan.name, task))
+        work = [p for p in plans if batches.needs[p.name]]
+        if not work:
+            break
         try:
-            for task, cols in _run_pipeline(loaded, work, needs, cfg, ledger):
+            pipeline = _run_pipeline(batches.pseudo, work, batches.needs, cfg, ledger, True)
+            for name, cols in pipeline:
                 summary.rows += len(cols["index"])
-                _write_task(store, task, fingerprints[task], work, needs, cols, summary)
-                display.update(sum(1 for p in work if task in needs[p.name]))
+                _save_batch(store, name, cols, work, batches, data, fingerprints, size, summary)
+                display.update(len(summary.computed) - shown)
+                shown = len(summary.computed)
             break
         except Exception as exc:  # errors raised in workers arrive wrapped by Ray
+            interrupts.check()  # Ray's processes stopped by the user's Ctrl-C: no rerun
             if summary.retries >= cfg.retries or not is_ray_failure(exc):
                 display.close()
                 raise worker_error(exc) from exc

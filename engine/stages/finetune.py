@@ -24,6 +24,7 @@ from ray import tune
 from whichmodel.actors.finetune import finetuned_meta, split_pixels
 from whichmodel.actors.finetune_trial import finetune_trial
 from whichmodel.analysis.strategies import rank_models
+from whichmodel.cluster import interrupts
 from whichmodel.cluster.connect import ensure_ray
 from whichmodel.cluster.demand import cluster_shape, trial_demand
 from whichmodel.cluster.quiet import tune_verbose
@@ -181,6 +182,7 @@ def run_finetune(
         log.info("finetune: every trial reused from %s", path)
         winners = {t: out / "winners" / t for _, t in pairs} if export_winners else {}
         return FinetuneSummary(done, 0, done.height, winners, {})
+    interrupts.progress("fine-tune (decoding the images)")
     ensure_ray()
     gpu_plan(preset_resources(preset), cluster_shape())  # a bound the cluster cannot hold: now
     needed = [s for s in specs if s.name in {t for _, t in pairs}]
@@ -194,7 +196,12 @@ def run_finetune(
     fitted = time.perf_counter()
     total = len(pairs) * len(ft["lrs"]) * int(ft["reps"])
     with trial_demand("finetune", trial_resources(res, shape), total, res):
-        results = fit(tuner, TrialProgress("finetune", total, "trials"), tune_callbacks("finetune"))
+        results = fit(
+            tuner,
+            TrialProgress("finetune", total, "trials"),
+            tune_callbacks("finetune"),
+            ("fine-tune", "fine-tune runs", "val_acc"),
+        )
     collected = time.perf_counter()
     rows, ran, best = _collect(results, token, export_winners)
     winners = _export_winners(best, out)
@@ -246,6 +253,9 @@ def _tuner(
 ) -> tune.Tuner:
     """The experiment at ``path``: restored where an earlier run left it (finished trials are
     not rerun), else a grid over pairs × lrs × repetitions."""
+    if tune.Tuner.can_restore(str(path)) and not any(path.glob("experiment_state-*.json")):
+        # interrupted before Tune saved any state: nothing to resume, start it again
+        shutil.rmtree(path)
     if tune.Tuner.can_restore(str(path)):
         log.info("finetune: resuming experiment %s", path)
         return tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)

@@ -480,7 +480,7 @@ def _halving_task(catalogue, pool, spec, top, preset, out: Path, cfg: HalvingCon
         ),
     )
     progress = TrialProgress(f"halving {spec.name}", len(top) * len(lrs) * len(reps), "arms")
-    results = fit(tuner, progress, tune_callbacks("halving"))
+    results = fit(tuner, progress, tune_callbacks("halving"), ("halving", "arms", "step"))
     rows = _arm_rows(results, spec, top, cfg, grace, steps, scheduler.stopped_by)
     events = scheduler.plan.events if cfg.mode == "sync" else []
     return rows, events

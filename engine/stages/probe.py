@@ -9,6 +9,7 @@ interruption, it restores the experiment and runs only the trials that did not f
 import hashlib
 import json
 import logging
+import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -117,7 +118,12 @@ def probe(
     concurrent = max_concurrent_trials(res, shape, "probe")
     tuner = _tuner(trainable, path, pairs, proxies, options, concurrent)
     with trial_demand("probe", trial, len(pairs), res):
-        results = fit(tuner, TrialProgress("probe", len(pairs), "pairs"), tune_callbacks("probe"))
+        results = fit(
+            tuner,
+            TrialProgress("probe", len(pairs), "pairs"),
+            tune_callbacks("probe"),
+            ("probe", "probe trials", "rows"),
+        )
     rows, compute, ran, nodes = [], 0.0, 0, {}
     for result in results:
         if result.error:
@@ -174,6 +180,9 @@ def _tuner(
     concurrent: int | None = None,
 ) -> tune.Tuner:
     """The probe experiment at ``path``: restored if an earlier run left it, else new."""
+    if tune.Tuner.can_restore(str(path)) and not any(path.glob("experiment_state-*.json")):
+        # interrupted before Tune saved any state: nothing to resume, start it again
+        shutil.rmtree(path)
     if tune.Tuner.can_restore(str(path)):
         log.info("probe: resuming experiment %s", path)
         return tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)

@@ -40,7 +40,6 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
@@ -48,12 +47,13 @@ from whichmodel.actors.embedder import emb_column, probs_column, seconds_column
 from whichmodel.actors.probe_trial import proxy_input
 from whichmodel.actors.proxies import PROXIES, ProxyResult, pool_scores, run_proxy
 from whichmodel.analysis.strategies import HYBRID_PREFIX, task_agnostic_order
+from whichmodel.cluster import interrupts
 from whichmodel.cluster.connect import ensure_ray
 from whichmodel.cluster.demand import cluster_shape
 from whichmodel.core import schema
 from whichmodel.core.catalog import Catalogue
 from whichmodel.core.errors import UserError
-from whichmodel.core.outputs import atomic_file, atomic_text
+from whichmodel.core.outputs import atomic_text
 from whichmodel.core.presets import preset_resources
 from whichmodel.core.progress import StageProgress
 from whichmodel.core.resources import trial_resources
@@ -62,11 +62,12 @@ from whichmodel.stages.embed import (
     ModelPlan,
     _load_tasks,
     _partitions,
+    chunk_folder,
     embed_rows,
     plan_model,
 )
 from whichmodel.stages.probe import proxy_options
-from whichmodel.stages.store import embedding_columns, partition_key, read_partition, record_run
+from whichmodel.stages.store import read_chunks, read_partition, record_run, write_chunk
 from whichmodel.tasks.loader import TaskData, TaskSpec
 
 log = logging.getLogger("whichmodel")
@@ -211,46 +212,13 @@ def slice_indices(orders: dict[str, np.ndarray], fraction: float) -> dict[str, n
 # the slice store
 
 
-def slice_dir(store: Path, plan: ModelPlan, task: str, task_fp: str) -> Path:
-    """Where the chunks of one (model, task) live, under its content key."""
-    key = partition_key(plan.weights_fp, plan.preprocessing_fp, task_fp, "slices")
-    return store / "slices" / f"model={plan.name}" / f"task={task}" / key
-
-
-def read_chunks(folder: Path) -> dict[str, np.ndarray] | None:
-    """Every chunk of a (model, task), concatenated (``index``, ``label``, ``split``,
-    ``embedding``, ``probs``); None if there is none."""
-    files = sorted(folder.glob("*.parquet"))
-    if not files:
-        return None
-    return embedding_columns(pa.concat_tables([pq.read_table(f) for f in files]))
-
-
-def write_chunk(folder: Path, cols: dict[str, np.ndarray]) -> Path:
-    """One chunk of newly embedded rows, written atomically, named by its row indices."""
-    name = hashlib.sha256(np.sort(cols["index"]).astype(np.int64).tobytes()).hexdigest()[:16]
-    emb = np.ascontiguousarray(cols["embedding"], dtype=np.float32)
-    columns = {
-        "index": pa.array(cols["index"], pa.int64()),
-        "label": pa.array(cols["label"], pa.int64()),
-        "split": pa.array(cols["split"], pa.string()),
-        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), emb.shape[1]),
-    }
-    if cols.get("probs") is not None:
-        p = np.ascontiguousarray(cols["probs"], dtype=np.float32)
-        columns["probs"] = pa.FixedSizeListArray.from_arrays(pa.array(p.ravel()), p.shape[1])
-    path = folder / f"rows-{len(emb)}-{name}.parquet"
-    atomic_file(path, lambda tmp: pq.write_table(pa.table(columns), tmp))
-    return path
-
-
 class _Rows:
     """The embedded rows of one (model, task) the run knows of: chunks, plus the ordinary
     store's full-data train/val partitions when they exist. Embeddings are read only when a
     proxy needs them (a rung whose results are all saved reads none)."""
 
     def __init__(self, store: Path, plan: ModelPlan, task: str, task_fp: str):
-        self.folder = slice_dir(store, plan, task, task_fp)
+        self.folder = chunk_folder(store, plan, task, task_fp)
         full = {p.split: p for p in _partitions(store, plan, task, task_fp)}
         self.full = [full[s] for s in SLICED] if all(full[s].exists() for s in SLICED) else []
         self._parts: list[dict[str, np.ndarray]] | None = None
@@ -425,6 +393,7 @@ def progressive_rank(
     stored = {(m, t): _Rows(store, plans[m], t, fps[t]) for m in models for t in data}
     state = _Halving.start(list(data), models)
     for r, fraction in enumerate(cfg.fractions):
+        interrupts.progress("progressive ranking", r, len(cfg.fractions), "rungs")
         wanted = {t: slice_indices(orders[t], fraction) for t in data}
         seconds = _embed_rung(
             plans, models, data, wanted, state.alive, stored, embed_cfg, state.embedded

@@ -68,12 +68,7 @@ def write_partition(
     probs: np.ndarray | None = None,
 ) -> None:
     """Write one partition atomically and remove files of older keys in its directory."""
-    if not np.isfinite(embedding).all():
-        bad = int(index[~np.isfinite(embedding).all(axis=1)][0])
-        raise UserError(
-            f"model {part.model}: embedding of task {part.task} ({part.split} index {bad}) is "
-            "not finite (NaN or inf); nothing written for this partition"
-        )
+    check_finite(part.model, part.task, np.full(len(index), part.split), index, embedding)
     order = np.argsort(index, kind="stable")
     emb = np.ascontiguousarray(embedding[order], dtype=np.float32)
     columns = {
@@ -88,6 +83,19 @@ def write_partition(
     for old in part.directory.glob("*.parquet"):
         if old != part.path:
             old.unlink(missing_ok=True)
+
+
+def check_finite(
+    model: str, task: str, split: np.ndarray, index: np.ndarray, embedding: np.ndarray
+) -> None:
+    """``UserError`` naming the first row whose embedding is NaN or infinite."""
+    finite = np.isfinite(embedding).all(axis=1)
+    if not finite.all():
+        bad = int(np.flatnonzero(~finite)[0])
+        raise UserError(
+            f"model {model}: embedding of task {task} ({split[bad]} index {int(index[bad])}) is "
+            "not finite (NaN or inf); nothing written for this partition"
+        )
 
 
 def read_partition(part: Partition) -> dict[str, np.ndarray]:
@@ -113,6 +121,38 @@ def embedding_columns(table: pa.Table) -> dict[str, np.ndarray]:
 def _matrix(column: pa.ChunkedArray) -> np.ndarray:
     arr = column.combine_chunks()
     return arr.flatten().to_numpy().reshape(len(arr), arr.type.list_size)
+
+
+def read_chunks(folder: Path, pattern: str = "*.parquet") -> dict[str, np.ndarray] | None:
+    """Every chunk file of a (model, task) folder matching ``pattern``, concatenated
+    (``index``, ``label``, ``split``, ``embedding``, ``probs``); None if there is none."""
+    files = sorted(folder.glob(pattern))
+    if not files:
+        return None
+    return embedding_columns(pa.concat_tables([pq.read_table(f) for f in files]))
+
+
+def write_chunk(folder: Path, cols: dict[str, np.ndarray], name: str | None = None) -> Path:
+    """One chunk of newly embedded rows of a (model, task), written atomically: ``name``, or
+    ``rows-<n>-<hash of its row indices>``. The chunks of a (model, task) live in one folder
+    (``STORE/slices/...``): the progressive rungs' slices and the embedding stage's finished
+    batches (``batch<size>-<start>``, merged into the partitions when the pair is complete)."""
+    if name is None:
+        digest = hashlib.sha256(np.sort(cols["index"]).astype(np.int64).tobytes()).hexdigest()
+        name = f"rows-{len(cols['index'])}-{digest[:16]}"
+    emb = np.ascontiguousarray(cols["embedding"], dtype=np.float32)
+    columns = {
+        "index": pa.array(cols["index"], pa.int64()),
+        "label": pa.array(cols["label"], pa.int64()),
+        "split": pa.array(cols["split"], pa.string()),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), emb.shape[1]),
+    }
+    if cols.get("probs") is not None:
+        p = np.ascontiguousarray(cols["probs"], dtype=np.float32)
+        columns["probs"] = pa.FixedSizeListArray.from_arrays(pa.array(p.ravel()), p.shape[1])
+    path = folder / f"{name}.parquet"
+    atomic_file(path, lambda tmp: pq.write_table(pa.table(columns), tmp))
+    return path
 
 
 def read_metadata(store: Path) -> dict:

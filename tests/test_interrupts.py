@@ -1,0 +1,288 @@
+"""Ctrl-C, SIGTERM and SIGKILL of a real ``whichmodel search`` (a subprocess that starts its own
+local Ray, as on a laptop), in each stage, then the same command again.
+
+One work folder goes through the stages of ``search --finetune``: killed (SIGKILL) after the
+first embedding chunk landed, interrupted (SIGINT to its process group, as a terminal's Ctrl-C)
+later in the embedding, SIGTERM during the probe, SIGINT during the fine-tune, then run to the
+end; another folder's ``progressive_linear`` search is interrupted during its rungs. Each
+interruption must end the command within seconds with exit 130/143, one line naming the stage
+and no traceback, and leave none of the processes it started (its Ray included); the finished
+run's embeddings must equal an undisturbed run's bit for bit and its scores and fine-tune tables
+must equal it, and the run after the SIGKILL must have embedded only the rows the killed one had
+not. The embedding is slowed (``tests/cluster_child.py slow-cli``) so that it lasts a few seconds.
+"""
+
+import contextlib
+import importlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from clusterworld import CHILD, child_env, read_store, reap, wait_for, write_world
+
+from whichmodel.stages.store import read_metadata
+
+psutil = importlib.import_module("psutil")  # Ray's bundled one, on sys.path once ray is imported
+
+pytestmark = pytest.mark.fault
+
+PRESET = """
+[i]
+description = "interrupt tests: 32 px; a probe and fine-tune long enough to be interrupted"
+[i.embed]
+image_size = 32
+batch_size = 8
+[i.linear]
+lrs = [0.1, 0.01]
+steps = 8000
+batch_size = 16
+reps = 2
+[i.knn]
+k = 1
+metric = "euclidean"
+[i.finetune]
+image_size = 32
+lrs = [0.01, 0.001]
+steps = 40
+batch_size = 8
+reps = 1
+head_steps = 4
+head_lr = 0.1
+checkpoint_every = 10
+augment = false
+precision = "fp32"
+"""
+TASK = {"pics": (24, 8, 8)}  # per class: train, val, test
+ROWS = 2 * sum(TASK["pics"])
+LINE = re.compile(r"^whichmodel: interrupted after .+; run the same command again to resume$")
+SCORE_KEYS = ["model", "task", "proxy", "score"]
+FT_KEYS = ["model", "task", "lr", "rep", "val_acc", "test_acc", "head_val_acc", "steps"]
+EXIT_LIMIT_S = 20  # the command aims at 10 s; CI machines are slow
+
+
+@pytest.fixture(scope="module")
+def root():
+    """A short folder (Ray's socket paths must stay under 108 bytes) with the world."""
+    path = Path(tempfile.mkdtemp(prefix="wm-int-"))
+    write_world(path, TASK)
+    (path / "presets.toml").write_text(PRESET)
+    yield path
+    reap(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _cmd(root: Path, out: str, *extra: str, slow: float = 0.0) -> list[str]:
+    args = [
+        *("search", str(root / "pics"), "--catalog", str(root / "catalog.toml")),
+        *("--preset", f"{root / 'presets.toml'}:i", "--budget", "1", "--out", str(root / out)),
+        *extra,
+    ]
+    return [sys.executable, str(CHILD), "slow-cli", str(slow), *args]
+
+
+def _run(root: Path, cmd: list[str], name: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, env=child_env(root), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{name}:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def undisturbed(root):
+    """The uninterrupted runs: hybrid_linear with --finetune, and progressive_linear."""
+    _run(root, _cmd(root, "base", "--finetune"), "undisturbed search")
+    _run(root, _cmd(root, "pbase", "--strategy", "progressive_linear"), "progressive search")
+    return root
+
+
+class Child:
+    """``cmd`` started in a process group of its own, its output in files."""
+
+    def __init__(self, root: Path, cmd: list[str], name: str):
+        self.err_path = root / f"{name}.err"
+        with (root / f"{name}.out").open("w") as out, self.err_path.open("w") as err:
+            self.proc = subprocess.Popen(cmd, env=child_env(root), stdout=out, stderr=err,
+                                         start_new_session=True)  # fmt: skip
+
+    def tree(self) -> list:
+        """The command's process and every process it started (its Ray's too), now."""
+        me = psutil.Process(self.proc.pid)
+        return [me, *me.children(recursive=True)]
+
+    def stderr(self) -> str:
+        return self.err_path.read_text()
+
+    def interrupt(self, sig: int, group: bool) -> tuple[int, float, list]:
+        """Send ``sig`` (to the process group, as a terminal does, if ``group``); the exit code,
+        the seconds to exit and the processes left of those it had started."""
+        procs = self.tree()
+        assert len(procs) > 3, f"the command has not started its Ray yet:\n{self.stderr()}"
+        sent = time.monotonic()
+        if group:
+            os.killpg(self.proc.pid, sig)
+        else:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout=60)
+        finally:
+            seconds = time.monotonic() - sent
+        deadline, left = time.monotonic() + 5, procs
+        while left and time.monotonic() < deadline:  # dead (a zombie, if unreaped) or gone
+            left = [p for p in left if _running(p)]
+            time.sleep(0.1)
+        for p in left:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        return code, seconds, left
+
+    def kill(self) -> None:
+        """SIGKILL the command and, as a machine's OOM killer would not, its Ray (the test's)."""
+        procs = self.tree()
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(procs, timeout=10)
+
+
+def _running(p) -> bool:
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _chunks(store: Path) -> list[Path]:
+    return list(store.glob("slices/model=*/task=*/*/batch*-*.parquet"))
+
+
+def _assert_stopped(child: Child, result: tuple, code: int, stage: str) -> float:
+    got, seconds, left = result
+    err = child.stderr()
+    assert got == code, f"exit {got}, not {code}:\n{err[-5000:]}"
+    assert "Traceback" not in err, err[-5000:]
+    lines = [x for x in err.splitlines() if x.startswith("whichmodel: interrupted")]
+    assert len(lines) == 1 and LINE.match(lines[0]) and stage in lines[0], err[-3000:]
+    assert seconds < EXIT_LIMIT_S, f"{seconds:.1f} s to exit"
+    assert not left, f"left running: {[(p.pid, p.name()) for p in left]}"
+    print(f"{stage}: exit {got} in {seconds:.1f} s: {lines[0]}")
+    return seconds
+
+
+def _tables(out: Path) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    scores = pl.read_parquet(out / "scores.parquet").select(SCORE_KEYS).sort(SCORE_KEYS[:3])
+    table = out / "finetune" / "table" / "finetune.parquet"
+    ft = pl.read_parquet(table).select(FT_KEYS).sort(FT_KEYS[:4]) if table.exists() else None
+    return scores, ft
+
+
+@pytest.mark.heavy
+def test_interrupted_in_every_stage_then_resumed(undisturbed):
+    root = undisturbed
+    store = root / "run" / "store"
+    cmd = _cmd(root, "run", "--finetune")
+    slow = _cmd(root, "run", "--finetune", slow=0.5)
+
+    # SIGKILL once the first chunk of embeddings is on disk
+    child = Child(root, slow, "killed")
+    wait_for(lambda: _chunks(store), 300, "a first embedding chunk", child.proc)
+    child.kill()
+    kept = set(_chunks(store))
+    assert kept and not list(store.glob("embeddings/*/*/*/*.parquet"))
+
+    # Ctrl-C during the embedding (a few more chunks)
+    child = Child(root, slow, "embed")
+    wait_for(lambda: len(_chunks(store)) > len(kept), 300, "more chunks", child.proc)
+    assert kept <= set(_chunks(store))  # the killed run's chunks were reused
+    _assert_stopped(child, child.interrupt(signal.SIGINT, group=True), 130, "embedding")
+
+    # SIGTERM during the probe stage (Ray Tune)
+    child = Child(root, cmd, "probe")
+    wait_for(lambda: list(store.glob("probes/probe-*")), 300, "the probe experiment", child.proc)
+    _assert_stopped(child, child.interrupt(signal.SIGTERM, group=False), 143, "probe")
+    (run,) = read_metadata(store)["runs"]  # the embedding finished in this run: fewer rows
+    assert 0 < run["rows"] < ROWS and run["images_decoded"] < ROWS
+
+    # Ctrl-C during the fine-tune, once a trial has checkpointed
+    child = Child(root, cmd, "finetune")
+    wait_for(lambda: list((root / "run").glob("finetune/tune/*/*/checkpoint_*")), 300,
+             "a fine-tune checkpoint", child.proc)  # fmt: skip
+    _assert_stopped(child, child.interrupt(signal.SIGINT, group=True), 130, "fine-tune")
+
+    _run(root, cmd, "resumed search")
+    base, done = read_store(root / "base" / "store"), read_store(store)
+    assert set(base) == set(done)
+    for key in base:
+        for col in ("index", "label", "embedding"):
+            assert np.array_equal(base[key][col], done[key][col]), (key, col)
+    assert not _chunks(store)  # merged into the partitions
+    for a, b in zip(_tables(root / "base"), _tables(root / "run"), strict=True):
+        assert a.equals(b), f"{a}\n{b}"
+
+
+@pytest.mark.heavy
+def test_interrupted_progressive_ranking_resumes(undisturbed):
+    root = undisturbed
+    cmd = _cmd(root, "prun", "--strategy", "progressive_linear")
+    child = Child(root, cmd, "progressive")
+    scores = root / "prun" / "store" / "slices"
+    wait_for(lambda: list(scores.glob("*/*/*/scores/*.json")), 300, "a first rung's score",
+             child.proc)  # fmt: skip
+    _assert_stopped(child, child.interrupt(signal.SIGINT, group=True), 130, "progressive")
+    _run(root, cmd, "resumed progressive search")
+    a, _ = _tables(root / "pbase")
+    b, _ = _tables(root / "prun")
+    assert a.equals(b), f"{a}\n{b}"
+
+
+SCRIPT = """
+import sys, time
+from whichmodel.cluster import interrupts
+print("ready", flush=True)
+try:
+    with interrupts.handled():
+        interrupts.progress("waiting", 3, 7, "naps")
+        time.sleep(60)
+except interrupts.Interrupted as exc:
+    stopped = exc.signum
+if sys.argv[1] == "slow":  # an orderly stop that hangs: a second Ctrl-C must end it at once
+    time.sleep(60)
+interrupts.finish(stopped)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_the_first_signal_stops_with_one_line_and_its_exit_code(tmp_path, sig):
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, "fast"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout.readline() == "ready\n"
+    time.sleep(0.5)  # inside the block
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + sig
+    assert err.splitlines() == [
+        "whichmodel: interrupted after 3 of 7 naps (waiting); run the same command again to resume"
+    ]
+
+
+def test_a_second_ctrl_c_exits_at_once(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, "slow"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout.readline() == "ready\n"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(1.0)  # the orderly stop "hangs" (the watchdog would end it after GRACE_S)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=5)
+    assert proc.returncode == 130
+    assert len(err.splitlines()) == 1 and LINE.match(err.strip())
