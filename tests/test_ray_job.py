@@ -471,7 +471,8 @@ def test_open_cluster_refused_unless_the_user_opts_out(heads, work, monkeypatch)
     assert not store.exists()
 
     # opting out with the flag: the same command runs on that cluster, with a warning
-    allowed = _run_cli(["--allow-unauthenticated", *_embed_args(work, "One", store)], env)
+    # -v: Ray's own INFO lines (its "Connecting to existing Ray cluster") are quiet by default
+    allowed = _run_cli(["-v", "--allow-unauthenticated", *_embed_args(work, "One", store)], env)
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr
     assert "embedded 1 (model, task) pair(s), reused 0" in allowed.stdout
     assert f"the Ray cluster at {open_.gcs} has no authentication enabled" in allowed.stderr
