@@ -65,25 +65,6 @@ def default_uri(run: Path) -> str:
 
 
 @contextmanager
-def _loggers_kept() -> Iterator[None]:
-    """Undo what ``logging.config.fileConfig`` (alembic's env.py, when MLflow creates or migrates
-    its SQLite store) does to the loggers that exist already: it disables them all, which would
-    silence whichmodel's own warnings for the rest of the process."""
-    import logging
-
-    before = {
-        name: lg.disabled
-        for name, lg in logging.root.manager.loggerDict.items()
-        if isinstance(lg, logging.Logger)
-    }
-    try:
-        yield
-    finally:
-        for name, disabled in before.items():
-            logging.getLogger(name).disabled = disabled
-
-
-@contextmanager
 def tracked_study(
     tracker: str | None, run: Path, name: str, params: Mapping[str, Any]
 ) -> Iterator[Study | None]:
@@ -99,8 +80,7 @@ def tracked_study(
     logging.getLogger("alembic").setLevel(logging.WARNING)  # its migrations' INFO lines
     uri = default_uri(run)
     client = MlflowClient(tracking_uri=uri)
-    with _loggers_kept():  # the SQLite store's first use runs alembic's logging.fileConfig
-        found = client.get_experiment_by_name(EXPERIMENT)
+    found = client.get_experiment_by_name(EXPERIMENT)
     # artifacts next to the database (MLflow's default is ./mlruns of the working directory)
     artifacts = (Path(run) / "mlartifacts").resolve().as_uri()
     experiment = found.experiment_id if found else client.create_experiment(EXPERIMENT, artifacts)
