@@ -31,7 +31,9 @@ The run directory::
     RUN/scores.parquet          the probe stage's scores table
     RUN/finetune/               Tune experiment of the oracle fine-tunes, table/finetune.*
     RUN/tables/                 every table: tasks, models, scores, finetune, selections,
-                                regret, curves, zero_regret_budget, quality, and with
+                                regret, curves, zero_regret_budget, quality, curves_ci,
+                                regret_diff_ci, oracle_stability (with several fine-tune
+                                repetitions), and with
                                 ``progressive`` progressive_scores, progressive_rungs and
                                 progressive_cost (Parquet and CSV)
     RUN/plots/                  the analysis figures (PNG)
@@ -62,6 +64,7 @@ from whichmodel.analysis.analyze import Analysis, analyze
 from whichmodel.analysis.plots import write_plots
 from whichmodel.analysis.progressive_cost import progressive_cost
 from whichmodel.analysis.report import ReportData, write_report
+from whichmodel.analysis.stability import oracle_stability
 from whichmodel.analysis.summary import summary_brief, summary_text
 from whichmodel.analysis.write import write_analysis_tables
 from whichmodel.cluster.quiet import ray_log_file
@@ -694,7 +697,9 @@ def _analyze(
 ) -> tuple[Analysis, dict[str, list[Path]]]:
     """Analyse each pool (budgets above a pool's size are left out for it), each with its
     own progressive rankings next to the probe stage's scores; write the plots."""
-    finetune = tables.finetune_frame(runs, run / "finetune" / "table" / "finetune.parquet")
+    table = run / "finetune" / "table" / "finetune.parquet"
+    finetune = tables.finetune_frame(runs, table)
+    reps = tables.per_repetition(runs, table).select("model", "task", "rep", "test_acc")
     scores = tables.scores_frame(scores, run / "scores.parquet") if scores is not None else None
     categories = tables.load_task_categories(config.tasks)
     # budgets above a pool's size are left out for it (load_config checked some fits each)
@@ -708,6 +713,7 @@ def _analyze(
         categories,
         config.log_odds,
         True,
+        repetitions=reps,
     )
     plots: dict[str, list[Path]] = {}
     with atomic_directory(run / "plots") as tmp:
@@ -785,6 +791,9 @@ def _write_tables(
             write_table(scores, tmp, "scores")
         write_table(runs, tmp, "finetune")
         write_analysis_tables(analysis, tmp)
+        if runs["rep"].n_unique() > 1:  # how often the best model changes between repetitions
+            reps = tables.per_repetition(runs, run / "finetune" / "table" / "finetune.parquet")
+            write_table(oracle_stability(reps), tmp, "oracle_stability")
         if progressive.scores.height:
             write_table(progressive.scores, tmp, "progressive_scores")
             write_table(progressive.rungs, tmp, "progressive_rungs")

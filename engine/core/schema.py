@@ -113,6 +113,7 @@ CURVES_CI = {
     "ci_high": pl.Float64,
     "n_tasks": pl.Int64,
     "n_boot": pl.Int64,
+    "n_reps": pl.Int64,  # fine-tune repetitions resampled within each task (1: tasks only)
 }
 REGRET_DIFF_CI = {
     "pool": pl.String,
@@ -125,6 +126,7 @@ REGRET_DIFF_CI = {
     "verdict": pl.String,  # better / worse / not distinguishable at 95 %
     "n_tasks": pl.Int64,
     "n_boot": pl.Int64,
+    "n_reps": pl.Int64,  # fine-tune repetitions resampled within each task (1: tasks only)
 }
 
 # Per task, the smallest budget whose picks contain a best model (paper Tables 4/5).
