@@ -60,6 +60,9 @@ class ReportData:
     models: pl.DataFrame | None = None
     config_path: str = ""
     progressive: pl.DataFrame | None = None  # schema.PROGRESSIVE_COST; None: no such proxies
+    # schema.ORACLE_STABILITY of a finetune table with several repetitions; None: one repetition
+    stability: pl.DataFrame | None = None
+    oracle_note: str = ""  # the preset's ``oracle_note``: what is known of its oracle's noise
 
 
 @dataclass(frozen=True)
@@ -192,6 +195,27 @@ def headline(items: list[Finding], analysis: Analysis) -> str:
     if n_tasks < 5:
         text += f" With {n_tasks} task(s) these means are anecdotes, not evidence."
     return text
+
+
+def oracle_text(stability: pl.DataFrame | None, note: str = "") -> str:
+    """How far the oracle's best model can be trusted: with several fine-tune repetitions, on
+    how many tasks it changes between them; with one, that this run cannot tell (and ``note``)."""
+    if stability is None or stability.height == 0:
+        text = (
+            "The oracle is one fine-tune repetition per model and task, so this run cannot tell "
+            "how often its best model would change with another fine-tune seed."
+        )
+        return f"{text} {note}" if note else text
+    changed = stability.filter(pl.col("changes"))
+    text = (
+        f"The oracle's best model changes between fine-tune repetitions on {changed.height} of "
+        f"{stability.height} task(s) (table oracle_stability)"
+    )
+    if changed.height:
+        text += ": " + "; ".join(
+            f"{t}: {b}" for t, b in changed.select("task", "best_per_rep").iter_rows()
+        )
+    return text + "."
 
 
 def bootstrap_words(analysis: Analysis) -> str:
@@ -471,6 +495,7 @@ that fine-tunes every model (Renggli et al., "Which Model to Transfer?", CVPR 20
 <section id="findings"><h2>Findings</h2>
 <p id="headline">{_e(headline(items, a))}</p>
 <ul id="finding-list">{"".join(_finding_html(f) for f in items)}{notes_html}</ul>
+<p class="note" id="oracle-stability">{_e(oracle_text(data.stability, data.oracle_note))}</p>
 </section>
 <section id="pools"><h2>Regret per pool</h2>{"".join(pool_sections)}</section>
 <section id="quality"><h2>Estimator quality</h2>{quality_html(a.quality, a.pools)}</section>

@@ -485,8 +485,9 @@ def _study(config: BenchmarkConfig, run: Path) -> Study:
     driver.say(record.line())
     compute = _compute(run, records, runs, scores)
     cost = _progressive_cost(config, progressive, scores, catalogue, pools)
+    stability = _stability(runs, run)
     tasks_df, models_df = _write_tables(
-        run, study, union, store, specs, analysis, pools, progressive, cost, runs, scores
+        run, study, union, store, specs, analysis, pools, progressive, cost, runs, scores, stability
     )
 
     report = write_report(
@@ -500,6 +501,8 @@ def _study(config: BenchmarkConfig, run: Path) -> Study:
             tasks=tasks_df,
             models=models_df,
             progressive=cost,
+            stability=stability,
+            oracle_note=str(preset.get("oracle_note", "")),
         ),
         run / "report.html",
     )
@@ -777,8 +780,15 @@ def _models_table(study: Catalogue, union: str, pools: list[str], analysis: Anal
     )
 
 
+def _stability(runs: pl.DataFrame, run: Path) -> pl.DataFrame | None:
+    """How often each task's best model changes between fine-tune repetitions (None: one)."""
+    if runs["rep"].n_unique() < 2:
+        return None
+    return oracle_stability(tables.per_repetition(runs, run / "finetune" / "table"))
+
+
 def _write_tables(
-    run, study, union, store, specs, analysis, pools, progressive, cost, runs, scores
+    run, study, union, store, specs, analysis, pools, progressive, cost, runs, scores, stability
 ):
     """Every table of the study into RUN/tables (atomically): the stage outputs and the analysis."""
     models = study.pool(union)["model"].to_list()
@@ -791,9 +801,8 @@ def _write_tables(
             write_table(scores, tmp, "scores")
         write_table(runs, tmp, "finetune")
         write_analysis_tables(analysis, tmp)
-        if runs["rep"].n_unique() > 1:  # how often the best model changes between repetitions
-            reps = tables.per_repetition(runs, run / "finetune" / "table" / "finetune.parquet")
-            write_table(oracle_stability(reps), tmp, "oracle_stability")
+        if stability is not None:
+            write_table(stability, tmp, "oracle_stability")
         if progressive.scores.height:
             write_table(progressive.scores, tmp, "progressive_scores")
             write_table(progressive.rungs, tmp, "progressive_rungs")

@@ -101,6 +101,7 @@ ORACLE_STABILITY = {
     "oracle_best": pl.String,  # best by the median over repetitions (the analysis' oracle)
     "reps_agreeing_with_oracle": pl.Int64,
     "frac_rep_pairs_differ": pl.Float64,  # null with one repetition
+    "changes": pl.Boolean,  # some two repetitions have different best models
 }
 
 # Paired bootstrap over tasks (whichmodel.analysis.bootstrap): 95 % percentile intervals.
