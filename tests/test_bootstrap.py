@@ -229,3 +229,15 @@ def test_analyze_resamples_the_repetitions_of_a_per_run_table(tmp_path: Path):
     for (s, budget), rows in ci.group_by("strategy", "budget"):
         low, high = np.percentile(want[s][:, budget - 1], [2.5, 97.5])
         assert (rows["ci_low"][0], rows["ci_high"][0]) == pytest.approx((low, high), abs=1e-12)
+
+
+@pytest.mark.parametrize("levels", [1, 2])
+def test_resamples_in_chunks_give_the_same_intervals(monkeypatch, levels):
+    """Large pools are resampled in chunks of bounded memory; the chunking changes nothing."""
+    pool, reps = rep_pool()
+    outcomes = pool_outcomes(pool)
+    reps = reps if levels == 2 else None
+    whole = B.bootstrap_tables(pool, outcomes, n_boot=97, reps=reps)
+    monkeypatch.setattr(B, "CHUNK_ELEMENTS", 1)  # one resample per chunk
+    for a, b in zip(B.bootstrap_tables(pool, outcomes, n_boot=97, reps=reps), whole, strict=True):
+        assert a.equals(b)

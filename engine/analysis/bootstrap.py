@@ -33,6 +33,7 @@ SEED = 0
 LEVEL = 0.95
 REFERENCES = ("hybrid_linear", "task_agnostic")  # the first that ran is the diff's reference
 UNDECIDED = "not distinguishable at 95 %"
+CHUNK_ELEMENTS = 4_000_000  # resamples are processed in chunks of about this many floats
 
 
 def resample_tasks(n_tasks: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
@@ -60,25 +61,32 @@ def resampled_means(
     ``reps``: (tasks, models, R) per-repetition test accuracies of the pool (the two-level
     bootstrap, see the module docstring), or None (tasks only)."""
     rng = np.random.default_rng(seed)
-    idx = resample_tasks(len(pool.tasks), n_boot, rng)
-    if reps is None:
-        return {name: out.rel[idx].mean(axis=1) for name, out in outcomes.items()}
-    n_reps = reps.shape[2]
-    rep_idx = rng.integers(0, n_reps, (n_boot, len(pool.tasks), n_reps))
-    # (n_boot, T, R, models) → mean over the drawn repetitions → one row per slot
-    acc = reps[idx[:, :, None], :, rep_idx].mean(axis=2).reshape(-1, pool.size)
-    means = {}
-    for name, out in outcomes.items():
-        if out.order is None:
-            rel = random_expectation(acc, log_odds=log_odds).rel
-        else:
-            if name == "oracle":  # ranks by the accuracies themselves
-                order = _rank_by(acc, task_agnostic_order(pool.meta))
+    n_tasks = len(pool.tasks)
+    idx = resample_tasks(n_tasks, n_boot, rng)
+    n_reps = 1 if reps is None else reps.shape[2]
+    rep_idx = None if reps is None else rng.integers(0, n_reps, (n_boot, n_tasks, n_reps))
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in outcomes}
+    step = max(1, CHUNK_ELEMENTS // (n_tasks * pool.size * n_reps))  # bounded memory
+    for start in range(0, n_boot, step):
+        rows = idx[start : start + step]
+        if reps is None:
+            for name, out in outcomes.items():
+                parts[name].append(out.rel[rows].mean(axis=1))
+            continue
+        # (resamples, T, R, models) → mean over the drawn repetitions → one row per slot
+        acc = reps[rows[:, :, None], :, rep_idx[start : start + step]].mean(axis=2)
+        acc = acc.reshape(-1, pool.size)
+        for name, out in outcomes.items():
+            if out.order is None:
+                rel = random_expectation(acc, log_odds=log_odds).rel
             else:
-                order = out.order[idx].reshape(-1, pool.size)
-            rel = prefix_outcome(acc, order, log_odds=log_odds).rel
-        means[name] = rel.reshape(n_boot, len(pool.tasks), -1).mean(axis=1)
-    return means
+                if name == "oracle":  # ranks by the accuracies themselves
+                    order = _rank_by(acc, task_agnostic_order(pool.meta))
+                else:
+                    order = out.order[rows].reshape(-1, pool.size)
+                rel = prefix_outcome(acc, order, log_odds=log_odds).rel
+            parts[name].append(rel.reshape(len(rows), n_tasks, -1).mean(axis=1))
+    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
 
 
 def verdict(low: float, high: float) -> str:
