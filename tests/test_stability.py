@@ -82,3 +82,15 @@ def test_the_report_says_how_often_the_oracle_changes_or_that_it_cannot_tell(tmp
     note = "Measured: at 24 steps it changed on 4 of 6 tasks."
     page = render(ReportData(title="t", config_text="", analysis=a, oracle_note=note))
     assert "is one fine-tune repetition per model and task" in page and note in page
+
+
+def test_a_preset_oracle_note_is_text(tmp_path):
+    from whichmodel.core.errors import UserError
+    from whichmodel.core.presets import PRESETS_FILE, load_preset
+
+    assert "changed on 3 of the 6 tasks" in load_preset("demo")["oracle_note"]
+    text = PRESETS_FILE.read_text()
+    bad = text[text.index("[demo]") :].replace('oracle_note = """', 'oracle_note = 3\nx = """')
+    (tmp_path / "p.toml").write_text(bad)
+    with pytest.raises(UserError, match="oracle_note must be text"):
+        load_preset(f"{tmp_path / 'p.toml'}:demo")
