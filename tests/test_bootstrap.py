@@ -17,7 +17,7 @@ from whichmodel import cli
 from whichmodel.analysis import bootstrap as B
 from whichmodel.analysis.analyze import analyze
 from whichmodel.analysis.curves import pool_outcomes
-from whichmodel.analysis.report import ReportData, render
+from whichmodel.analysis.report import ReportData, bootstrap_words, render
 from whichmodel.analysis.tables import load_finetune, load_finetune_repetitions
 from whichmodel.core import schema
 from whichmodel.core.catalog import load_catalogue
@@ -223,6 +223,11 @@ def test_analyze_resamples_the_repetitions_of_a_per_run_table(tmp_path: Path):
     ci = pl.read_csv(tmp_path / "out" / "curves_ci.csv")
     assert set(ci["n_reps"]) == {3}
     medians = load_finetune(path)  # the analysis' accuracies and so its rankings
+    two = analyze(load_catalogue(VTAB_CATALOG), medians, pool_names=["All"], bootstrap=50,
+                  repetitions=load_finetune_repetitions(path))  # fmt: skip
+    assert bootstrap_words(two) == (
+        "paired bootstrap over tasks and, within each, its 3 fine-tune repetitions, 50 resamples"
+    )
     pool = analyze(load_catalogue(VTAB_CATALOG), medians, pool_names=["All"], bootstrap=0).pools[0]
     reps = repetition_array(pool, load_finetune_repetitions(path))
     want = numpy_two_level(reps, {s: o.order for s, o in pool_outcomes(pool).items()}, 120)
