@@ -205,11 +205,11 @@ def analyze(
     pairs = list(compare) if compare else list(DELTA_PAIRS)
     if compare:
         check_compare(pairs, scores_df)
+    reps = _repetitions(finetune)
     result = analysis.analyze(
         catalogue, finetune_df, scores_df, pool_names, budget_list, categories, log_odds,
-        bootstrap=bootstrap,
+        bootstrap=bootstrap, repetitions=reps,
     )  # fmt: skip
-    reps = _repetitions(finetune)
     stability = oracle_stability(reps) if reps is not None and reps["rep"].n_unique() > 1 else None
     summary = summary_text(result)
     paths: list[Path] = []

@@ -1,7 +1,9 @@
 """Paired bootstrap over tasks (whichmodel.analysis.bootstrap, issue 19): intervals checked
 against scipy.stats.bootstrap (percentile, paired) on constructed cases; the tables `analyze`
-writes; the report's Findings in words of the intervals."""
+writes; the report's Findings in words of the intervals; the two-level bootstrap (tasks, then
+fine-tune repetitions) against a loop-by-loop NumPy re-implementation."""
 
+import itertools
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,7 +16,9 @@ from test_quality import VTAB_CATALOG, VTAB_FT, make_pool, vtab_scores
 from whichmodel import cli
 from whichmodel.analysis import bootstrap as B
 from whichmodel.analysis.analyze import analyze
-from whichmodel.analysis.report import ReportData, render
+from whichmodel.analysis.curves import pool_outcomes
+from whichmodel.analysis.report import ReportData, bootstrap_words, render
+from whichmodel.analysis.tables import load_finetune, load_finetune_repetitions
 from whichmodel.core import schema
 from whichmodel.core.catalog import load_catalogue
 
@@ -35,11 +39,11 @@ def test_intervals_equal_scipy_percentile_bootstrap(n_tasks):
     rng = np.random.default_rng(n_tasks)
     a = rng.beta(1, 6, n_tasks)  # regrets: skewed, many near 0
     b = np.clip(a + rng.normal(0.01, 0.03, n_tasks), 0, 1)
-    counts = B.resample_counts(n_tasks, 1000, seed=0)
-    low, high = B.percentile_ci(a[:, None], counts)
-    assert (low[0], high[0]) == pytest.approx(scipy_ci(a, paired=False), abs=1e-12)
-    low, high = B.percentile_ci((b - a)[:, None], counts)
-    assert (low[0], high[0]) == pytest.approx(scipy_ci(b, a), abs=1e-12)
+    idx = B.resample_tasks(n_tasks, 1000, np.random.default_rng(0))
+    low, high = B.interval(a[idx].mean(axis=1))
+    assert (low, high) == pytest.approx(scipy_ci(a, paired=False), abs=1e-12)
+    low, high = B.interval((b - a)[idx].mean(axis=1))
+    assert (low, high) == pytest.approx(scipy_ci(b, a), abs=1e-12)
 
 
 def test_the_resamples_are_shared_so_a_constant_shift_is_certain():
@@ -112,3 +116,133 @@ def test_findings_speak_in_intervals():
     plain = render(ReportData(title="t", config_text="", analysis=analyze(
         catalogue, pl.read_csv(VTAB_FT), vtab_scores(), budgets=[2], bootstrap=0)))  # fmt: skip
     assert "data-significance" not in plain and 'class="verdict-' in plain
+
+
+# ------------------------------------------------------------------ two levels: tasks, then reps
+
+
+def _rel(oracle: float, picked: float) -> float:
+    """The paper's relative regret, written out: (oracle - picked) / (1 - picked)."""
+    return 0.0 if picked >= 1.0 else (oracle - picked) / (1.0 - picked)
+
+
+def numpy_two_level(reps, orders, n_boot, seed=0):
+    """Independent re-implementation, loop by loop: per resample, T tasks with replacement, then
+    per drawn task R repetitions with replacement (the same for every model and strategy); the
+    slot's accuracy of a model is its mean over the drawn repetitions; each strategy's regret at
+    every budget (its fixed ranking; ``oracle`` re-ranked on the slot; ``random`` averaged over
+    every B-subset). Returns strategy → (n_boot, budgets) mean regrets over the slots."""
+    n_tasks, n_models, n_reps = reps.shape
+    rng = np.random.default_rng(seed)
+    tasks = rng.integers(0, n_tasks, (n_boot, n_tasks))
+    draws = rng.integers(0, n_reps, (n_boot, n_tasks, n_reps))
+    means = {s: np.zeros((n_boot, n_models)) for s in orders}
+    for b in range(n_boot):
+        for j in range(n_tasks):
+            t = tasks[b, j]
+            acc = [sum(reps[t, m, r] for r in draws[b, j]) / n_reps for m in range(n_models)]
+            best = max(acc)
+            for s, order in orders.items():
+                for k in range(1, n_models + 1):
+                    if order is None:
+                        subsets = list(itertools.combinations(acc, k))
+                        r = sum(_rel(best, max(c)) for c in subsets) / len(subsets)
+                    else:
+                        ranking = (
+                            sorted(range(n_models), key=lambda m: -acc[m])
+                            if s == "oracle"
+                            else order[t]
+                        )
+                        r = _rel(best, max(acc[m] for m in ranking[:k]))
+                    means[s][b, k - 1] += r / n_tasks
+    return means
+
+
+def rep_pool(n_tasks=5, n_models=4, n_reps=3, seed=3):
+    """A pool whose accuracies are the median of R noisy repetitions, with one proxy."""
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(0.4, 0.9, (n_tasks, n_models))
+    reps = np.clip(base[:, :, None] + rng.normal(0, 0.05, (n_tasks, n_models, n_reps)), 0, 0.99)
+    noisy = (base + rng.normal(0, 0.1, base.shape)).tolist()
+    return make_pool(np.median(reps, axis=2).tolist(), {"noisy": noisy}), reps
+
+
+def test_two_level_bootstrap_equals_a_numpy_reimplementation():
+    pool, reps = rep_pool()
+    outcomes = pool_outcomes(pool)
+    assert {"oracle", "random", "hybrid_noisy", "task_agnostic_loo"} <= set(outcomes)
+    curves, diffs = B.bootstrap_tables(pool, outcomes, n_boot=150, reps=reps)
+    assert set(curves["n_reps"]) == {3} and set(diffs["n_reps"]) == {3}
+    want = numpy_two_level(reps, {s: o.order for s, o in outcomes.items()}, 150)
+    for (s, budget), rows in curves.group_by("strategy", "budget"):
+        low, high = np.percentile(want[s][:, budget - 1], [2.5, 97.5])
+        assert (rows["ci_low"][0], rows["ci_high"][0]) == pytest.approx((low, high), abs=1e-12)
+    ref = diffs["reference"][0]
+    for (s, budget), rows in diffs.group_by("strategy", "budget"):
+        d = want[s][:, budget - 1] - want[ref][:, budget - 1]
+        low, high = np.percentile(d, [2.5, 97.5])
+        assert (rows["ci_low"][0], rows["ci_high"][0]) == pytest.approx((low, high), abs=1e-12)
+    oracle = curves.filter(pl.col("strategy") == "oracle")
+    assert (oracle["ci_low"] == 0).all() and (oracle["ci_high"] == 0).all()
+
+
+def test_with_one_repetition_the_two_level_bootstrap_is_the_one_level_one_exactly():
+    pool, reps = rep_pool(n_reps=1)
+    outcomes = pool_outcomes(pool)
+    two = B.bootstrap_tables(pool, outcomes, n_boot=300, reps=reps)
+    one = B.bootstrap_tables(pool, outcomes, n_boot=300)
+    for a, b in zip(two, one, strict=True):
+        assert a.equals(b)  # bit for bit, every strategy, budget and difference
+
+
+def test_fine_tune_noise_widens_the_interval_only_with_two_levels():
+    """Every task identical, so tasks alone cannot vary; the repetitions can."""
+    _, reps = rep_pool(n_tasks=1, n_models=3, n_reps=4, seed=5)
+    reps = np.repeat(reps, 6, axis=0)
+    reps[:, 1, :] = [0.6, 0.9, 0.6, 0.9]  # model 1 wins in half the repetitions
+    reps[:, 0, :] = 0.75
+    pool = make_pool(np.median(reps, axis=2).tolist(), {})
+    outcomes = pool_outcomes(pool)
+    one, _ = B.bootstrap_tables(pool, outcomes, n_boot=200)
+    two, _ = B.bootstrap_tables(pool, outcomes, n_boot=200, reps=reps)
+    pick = (pl.col("strategy") == "task_agnostic") & (pl.col("budget") == 1)
+    a, b = one.filter(pick).row(0, named=True), two.filter(pick).row(0, named=True)
+    assert a["ci_low"] == a["ci_high"]
+    assert b["ci_high"] - b["ci_low"] > 0.1
+
+
+def test_analyze_resamples_the_repetitions_of_a_per_run_table(tmp_path: Path):
+    from test_stability import runs_table
+
+    from whichmodel.analysis.analyze import repetition_array
+
+    path = tmp_path / "runs.csv"
+    runs_table().write_csv(path)
+    argv = ["analyze", "--catalog", str(VTAB_CATALOG), "--finetune", str(path), "--pools", "All"]
+    assert cli.main([*argv, "--out", str(tmp_path / "out"), "--bootstrap", "120"]) == 0
+    ci = pl.read_csv(tmp_path / "out" / "curves_ci.csv")
+    assert set(ci["n_reps"]) == {3}
+    medians = load_finetune(path)  # the analysis' accuracies and so its rankings
+    two = analyze(load_catalogue(VTAB_CATALOG), medians, pool_names=["All"], bootstrap=50,
+                  repetitions=load_finetune_repetitions(path))  # fmt: skip
+    assert bootstrap_words(two) == (
+        "paired bootstrap over tasks and, within each, its 3 fine-tune repetitions, 50 resamples"
+    )
+    pool = analyze(load_catalogue(VTAB_CATALOG), medians, pool_names=["All"], bootstrap=0).pools[0]
+    reps = repetition_array(pool, load_finetune_repetitions(path))
+    want = numpy_two_level(reps, {s: o.order for s, o in pool_outcomes(pool).items()}, 120)
+    for (s, budget), rows in ci.group_by("strategy", "budget"):
+        low, high = np.percentile(want[s][:, budget - 1], [2.5, 97.5])
+        assert (rows["ci_low"][0], rows["ci_high"][0]) == pytest.approx((low, high), abs=1e-12)
+
+
+@pytest.mark.parametrize("levels", [1, 2])
+def test_resamples_in_chunks_give_the_same_intervals(monkeypatch, levels):
+    """Large pools are resampled in chunks of bounded memory; the chunking changes nothing."""
+    pool, reps = rep_pool()
+    outcomes = pool_outcomes(pool)
+    reps = reps if levels == 2 else None
+    whole = B.bootstrap_tables(pool, outcomes, n_boot=97, reps=reps)
+    monkeypatch.setattr(B, "CHUNK_ELEMENTS", 1)  # one resample per chunk
+    for a, b in zip(B.bootstrap_tables(pool, outcomes, n_boot=97, reps=reps), whole, strict=True):
+        assert a.equals(b)

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from whichmodel import cli
-from whichmodel.analysis.stability import oracle_stability
+from whichmodel.analysis.stability import fraction_changed, oracle_stability
 from whichmodel.core import schema
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +52,8 @@ def test_best_model_changes_between_repetitions_by_hand(tmp_path):
     assert rows["DTD"]["reps_agreeing_with_oracle"] == 2
     assert rows["Pets"]["oracle_best"] == "sup-exemplar-100"  # medians 0.60, 0.61, 0.62
     assert rows["Pets"]["reps_agreeing_with_oracle"] == 1
+    assert [rows[t]["changes"] for t in ("Caltech101", "DTD", "Pets")] == [False, True, True]
+    assert fraction_changed(got) == pytest.approx(2 / 3)
 
 
 def test_analyze_writes_oracle_stability_for_several_repetitions(tmp_path):
@@ -61,3 +63,34 @@ def test_analyze_writes_oracle_stability_for_several_repetitions(tmp_path):
     assert cli.main([*argv, "--out", str(tmp_path / "out"), "--bootstrap", "0"]) == 0
     table = pl.read_csv(tmp_path / "out" / "oracle_stability.csv")
     assert table["frac_rep_pairs_differ"].to_list() == pytest.approx([0.0, 2 / 3, 1.0])
+
+
+def test_the_report_says_how_often_the_oracle_changes_or_that_it_cannot_tell(tmp_path):
+    from whichmodel.analysis.analyze import analyze
+    from whichmodel.analysis.report import ReportData, render
+    from whichmodel.analysis.tables import load_finetune, load_finetune_repetitions
+    from whichmodel.core.catalog import load_catalogue
+
+    path = tmp_path / "runs.csv"
+    runs_table().write_csv(path)
+    a = analyze(load_catalogue(VTAB_CATALOG), load_finetune(path), pool_names=["All"],
+                bootstrap=0)  # fmt: skip
+    stability = oracle_stability(load_finetune_repetitions(path))
+    page = render(ReportData(title="t", config_text="", analysis=a, stability=stability))
+    assert "changes between fine-tune repetitions on 2 of 3 task(s)" in page
+    assert "DTD: sup-100 | sup-rotation-100 | sup-100" in page
+    note = "Measured: at 24 steps it changed on 4 of 6 tasks."
+    page = render(ReportData(title="t", config_text="", analysis=a, oracle_note=note))
+    assert "is one fine-tune repetition per model and task" in page and note in page
+
+
+def test_a_preset_oracle_note_is_text(tmp_path):
+    from whichmodel.core.errors import UserError
+    from whichmodel.core.presets import PRESETS_FILE, load_preset
+
+    assert "changed on 3 of the 6 tasks" in load_preset("demo")["oracle_note"]
+    text = PRESETS_FILE.read_text()
+    bad = text[text.index("[demo]") :].replace('oracle_note = """', 'oracle_note = 3\nx = """')
+    (tmp_path / "p.toml").write_text(bad)
+    with pytest.raises(UserError, match="oracle_note must be text"):
+        load_preset(f"{tmp_path / 'p.toml'}:demo")

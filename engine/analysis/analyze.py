@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from whichmodel.analysis.bootstrap import DEFAULT_BOOTSTRAP, bootstrap_tables
+from whichmodel.analysis.bootstrap import DEFAULT_BOOTSTRAP, bootstrap_tables, resampled_means
 from whichmodel.analysis.curves import StrategyOutcome, pool_outcomes
 from whichmodel.analysis.quality import estimator_quality
 from whichmodel.analysis.strategies import PoolData, dense_scores
@@ -38,6 +38,9 @@ class Analysis:
         default_factory=lambda: schema.empty(schema.REGRET_DIFF_CI)
     )
     n_boot: int = 0  # paired bootstrap resamples behind the two tables above (0: none)
+    # per pool and strategy, (n_boot, budgets): the resampled mean relative regrets
+    boot_means: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    n_reps: dict[str, int] = field(default_factory=dict)  # per pool: repetitions resampled
 
 
 def _category_key(category: str) -> tuple[int, str]:
@@ -114,6 +117,29 @@ def _dense(df: pl.DataFrame, value: str, models: list[str], tasks: list[str]) ->
     cols = np.array([m_idx[m] for m in sub["model"]], dtype=np.int64)
     out[rows, cols] = sub[value].cast(pl.Float64).fill_null(np.nan).to_numpy()
     return out
+
+
+def repetition_array(pool: PoolData, repetitions: pl.DataFrame | None) -> np.ndarray | None:
+    """(tasks, models, R) test accuracies per repetition (``model, task, rep, test_acc``) for the
+    two-level bootstrap, or None: one repetition, or not the same R repetitions of every pool
+    model on every task (then a warning; the bootstrap resamples tasks only)."""
+    if repetitions is None:
+        return None
+    sub = repetitions.filter(pl.col("model").is_in(pool.models) & pl.col("task").is_in(pool.tasks))
+    reps = sorted(sub["rep"].unique())
+    if len(reps) < 2:
+        return None
+    if sub.height != len(pool.tasks) * pool.size * len(reps):
+        log.warning(
+            "pool %s: not every model has all %d fine-tune repetitions on every task; the "
+            "bootstrap resamples tasks only",
+            pool.name,
+            len(reps),
+        )
+        return None
+    out = np.stack([_dense(sub.filter(pl.col("rep") == r), "test_acc", pool.models, pool.tasks)
+                    for r in reps], axis=2)  # fmt: skip
+    return None if np.isnan(out).any() else out
 
 
 def curves_table(pool: PoolData, outcomes: dict[str, StrategyOutcome]) -> pl.DataFrame:
@@ -243,6 +269,7 @@ def analyze(
     log_odds: bool = False,
     clip_budgets: bool = False,
     bootstrap: int = DEFAULT_BOOTSTRAP,
+    repetitions: pl.DataFrame | None = None,
 ) -> Analysis:
     """Run every applicable strategy on every pool and tabulate selections, regret and curves.
 
@@ -252,7 +279,9 @@ def analyze(
     curves always cover every budget. A budget above a pool's size is an error, or with
     ``clip_budgets`` left out for that pool (an error where none is left). ``bootstrap``:
     resamples of the paired bootstrap over tasks behind ``curves_ci`` and ``regret_diff_ci``
-    (whichmodel.analysis.bootstrap; 0: no intervals).
+    (whichmodel.analysis.bootstrap; 0: no intervals). ``repetitions``: the per-repetition
+    accuracies (``model, task, rep, test_acc``) of a finetune table with several repetitions:
+    the bootstrap then resamples them within each task too (two levels).
     """
     if bootstrap < 0:
         raise UserError(f"--bootstrap {bootstrap}: the number of resamples is >= 0")
@@ -272,6 +301,8 @@ def analyze(
     if budgets is not None and not clip_budgets:
         check_budgets(budgets, pools)
     sel, reg, cur, zero, ci, diff = [], [], [], [], [], []
+    boot_means: dict[str, dict[str, np.ndarray]] = {}
+    n_reps: dict[str, int] = {}
     for pool in pools:
         outcomes = pool_outcomes(pool, log_odds=log_odds)
         b = _pool_budgets(pool, budgets)
@@ -280,7 +311,11 @@ def analyze(
         cur.append(curves_table(pool, outcomes))
         zero.append(zero_regret_budget_table(pool, outcomes))
         if bootstrap:
-            c, d = bootstrap_tables(pool, outcomes, bootstrap)
+            reps = repetition_array(pool, repetitions)
+            n_reps[pool.name] = 1 if reps is None else reps.shape[2]
+            means = resampled_means(pool, outcomes, bootstrap, reps=reps, log_odds=log_odds)
+            boot_means[pool.name] = means
+            c, d = bootstrap_tables(pool, outcomes, bootstrap, reps=reps, means=means)
             ci.append(c)
             diff.append(d)
         log.info(
@@ -300,4 +335,6 @@ def analyze(
         pl.concat(ci) if ci else schema.empty(schema.CURVES_CI),
         pl.concat(diff) if diff else schema.empty(schema.REGRET_DIFF_CI),
         bootstrap,
+        boot_means,
+        n_reps,
     )

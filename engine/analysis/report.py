@@ -15,11 +15,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
 from whichmodel.analysis.analyze import Analysis
-from whichmodel.analysis.bootstrap import UNDECIDED, percentile_ci, resample_counts, verdict
+from whichmodel.analysis.bootstrap import UNDECIDED, interval, verdict
 from whichmodel.analysis.quality import BASELINE_PARAMS, BASELINE_TASK_AGNOSTIC, BASELINES
 from whichmodel.analysis.strategies import HYBRID_PREFIX, PoolData
 from whichmodel.core.outputs import atomic_text
@@ -61,6 +60,9 @@ class ReportData:
     models: pl.DataFrame | None = None
     config_path: str = ""
     progressive: pl.DataFrame | None = None  # schema.PROGRESSIVE_COST; None: no such proxies
+    # schema.ORACLE_STABILITY of a finetune table with several repetitions; None: one repetition
+    stability: pl.DataFrame | None = None
+    oracle_note: str = ""  # the preset's ``oracle_note``: what is known of its oracle's noise
 
 
 @dataclass(frozen=True)
@@ -131,16 +133,14 @@ def findings(analysis: Analysis) -> tuple[list[Finding], list[str]]:
                 "whole pool."
             )
             continue
-        counts = resample_counts(len(pool.tasks), analysis.n_boot) if analysis.n_boot else None
+        means = analysis.boot_means.get(pool.name)
         for proxy in proxies:
             for b in budgets:
                 cis = [None, None]
-                if counts is not None:
-                    hyb = _per_task(analysis.regret, pool, HYBRID_PREFIX + proxy, b)
+                if means is not None:
+                    hyb = means[HYBRID_PREFIX + proxy][:, b - 1]
                     for k, other in enumerate(("task_agnostic", proxy)):
-                        low, high = percentile_ci(
-                            hyb - _per_task(analysis.regret, pool, other, b), counts
-                        )
+                        low, high = interval(hyb - means[other][:, b - 1])
                         cis[k] = (float(low), float(high))
                 out.append(
                     Finding(
@@ -154,15 +154,6 @@ def findings(analysis: Analysis) -> tuple[list[Finding], list[str]]:
                     )
                 )
     return out, notes
-
-
-def _per_task(regret: pl.DataFrame, pool: PoolData, strategy: str, budget: int) -> np.ndarray:
-    """The relative regret of ``strategy`` at ``budget`` on each task of ``pool``, task order."""
-    rows = regret.filter(
-        pl.col("pool") == pool.name, pl.col("strategy") == strategy, pl.col("budget") == budget
-    )
-    by_task = dict(zip(rows["task"], rows["rel_regret"], strict=True))
-    return np.array([by_task[t] for t in pool.tasks])
 
 
 def headline(items: list[Finding], analysis: Analysis) -> str:
@@ -196,7 +187,7 @@ def headline(items: list[Finding], analysis: Analysis) -> str:
     sig = [f.significance for f in items if f.significance is not None]
     if sig:
         text += (
-            f" At 95 % (paired bootstrap over tasks, {analysis.n_boot} resamples) hybrid is "
+            f" At 95 % ({bootstrap_words(analysis)}) hybrid is "
             f"better than both parts in {sig.count('better')}, worse than one of them in "
             f"{sig.count('worse')} and {UNDECIDED} from them in "
             f"{sig.count(UNDECIDED)} of {len(sig)} comparisons."
@@ -204,6 +195,36 @@ def headline(items: list[Finding], analysis: Analysis) -> str:
     if n_tasks < 5:
         text += f" With {n_tasks} task(s) these means are anecdotes, not evidence."
     return text
+
+
+def oracle_text(stability: pl.DataFrame | None, note: str = "") -> str:
+    """How far the oracle's best model can be trusted: with several fine-tune repetitions, on
+    how many tasks it changes between them; with one, that this run cannot tell (and ``note``)."""
+    if stability is None or stability.height == 0:
+        text = (
+            "The oracle is one fine-tune repetition per model and task, so this run cannot tell "
+            "how often its best model would change with another fine-tune seed."
+        )
+        return f"{text} {note}" if note else text
+    changed = stability.filter(pl.col("changes"))
+    text = (
+        f"The oracle's best model changes between fine-tune repetitions on {changed.height} of "
+        f"{stability.height} task(s) (table oracle_stability)"
+    )
+    if changed.height:
+        text += ": " + "; ".join(
+            f"{t}: {b}" for t, b in changed.select("task", "best_per_rep").iter_rows()
+        )
+    return text + "."
+
+
+def bootstrap_words(analysis: Analysis) -> str:
+    """How the intervals were resampled, e.g. ``paired bootstrap over tasks, 1000 resamples``."""
+    reps = sorted({r for r in analysis.n_reps.values() if r > 1})
+    within = (
+        f" and, within each, its {'/'.join(map(str, reps))} fine-tune repetitions" if reps else ""
+    )
+    return f"paired bootstrap over tasks{within}, {analysis.n_boot} resamples"
 
 
 def _finding_html(f: Finding) -> str:
@@ -474,6 +495,7 @@ that fine-tunes every model (Renggli et al., "Which Model to Transfer?", CVPR 20
 <section id="findings"><h2>Findings</h2>
 <p id="headline">{_e(headline(items, a))}</p>
 <ul id="finding-list">{"".join(_finding_html(f) for f in items)}{notes_html}</ul>
+<p class="note" id="oracle-stability">{_e(oracle_text(data.stability, data.oracle_note))}</p>
 </section>
 <section id="pools"><h2>Regret per pool</h2>{"".join(pool_sections)}</section>
 <section id="quality"><h2>Estimator quality</h2>{quality_html(a.quality, a.pools)}</section>

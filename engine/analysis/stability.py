@@ -11,8 +11,9 @@ from whichmodel.core import schema
 def oracle_stability(reps: pl.DataFrame) -> pl.DataFrame:
     """Per task of a per-repetition table (``model, task, rep, test_acc``; models without every
     repetition are left out of that task): the repetitions, each one's best model(s) (ties all
-    count), whether they agree with the median-accuracy oracle's best, and the fraction of
-    repetition pairs whose best-model sets differ (columns: schema.ORACLE_STABILITY)."""
+    count), whether they agree with the median-accuracy oracle's best, the fraction of
+    repetition pairs whose best-model sets differ, and whether any pair does (``changes``;
+    columns: schema.ORACLE_STABILITY)."""
     rows = []
     for (task,), part in reps.group_by("task", maintain_order=True):
         n_reps = part["rep"].n_unique()
@@ -37,7 +38,13 @@ def oracle_stability(reps: pl.DataFrame) -> pl.DataFrame:
                 "frac_rep_pairs_differ": (
                     sum(a != b for a, b in pairs) / len(pairs) if pairs else None
                 ),
+                "changes": any(a != b for a, b in pairs),
             }
         )
     out = pl.DataFrame(rows, schema=schema.ORACLE_STABILITY)
     return out.sort("task") if out.height else schema.empty(schema.ORACLE_STABILITY)
+
+
+def fraction_changed(stability: pl.DataFrame) -> float | None:
+    """The fraction of tasks whose best model changes between repetitions (None: no task)."""
+    return stability["changes"].mean() if stability.height else None

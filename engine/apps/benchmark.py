@@ -31,7 +31,9 @@ The run directory::
     RUN/scores.parquet          the probe stage's scores table
     RUN/finetune/               Tune experiment of the oracle fine-tunes, table/finetune.*
     RUN/tables/                 every table: tasks, models, scores, finetune, selections,
-                                regret, curves, zero_regret_budget, quality, and with
+                                regret, curves, zero_regret_budget, quality, curves_ci,
+                                regret_diff_ci, oracle_stability (with several fine-tune
+                                repetitions), and with
                                 ``progressive`` progressive_scores, progressive_rungs and
                                 progressive_cost (Parquet and CSV)
     RUN/plots/                  the analysis figures (PNG)
@@ -62,6 +64,7 @@ from whichmodel.analysis.analyze import Analysis, analyze
 from whichmodel.analysis.plots import write_plots
 from whichmodel.analysis.progressive_cost import progressive_cost
 from whichmodel.analysis.report import ReportData, write_report
+from whichmodel.analysis.stability import oracle_stability
 from whichmodel.analysis.summary import summary_brief, summary_text
 from whichmodel.analysis.write import write_analysis_tables
 from whichmodel.cluster.quiet import ray_log_file
@@ -482,8 +485,9 @@ def _study(config: BenchmarkConfig, run: Path) -> Study:
     driver.say(record.line())
     compute = _compute(run, records, runs, scores)
     cost = _progressive_cost(config, progressive, scores, catalogue, pools)
+    stability = _stability(runs, run)
     tasks_df, models_df = _write_tables(
-        run, study, union, store, specs, analysis, pools, progressive, cost, runs, scores
+        run, study, union, store, specs, analysis, pools, progressive, cost, runs, scores, stability
     )
 
     report = write_report(
@@ -497,6 +501,8 @@ def _study(config: BenchmarkConfig, run: Path) -> Study:
             tasks=tasks_df,
             models=models_df,
             progressive=cost,
+            stability=stability,
+            oracle_note=str(preset.get("oracle_note", "")),
         ),
         run / "report.html",
     )
@@ -694,7 +700,9 @@ def _analyze(
 ) -> tuple[Analysis, dict[str, list[Path]]]:
     """Analyse each pool (budgets above a pool's size are left out for it), each with its
     own progressive rankings next to the probe stage's scores; write the plots."""
-    finetune = tables.finetune_frame(runs, run / "finetune" / "table" / "finetune.parquet")
+    table = run / "finetune" / "table" / "finetune.parquet"
+    finetune = tables.finetune_frame(runs, table)
+    reps = tables.per_repetition(runs, table).select("model", "task", "rep", "test_acc")
     scores = tables.scores_frame(scores, run / "scores.parquet") if scores is not None else None
     categories = tables.load_task_categories(config.tasks)
     # budgets above a pool's size are left out for it (load_config checked some fits each)
@@ -708,6 +716,7 @@ def _analyze(
         categories,
         config.log_odds,
         True,
+        repetitions=reps,
     )
     plots: dict[str, list[Path]] = {}
     with atomic_directory(run / "plots") as tmp:
@@ -771,8 +780,15 @@ def _models_table(study: Catalogue, union: str, pools: list[str], analysis: Anal
     )
 
 
+def _stability(runs: pl.DataFrame, run: Path) -> pl.DataFrame | None:
+    """How often each task's best model changes between fine-tune repetitions (None: one)."""
+    if runs["rep"].n_unique() < 2:
+        return None
+    return oracle_stability(tables.per_repetition(runs, run / "finetune" / "table"))
+
+
 def _write_tables(
-    run, study, union, store, specs, analysis, pools, progressive, cost, runs, scores
+    run, study, union, store, specs, analysis, pools, progressive, cost, runs, scores, stability
 ):
     """Every table of the study into RUN/tables (atomically): the stage outputs and the analysis."""
     models = study.pool(union)["model"].to_list()
@@ -785,6 +801,8 @@ def _write_tables(
             write_table(scores, tmp, "scores")
         write_table(runs, tmp, "finetune")
         write_analysis_tables(analysis, tmp)
+        if stability is not None:
+            write_table(stability, tmp, "oracle_stability")
         if progressive.scores.height:
             write_table(progressive.scores, tmp, "progressive_scores")
             write_table(progressive.rungs, tmp, "progressive_rungs")

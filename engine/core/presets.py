@@ -117,6 +117,9 @@ def load_preset(name: str, path: str | Path | None = None) -> dict[str, dict[str
                 raise UserError(
                     f"{path}: preset {name!r} field {section}.{field} must be {rule}, got {value!r}"
                 )
+    note = preset.get("oracle_note", "")
+    if not isinstance(note, str):
+        raise UserError(f"{path}: preset {name!r} field oracle_note must be text, got {note!r}")
     parse_resources(preset.get("resources"), f"{path}: preset {name!r}")
     return preset
 

@@ -101,6 +101,7 @@ ORACLE_STABILITY = {
     "oracle_best": pl.String,  # best by the median over repetitions (the analysis' oracle)
     "reps_agreeing_with_oracle": pl.Int64,
     "frac_rep_pairs_differ": pl.Float64,  # null with one repetition
+    "changes": pl.Boolean,  # some two repetitions have different best models
 }
 
 # Paired bootstrap over tasks (whichmodel.analysis.bootstrap): 95 % percentile intervals.
@@ -113,6 +114,7 @@ CURVES_CI = {
     "ci_high": pl.Float64,
     "n_tasks": pl.Int64,
     "n_boot": pl.Int64,
+    "n_reps": pl.Int64,  # fine-tune repetitions resampled within each task (1: tasks only)
 }
 REGRET_DIFF_CI = {
     "pool": pl.String,
@@ -125,6 +127,7 @@ REGRET_DIFF_CI = {
     "verdict": pl.String,  # better / worse / not distinguishable at 95 %
     "n_tasks": pl.Int64,
     "n_boot": pl.Int64,
+    "n_reps": pl.Int64,  # fine-tune repetitions resampled within each task (1: tasks only)
 }
 
 # Per task, the smallest budget whose picks contain a best model (paper Tables 4/5).
