@@ -11,7 +11,9 @@ are taken before the command reads them (``Snapshot``); its outputs' states afte
 ``recall`` gives the answer back only if the request, the code version, every input's state and
 every output's state are all unchanged; anything else (a missing or unreadable record, a changed
 output) is a miss, and the command computes as before. A file rewritten within the same
-nanosecond to the same size would go unseen; no step of whichmodel relies on that.
+timestamp step (coarse on most filesystems: milliseconds to 2 s) to the same size would go
+unseen, so no answer is kept when an input changed within 2 s before the snapshot (as git
+treats "racily clean" files).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from whichmodel.core.presets import preset_path
 RECORD = ".whichmodel-answer.json"
 SEARCH_WORK_ROOT = Path("whichmodel-search")  # search's work directories: ROOT/<task>
 FORMAT = 1
+RACY_NS = 2_000_000_000  # inputs changed within 2 s of the snapshot: no answer kept
 _PACKAGES = ("whichmodel", "whichmodel.actors", "whichmodel.pools")
 
 
@@ -46,12 +49,11 @@ def file_state(path: str | Path) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns]
 
 
-def tree_state(root: str | Path) -> str | None:
-    """sha256 of the sorted (relative path, size, mtime_ns) of every file under ``root``
-    (a file: its own state); None if it is missing."""
-    root = Path(root)
+def _rows(root: Path) -> list[tuple[str, int, int]] | None:
+    """(relative path, size, mtime_ns) of ``root`` (a file) or of every file under it, sorted;
+    None if it is missing."""
     if root.is_file():
-        return json.dumps(file_state(root))
+        return [("", *(file_state(root) or [-1, -1]))]
     if not root.is_dir():
         return None
     rows = []
@@ -59,10 +61,15 @@ def tree_state(root: str | Path) -> str | None:
         dirs[:] = [d for d in dirs if d != "__pycache__"]
         for name in names:
             path = os.path.join(folder, name)
-            state = file_state(path)
-            rows.append((os.path.relpath(path, root), *(state or [-1, -1])))
-    rows.sort()
-    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+            rows.append((os.path.relpath(path, root), *(file_state(path) or [-1, -1])))
+    return sorted(rows)
+
+
+def tree_state(root: str | Path) -> str | None:
+    """sha256 of the sorted (relative path, size, mtime_ns) of every file under ``root``
+    (a file: its own); None if it is missing."""
+    rows = _rows(Path(root))
+    return None if rows is None else hashlib.sha256(json.dumps(rows).encode()).hexdigest()
 
 
 @functools.cache
@@ -93,12 +100,17 @@ class Snapshot:
         self.request = request
         self.code = code_version()
         self.inputs: dict[str, Any] = {}
+        self.racy = False  # an input changed too recently for its mtime to tell a rewrite
 
     def add(self, paths: Iterable[str | Path]) -> None:
         """Add input files or folders (a folder: every file under it)."""
+        recent = time.time_ns() - RACY_NS
         for path in paths:
             key = str(Path(path).resolve())
-            self.inputs.setdefault(key, tree_state(key))
+            rows = _rows(Path(key))
+            self.racy |= any(mtime > recent for _, _, mtime in rows or [])
+            state = None if rows is None else hashlib.sha256(json.dumps(rows).encode())
+            self.inputs.setdefault(key, None if state is None else state.hexdigest())
 
 
 def _outputs(folder: Path, outputs: Iterable[str | Path]) -> dict[str, Any]:
@@ -116,6 +128,8 @@ def record(
     """Keep ``answer`` in ``folder`` with the snapshot it came from and the states of
     ``outputs`` (paths relative to ``folder``, written already)."""
     folder = Path(folder)
+    if snapshot.racy:  # a rewrite within the filesystem's timestamp step would go unseen
+        return
     doc = {
         "format": FORMAT,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
