@@ -449,6 +449,7 @@ def search(
         ray_log_file(work / "ray.log"),
         tracked_study(check_tracker(track, "--track"), work, spec.name, params) as tracked,
     ):
+        answers.forget(work)  # kept again below once the new answer is written
         if base is not None:
             keep = replace(progressive, keep_at_least=max(progressive.keep_at_least, budget))
             found = _progressive_scores(cat, pool, spec, base, proxies[0], numbers, work, keep)
