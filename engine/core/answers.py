@@ -75,8 +75,8 @@ def tree_state(root: str | Path) -> str | None:
 @functools.cache
 def code_version() -> str:
     """The state of whichmodel's own files (its packages' folders) and of the installed
-    libraries (the site-packages folders, whose entries change when a package is installed,
-    upgraded or removed), with the Python version."""
+    libraries (every site-packages folder on the path, whose entries change when a package is
+    installed, upgraded or removed), with the Python version."""
     import importlib.util
 
     roots: list[str] = []
@@ -84,6 +84,7 @@ def code_version() -> str:
         spec = importlib.util.find_spec(name)
         roots += list(spec.submodule_search_locations or []) if spec else []
     libs = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")}
+    libs |= {p for p in sys.path if p.endswith(("site-packages", "dist-packages"))}  # .pth too
     blob = {
         "python": sys.version,
         "code": [tree_state(r) for r in sorted(roots)],
