@@ -147,7 +147,9 @@ def test_tiny_pool_catalogue_and_run_config(tmp_path, ray_session):
     experts = tuple(_tiny(r) for r in demo.EXPERTS)
     lines = []
     catalog, pool = demo.ensure_demo_pool(tmp_path / "cache", experts, say=lines.append)
-    assert any("pre-training expert" in line for line in lines)
+    done = [line for line in lines if line.startswith("pre-trained expert ")]
+    assert len(done) == len(experts), lines  # one line per expert, when it is done
+    assert all("upstream val acc" in line for line in done)
     cat = load_catalogue(catalog)
     models = cat.models
     assert pool in cat.pools and cat.pool(pool).height == 3 + len(experts) + len(demo.CONTROLS)
