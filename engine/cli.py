@@ -14,9 +14,16 @@ from whichmodel.cluster import interrupts
 from whichmodel.cluster.connect import connection_options
 from whichmodel.cluster.quiet import set_verbose
 from whichmodel.cluster.tracking import TRACKERS, check_tracker
+from whichmodel.core import answers
 from whichmodel.core.budgets import parse_budgets
 from whichmodel.core.errors import UserError
-from whichmodel.core.outputs import check_replaceable, disk_full_message, is_disk_full, replacing
+from whichmodel.core.outputs import (
+    check_replaceable,
+    disk_full_message,
+    is_disk_full,
+    is_uri,
+    replacing,
+)
 from whichmodel.core.resources import ACCELERATORS, resource_options
 from whichmodel.core.rundirs import check_run_directory, check_writable, owned_run_directory
 
@@ -236,6 +243,8 @@ def cmd_search(args: argparse.Namespace) -> None:
     pool is used (works offline; the first such run pre-trains the demo's experts, a few minutes).
     """
     check_directory(args.out, "--out")
+    if _answer_kept(args):
+        return
     result = api.search(
         args.data,
         catalog=args.catalog,
@@ -252,6 +261,37 @@ def cmd_search(args: argparse.Namespace) -> None:
     )
     print(result.summary, end="")
     print(f"wrote {result.work_dir / 'report'}: picks.parquet, picks.csv, summary.txt")
+
+
+def _answer_kept(args: argparse.Namespace) -> bool:
+    """Print the search's kept answer if nothing it depends on changed since it was computed
+    (``whichmodel.core.answers``: no engine loaded, no Ray); False where it must compute."""
+    if args.track or args.eta is not None or args.fractions is not None:
+        return False
+    data = Path(args.data).expanduser()
+    if not data.exists() or (args.out and is_uri(str(args.out))):
+        return False
+    work = answers.search_work_dir(data, args.out)
+    if not (work / answers.RECORD).is_file():
+        return False
+    request = answers.search_request(
+        data,
+        args.catalog,
+        args.pool,
+        args.budget,
+        args.strategy,
+        args.preset,
+        args.finetune,
+        args.skip_unreadable,
+    )
+    with owned_run_directory(work):
+        kept = answers.recall(work, request)
+    if kept is None:
+        return False
+    answer, when = kept
+    print(answer, end="")
+    print(f"answered from {work} (computed {when}; its inputs are unchanged: nothing to compute)")
+    return True
 
 
 def cmd_benchmark(args: argparse.Namespace) -> None:

@@ -6,16 +6,25 @@ import subprocess
 import sys
 from pathlib import Path
 
-# The console script's body (``whichmodel.cli:main``), plus one fact written to a side file:
-# whether Ray was initialised in the process when the command returned.
+# The console script's body (``whichmodel.cli:main``), plus facts written to side files:
+# whether Ray was initialised in the process when the command returned, and which of the
+# heavy libraries (HEAVY) the command imported (``MARKER.modules``, one per line).
+HEAVY = ("torch", "timm", "ray", "ray.tune", "ray.data", "scipy.stats", "matplotlib")
 WRAPPER = (
     "import sys\n"
     "from whichmodel.cli import main\n"
     "rc = main(sys.argv[2:])\n"
     "ray = sys.modules.get('ray')\n"
     "open(sys.argv[1], 'w').write(str(bool(ray and ray.is_initialized())))\n"
+    f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
+    "open(sys.argv[1] + '.modules', 'w').write(''.join(m + '\\n' for m in heavy))\n"
     "sys.exit(rc)\n"
 )
+
+
+def heavy_modules(marker: Path) -> list[str]:
+    """The heavy libraries (HEAVY) the command run with ``marker`` had imported at its end."""
+    return Path(f"{marker}.modules").read_text().split()
 
 
 def run_whichmodel(

@@ -8,8 +8,11 @@ import html
 import io
 import json
 import math
+import os
 import shutil
 import statistics
+import subprocess
+import sys
 from collections import defaultdict
 from html.parser import HTMLParser
 from pathlib import Path
@@ -496,6 +499,42 @@ def test_warm_benchmark_prints_at_most_40_lines_and_starts_no_ray(study, tmp_pat
         if name in ("oracle", "task_agnostic_oracle"):
             assert line not in lines, line
     assert f"finetune: 0 computed, {len(MODELS) * 2} reused" in text
+
+
+KEPT = (
+    "import sys\n"
+    "from pathlib import Path\n"
+    "from whichmodel.apps.demo import kept_study\n"
+    "kept = kept_study(Path(sys.argv[1]), Path(sys.argv[2]))\n"
+    "heavy = [m for m in sys.argv[3:] if m in sys.modules]\n"
+    "print('kept' if kept else 'not kept', 'heavy:', ' '.join(heavy))\n"
+)
+
+
+def test_a_kept_study_answers_without_loading_the_engine(study):
+    """The warm demo's path (``whichmodel.apps.demo.kept_study``) on a finished study: its
+    summary and report line come back from the run directory, in a process that imports none
+    of torch, timm, Ray, SciPy's stats or matplotlib; after a change to an input (the tasks
+    file touched) it is not kept, and the caller runs the study."""
+    from cliproc import HEAVY
+
+    run_toml = study["root"] / "RUN.toml"
+    rc, log = run_cli(["benchmark", "--config", str(run_toml)])  # keeps its answer
+    assert rc == 0, log
+
+    def kept() -> list[str]:
+        cmd = [sys.executable, "-c", KEPT, str(run_toml), str(study["run"]), *HEAVY]
+        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()
+
+    lines = kept()
+    assert lines[-1].rstrip() == "kept heavy:", lines
+    assert f"[benchmark] report {study['run'] / 'report.html'}" in lines
+    summary = (study["run"] / "summary.txt").read_text().splitlines()
+    assert summary[0] in lines and summary[1] in lines  # the first pool's header and strategies
+    tasks = study["root"] / "tasks.toml"
+    later = tasks.stat().st_mtime_ns + 1
+    os.utime(tasks, ns=(later, later))
+    assert [line.rstrip() for line in kept()] == ["not kept heavy:"]
 
 
 @pytest.mark.heavy

@@ -90,6 +90,30 @@ def test_fingerprint_follows_the_recipe():
     assert demo.demo_fingerprint(demo.EXPERTS, 48) != base
 
 
+def test_fingerprint_names_the_imported_library_versions():
+    """The cache key reads timm's and torch's versions from the installed metadata (no import);
+    they must be the versions the modules report (without torch's local ``+build``), or every
+    existing demo cache would be rebuilt."""
+    import hashlib
+    import json
+
+    import timm
+
+    from whichmodel.demo.experts import RECIPE_VERSION, recipe_fingerprint
+
+    blob = json.dumps(
+        {
+            "version": RECIPE_VERSION,
+            "image_size": 32,
+            "recipes": [dataclasses.asdict(r) for r in demo.EXPERTS],
+            "timm": timm.__version__,
+            "torch": torch.__version__.split("+")[0],
+        },
+        sort_keys=True,
+    )
+    assert recipe_fingerprint(demo.EXPERTS, 32) == hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 @pytest.mark.heavy
 def test_pretrained_expert_loads_and_beats_random_init(tmp_path):
     up = Upstream("fashion_mnist", ("t-shirt_top", "trouser", "sandal", "bag"), 800, val=200)
@@ -123,7 +147,9 @@ def test_tiny_pool_catalogue_and_run_config(tmp_path, ray_session):
     experts = tuple(_tiny(r) for r in demo.EXPERTS)
     lines = []
     catalog, pool = demo.ensure_demo_pool(tmp_path / "cache", experts, say=lines.append)
-    assert any("pre-training expert" in line for line in lines)
+    done = [line for line in lines if line.startswith("pre-trained expert ")]
+    assert len(done) == len(experts), lines  # one line per expert, when it is done
+    assert all("upstream val acc" in line for line in done)
     cat = load_catalogue(catalog)
     models = cat.models
     assert pool in cat.pools and cat.pool(pool).height == 3 + len(experts) + len(demo.CONTROLS)

@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -355,8 +356,10 @@ def test_etran_ranks_and_prints_the_pool_normalised_score(setup, first):
 def test_search_prints_at_most_25_lines_and_a_cached_one_starts_no_ray(setup, first, ray_session):
     """A first search (joining the session's Ray) and its rerun, as subprocesses: each prints
     at most 25 lines (no Tune trial tables, no Ray Data progress logs) with the picks; the
-    rerun, whose embeddings and probe results are all stored, answers without Ray."""
-    from cliproc import run_whichmodel
+    rerun, whose inputs are unchanged, answers from the work directory without Ray and without
+    importing torch, timm, Ray, SciPy's stats or matplotlib; once an image file is touched, the
+    next rerun checks the store again (its content is the same: every result reused)."""
+    from cliproc import heavy_modules, run_whichmodel
 
     args = ["search", str(setup / "shapes"), "--catalog", str(setup / "catalog.toml")]
     args += ["--preset", str(setup / "presets.toml"), "--budget", "2", "--out"]
@@ -375,7 +378,17 @@ def test_search_prints_at_most_25_lines_and_a_cached_one_starts_no_ray(setup, fi
     assert "embedded 0 (model, task) pair(s), reused 3; probed 0, reused 3" in text
     assert len(ROW.findall(text)) == 2
     assert not started, "a cached search started Ray"
+    assert heavy_modules(setup / "warm.marker") == []
+    assert "answered from" in lines[-1] and "nothing to compute" in lines[-1]
     assert (setup / "quiet" / "ray.log").is_file()
+    image = next((setup / "shapes" / "square").glob("*.png"))
+    later = image.stat().st_mtime_ns + 1
+    os.utime(image, ns=(later, later))
+    rc, lines, started = run_whichmodel([*args, str(setup / "quiet")], setup / "touched.marker")
+    text = "\n".join(lines)
+    assert rc == 0 and "answered from" not in text, text
+    assert "embedded 0 (model, task) pair(s), reused 3; probed 0, reused 3" in text
+    assert not started and "torch" in heavy_modules(setup / "touched.marker")
 
 
 def test_search_with_track_mlflow_logs_its_params_and_report(setup, first):

@@ -47,6 +47,7 @@ The run directory::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -58,6 +59,7 @@ from typing import Any
 import polars as pl
 import pyarrow.parquet as pq
 
+from whichmodel.actors.models import parse_source
 from whichmodel.actors.proxies import PROXIES
 from whichmodel.analysis import tables
 from whichmodel.analysis.analyze import Analysis, analyze
@@ -75,7 +77,7 @@ from whichmodel.cluster.tracking import (
     log_metrics,
     tracked_study,
 )
-from whichmodel.core import schema
+from whichmodel.core import answers, schema
 from whichmodel.core.budgets import parse_budgets
 from whichmodel.core.catalog import Catalogue, load_catalogue
 from whichmodel.core.errors import UserError
@@ -89,7 +91,7 @@ from whichmodel.core.outputs import (
     staging_dir,
     write_table,
 )
-from whichmodel.core.presets import load_preset
+from whichmodel.core.presets import load_preset, preset_path
 from whichmodel.core.rundirs import (
     check_remote_run,
     check_run_directory,
@@ -107,6 +109,7 @@ from whichmodel.stages.progressive import (
     progressive_rank,
 )
 from whichmodel.stages.store import read_metadata, stored_pairs
+from whichmodel.tasks.builtin import FASHION_MNIST_DIR
 from whichmodel.tasks.loader import TaskSpec, load_tasks
 
 log = logging.getLogger("whichmodel")
@@ -369,17 +372,44 @@ def run_study(
     target = out or config.out
     tracker = track or config.track
     check_target(config, target)
+    memo = _snapshot(config, target) if tracker is None and not is_uri(target) else None
     with (
         run_directory(target) as run,
         owned_run_directory(run),
         ray_log_file(run / "ray.log"),
         tracked_study(tracker, run, config.name, _params(config)) as tracked,
     ):
+        answers.forget(run)
         study = _study(config, run)
         _track_results(tracked, run)
+        if memo is not None:
+            answers.record(run, memo, STUDY_OUTPUTS, summary_brief(study.analysis))
     if is_uri(target):
         print(f"[benchmark] published {target} (worked in {run})", flush=True)
     return study
+
+
+STUDY_OUTPUTS = ("tables", "plots", "finetune/table", "report.html", "summary.txt")
+
+
+def _snapshot(config: BenchmarkConfig, target: Path | str) -> answers.Snapshot:
+    """The study's inputs before it reads them (``whichmodel.core.answers``): its RUN.toml (by
+    text), catalogue and weights files, tasks file and the tasks' files or folders, presets file;
+    built-in tasks by the installed libraries (the code version) and Fashion-MNIST's folder."""
+    memo = answers.Snapshot(answers.study_request(config.path, config.text, target))
+    catalogue = load_catalogue(config.catalog)
+    files = [config.catalog, config.tasks]
+    for source in catalogue.models["source"]:
+        with contextlib.suppress(UserError):
+            src = parse_source(source, Path(config.catalog).parent)
+            files += [Path(src.weights)] if src.is_file else []
+    for spec in load_tasks(config.tasks):
+        files += [spec.resolve(spec.options[k]) for k in ("path", "root") if k in spec.options]
+        if spec.source == "builtin" and spec.options.get("builtin", spec.name) == "fashion_mnist":
+            files.append(FASHION_MNIST_DIR)
+    preset = preset_path(config.preset)
+    memo.add(files + ([] if preset is None else [preset]))
+    return memo
 
 
 def check_target(config: BenchmarkConfig, target: Path | str) -> None:

@@ -1,12 +1,21 @@
-"""``whichmodel demo``: the embedded default study (the demo pool and tasks, then a benchmark)."""
+"""``whichmodel demo``: the embedded default study (the demo pool and tasks, then a benchmark).
+
+A rerun whose study is kept in the run directory with every input unchanged
+(``whichmodel.core.answers``) prints its summary without loading the engine's stages (no torch,
+Ray, SciPy or matplotlib): ``whichmodel.apps.benchmark`` is imported only when there is work."""
 
 import math
 import time
 from pathlib import Path
 
-from whichmodel.apps.benchmark import load_config, run_benchmark
+from whichmodel.core import answers
 from whichmodel.core.outputs import is_uri, staging_dir
-from whichmodel.core.rundirs import check_remote_run, check_run_directory, check_writable
+from whichmodel.core.rundirs import (
+    check_remote_run,
+    check_run_directory,
+    check_writable,
+    owned_run_directory,
+)
 from whichmodel.demo.pool import default_cache, demo_run_config, ensure_demo_pool, print_progress
 
 
@@ -22,8 +31,30 @@ def run_demo(out: Path | str, cache: Path | None = None, track: str | None = Non
         check_run_directory(Path(out))
     check_writable(cache or default_cache(), "--cache")
     catalog, _ = ensure_demo_pool(cache)
-    config = load_config(demo_run_config(catalog, out))
-    run = run_benchmark(config, out, track)
+    config_path = demo_run_config(catalog, out)
+    if track is None and not is_uri(out) and kept_study(config_path, Path(out)):
+        return Path(out).resolve()
+    from whichmodel.apps.benchmark import load_config, run_benchmark
+
+    run = run_benchmark(load_config(config_path), out, track)
     seconds = math.ceil(time.perf_counter() - start)
     print_progress(f"demo done in {seconds} s: {run / 'report.html'}")
     return run
+
+
+def kept_study(config_path: Path, out: Path) -> bool:
+    """Print the study of ``config_path`` kept in the run directory ``out`` if nothing it
+    depends on changed since it ran; False (nothing printed) where it must run."""
+    run = out.resolve()
+    if not (run / answers.RECORD).is_file():
+        return False
+    request = answers.study_request(config_path, config_path.read_text(), run)
+    with owned_run_directory(run):
+        kept = answers.recall(run, request)
+    if kept is None:
+        return False
+    brief, when = kept
+    print(f"[benchmark] {run}: its study ran at {when} from these same inputs: nothing to compute")
+    print(brief, end="")
+    print(f"[benchmark] report {run / 'report.html'}", flush=True)
+    return True

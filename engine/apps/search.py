@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 import polars as pl
 
 from whichmodel.actors.finetune import finetuned_meta
+from whichmodel.actors.models import parse_source
 from whichmodel.actors.proxies import PROXIES
 from whichmodel.analysis.strategies import (
     AGNOSTIC_SLOT,
@@ -38,11 +38,12 @@ from whichmodel.analysis.strategies import (
 )
 from whichmodel.cluster.quiet import ray_log_file
 from whichmodel.cluster.tracking import check_tracker, log_artifacts, tracked_study
+from whichmodel.core import answers
 from whichmodel.core.catalog import Catalogue, load_catalogue
 from whichmodel.core.errors import UserError
-from whichmodel.core.names import MAX_NAME_BYTES, check_name
+from whichmodel.core.names import path_name
 from whichmodel.core.outputs import atomic_directory, check_replaceable, write_table
-from whichmodel.core.presets import load_preset
+from whichmodel.core.presets import load_preset, preset_path
 from whichmodel.core.rundirs import check_run_directory, owned_run_directory
 from whichmodel.demo.convert import VARIANTS
 from whichmodel.demo.pool import CONTROLS, EXPERTS, ensure_demo_pool
@@ -71,7 +72,7 @@ from whichmodel.tasks.loader import (
 
 log = logging.getLogger("whichmodel")
 
-DEFAULT_WORK_ROOT = Path("whichmodel-search")
+DEFAULT_WORK_ROOT = answers.SEARCH_WORK_ROOT
 VTAB_TRAIN, VTAB_VAL = 800, 200
 VTAB_MIN_IMAGES = 1250  # below this, a 60/20/20 split instead of VTAB-1k's 800/200/rest
 FACTS = ("family", "upstream_dataset", "upstream_size", "imagenet_top1", "params", "dim")
@@ -131,10 +132,7 @@ class SearchResult:
 def task_name(data: Path) -> str:
     """The task name: the folder's or file's name in letters, digits, '_', '.', '-' (runs of
     anything else become '_'), so that it also makes a tidy folder name under the work dir."""
-    path = data.resolve()
-    stem = path.name if path.is_dir() else path.stem
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("._")[:MAX_NAME_BYTES] or "task"
-    return check_name("task", name, str(data))  # the one rule (whichmodel.core.names) holds
+    return path_name(data)  # the one rule (whichmodel.core.names) holds
 
 
 def count_class_images(root: Path) -> int:
@@ -429,15 +427,20 @@ def search(
     work directory)."""
     data = Path(data).expanduser()
     proxies = strategy_proxies(strategy)
+    rungs_given = progressive is not None
     base, progressive = _progressive_config(strategy, progressive)
     numbers = load_preset(preset)
     work = (Path(work_dir) if work_dir else DEFAULT_WORK_ROOT / task_name(data)).resolve()
     _check_owned(work, task_name(data), finetune)
+    memo = _snapshot(data, catalogue, pool, budget, strategy, preset, finetune, skip_unreadable)
+    memo = None if track is not None or rungs_given else memo
     spec, task = _search_task(data, skip_unreadable)
     check_budget(catalogue, pool, budget)
     cat, pool = resolve_catalogue(catalogue, pool)
     meta = cat.pool(pool)
     models = meta["model"].to_list()
+    if memo is not None:
+        memo.add(_model_files(cat, meta))
     params = {"data": data, "catalog": cat.path, "pool": pool, "strategy": strategy}
     params |= {"budget": budget, "preset": preset, "finetune": finetune}
     with (
@@ -446,6 +449,7 @@ def search(
         ray_log_file(work / "ray.log"),
         tracked_study(check_tracker(track, "--track"), work, spec.name, params) as tracked,
     ):
+        answers.forget(work)  # kept again below once the new answer is written
         if base is not None:
             keep = replace(progressive, keep_at_least=max(progressive.keep_at_least, budget))
             found = _progressive_scores(cat, pool, spec, base, proxies[0], numbers, work, keep)
@@ -478,7 +482,57 @@ def search(
             result = _finetune(result, cat, spec, numbers)
         _write_report(result, work / "report")
         log_artifacts(tracked, [(work / "report", "report"), (work / "scores.parquet", None)])
+        if memo is not None:
+            _remember(work, memo, result)
     return result
+
+
+def _snapshot(
+    data: Path,
+    catalogue: str | Path | Catalogue | None,
+    pool: str | None,
+    budget: int,
+    strategy: str,
+    preset: str,
+    finetune: bool,
+    skip_unreadable: bool,
+) -> answers.Snapshot | None:
+    """The search's inputs before it reads them (``whichmodel.core.answers``): DATA, and a
+    presets file; None for a catalogue given in memory (no file to check)."""
+    if isinstance(catalogue, Catalogue):
+        return None
+    request = answers.search_request(
+        data, catalogue, pool, budget, strategy, preset, finetune, skip_unreadable
+    )
+    memo = answers.Snapshot(request)
+    memo.add([data, *([] if preset_path(preset) is None else [preset_path(preset)])])
+    return memo
+
+
+def _model_files(cat: Catalogue, meta: pl.DataFrame) -> list[Path]:
+    """The catalogue file and the pool's weights files."""
+    files = [Path(cat.path)]
+    for source in meta["source"]:
+        with contextlib.suppress(UserError):
+            src = parse_source(source, Path(cat.path).parent)
+            files += [Path(src.weights)] if src.is_file else []
+    return files
+
+
+def _remember(work: Path, memo: answers.Snapshot, result: SearchResult) -> None:
+    """Keep the answer as a rerun with the same inputs prints it: everything reused."""
+    rerun = replace(
+        result,
+        embedded=(0, sum(result.embedded)),
+        probed=(0, sum(result.probed)),
+        finetune_runs=(0, sum(result.finetune_runs)),
+    )
+    outputs = [Path("report")] + [
+        Path(p) for p in ("scores.parquet", "finetune/table") if (work / p).exists()
+    ]
+    if result.winner is not None:
+        outputs.append(result.winner.folder)
+    answers.record(work, memo, outputs, format_result(rerun))
 
 
 def _check_owned(work: Path, task: str, finetune: bool) -> None:

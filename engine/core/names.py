@@ -4,8 +4,9 @@ must not be able to point anywhere else (``../..``, ``/etc``, ``C:``) or hide (`
 
 from __future__ import annotations
 
+import re
 import unicodedata
-from pathlib import PurePosixPath, PureWindowsPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from whichmodel.core.errors import UserError
@@ -45,3 +46,12 @@ def check_name(kind: str, name: Any, where: str) -> str:
     if problem is not None:
         raise UserError(f"{where}: {kind} name {name!r}: {problem}")
     return name
+
+
+def path_name(path: str | Path, kind: str = "task") -> str:
+    """A name for the file or folder ``path``: its name (a file's without the suffix) in
+    letters, digits, '_', '.', '-' (runs of anything else become '_'), checked by the rule."""
+    resolved = Path(path).expanduser().resolve()
+    stem = resolved.name if resolved.is_dir() else resolved.stem
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("._")[:MAX_NAME_BYTES] or kind
+    return check_name(kind, name, str(path))

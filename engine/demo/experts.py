@@ -24,6 +24,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,6 @@ import numpy as np
 from PIL import Image
 
 from whichmodel.actors.decode import crop_pixels
-from whichmodel.actors.finetune import FinetuneConfig, TaskPixels, finetune
-from whichmodel.actors.models import ModelSource, data_config
 from whichmodel.core.errors import UserError
 from whichmodel.core.outputs import atomic_file
 from whichmodel.tasks.builtin import FASHION_CLASSES, _skimage_image, grid_patches, load_builtin
@@ -102,16 +101,15 @@ def sample_hash(pixels: np.ndarray) -> bytes:
 
 def recipe_fingerprint(recipes: Iterable[ExpertRecipe], image_size: int) -> str:
     """sha256 prefix of every recipe field, the image size and the library versions."""
-    import timm
-    import torch
-
+    # the installed versions, read without importing timm and torch (seconds): the same
+    # strings as ``timm.__version__`` and ``torch.__version__`` without a local ``+build`` part
     blob = json.dumps(
         {
             "version": RECIPE_VERSION,
             "image_size": image_size,
             "recipes": [asdict(r) for r in recipes],
-            "timm": timm.__version__,
-            "torch": torch.__version__.split("+")[0],
+            "timm": version("timm").split("+")[0],
+            "torch": version("torch").split("+")[0],
         },
         sort_keys=True,
     )
@@ -224,6 +222,9 @@ def pretrain(
     lr decayed at 1/3 and 2/3) and write its weights, upstream head included, to ``out``
     (safetensors, atomically)."""
     from safetensors.torch import save_file
+
+    from whichmodel.actors.finetune import FinetuneConfig, TaskPixels, finetune
+    from whichmodel.actors.models import ModelSource, data_config
 
     start = time.perf_counter()
     src = ModelSource(recipe.arch, "random", recipe.seed)

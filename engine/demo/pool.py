@@ -399,22 +399,26 @@ def _pretrain_all(
 
     ensure_ray()
     task = ray.remote(num_cpus=1)(_pretrain_task)
-    pending = {}
+    pending, what = {}, {}
     for i, recipe in todo:
         data = upstream_samples(recipe.upstream, exclude, recipe.seed)
-        say(
-            f"pre-training expert {i}/{total} {recipe.model} ({recipe.arch}) on "
-            f"{recipe.upstream.label}: {len(data.train_y)} images, {recipe.steps} steps"
+        what[recipe.model] = (
+            f"expert {i}/{total} {recipe.model} ({recipe.arch}) on {recipe.upstream.label}: "
+            f"{len(data.train_y)} images, {recipe.steps} steps"
         )
         target = folder / f"{recipe.model}.safetensors"
         pending[task.remote(recipe, data, size, str(target))] = recipe
+    # one line per expert, when it is done (the display says how far the stage is)
     with StageProgress("pre-train experts", len(pending), "experts") as display:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             recipe = pending.pop(ready[0])
             done = ray.get(ready[0])
             display.update(1)
-            say(f"  {recipe.model}: upstream val acc {done.val_acc:.3f} in {done.seconds:.0f} s")
+            say(
+                f"pre-trained {what[recipe.model]}; upstream val acc {done.val_acc:.3f} "
+                f"in {done.seconds:.0f} s"
+            )
             yield recipe, done
 
 
