@@ -211,6 +211,20 @@ def raylet_of(node_id: str, cluster_root: str):
     return None
 
 
+def tune_has_checkpoint(ft: Path, trial: str, step: int) -> bool:
+    """Whether Tune's result.json of ``trial`` (``model-task-lr-rep``) holds the report of
+    ``step`` with its checkpoint."""
+    for params in ft.glob("tune/finetune-*/*/params.json"):
+        c = json.loads(params.read_text())
+        if f"{c['pair'][0]}-{c['pair'][1]}-{c['lr']}-{c['rep']}" != trial:
+            continue
+        result = params.with_name("result.json")
+        lines = result.read_text().splitlines() if result.exists() else []
+        rows = [json.loads(x) for x in lines if x.endswith("}")]
+        return any(r.get("step") == step and r.get("checkpoint_dir_name") for r in rows)
+    return False
+
+
 def preempt(cat, specs, preset, root: Path, spec: dict, head: str) -> dict:
     """Run the fine-tune stage with ``logged_trial``; once a trial on a worker node has taken its
     first checkpoint, SIGKILL that node's raylet (a spot preemption: the node, its trial actors
@@ -240,9 +254,10 @@ def preempt(cat, specs, preset, root: Path, spec: dict, head: str) -> dict:
     while victim is None:
         for log in marks.glob("*.jsonl"):
             events = [json.loads(x) for x in log.read_text().splitlines() if x.endswith("}")]
-            found = [e["node"] for e in events if e["event"] == "checkpoint" and e["node"] != head]
-            if found:
-                victim, trial = found[0], log.stem
+            found = [e for e in events if e["event"] == "checkpoint" and e["node"] != head]
+            # the driver has the checkpoint: Tune logged the report that carried it
+            if found and tune_has_checkpoint(root / "ft", log.stem, found[0]["step"]):
+                victim, trial = found[0]["node"], log.stem
                 break
         if victim is None and (not thread.is_alive() or time.monotonic() > deadline):
             raise RuntimeError(f"no trial took a checkpoint on a worker: {done}")
