@@ -142,8 +142,10 @@ def trial_times(ft: Path) -> list[dict]:
 # The trainable below replaces the engine's in this driver; being defined in ``__main__`` it
 # travels to the trial actors by value. It runs the engine's trial unchanged, but logs every
 # optimizer step and checkpoint (with its Ray node) to ``marks/<trial>.jsonl`` and, in a first
-# attempt, pauses ``delay`` s after each checkpoint Tune has taken: the moment "a checkpoint is
-# written, the trial still runs on its worker" lasts long enough for the driver to kill it.
+# attempt, pauses after each checkpoint Tune has taken until ``marks/go`` exists (at most
+# ``delay`` s): the moment "a checkpoint is written, the trial still runs on its worker" lasts
+# until the driver has killed the node, and the other trials keep their GPUs until the lost
+# trial has started again, so that it cannot run on a node that was up before the kill.
 PREEMPT = {"marks": "", "delay": 0.0}
 
 
@@ -181,8 +183,11 @@ def logged_trial(config: dict, **kwargs) -> None:
             emit(done)  # Tune has the checkpoint once its report returns
             if done < cfg.steps:
                 note("checkpoint", done)
-                if first == 0:
-                    time.sleep(delay)
+                waited = time.monotonic()
+                while first == 0 and not (marks / "go").exists():
+                    if time.monotonic() - waited > delay:
+                        break
+                    time.sleep(0.1)
 
         opt.step = counted_step
         return train(model, opt, scaler, gen, data, norm, cfg, step, paused_emit if emit else None)
@@ -268,6 +273,13 @@ def preempt(cat, specs, preset, root: Path, spec: dict, head: str) -> dict:
     print(f"killing the raylet of node {victim} (pid {raylet.pid}), trial {trial}", flush=True)
     raylet.send_signal(signal.SIGKILL)
     killed = time.time()
+    log = marks / f"{trial}.jsonl"
+    while thread.is_alive() and time.monotonic() < deadline:  # the lost trial starts again
+        events = [json.loads(x) for x in log.read_text().splitlines() if x.endswith("}")]
+        if sum(e["event"] == "start" for e in events) > 1:
+            break
+        time.sleep(0.1)
+    (marks / "go").write_text("")
     thread.join(max(1.0, deadline - time.monotonic()))
     if thread.is_alive():  # the stage still runs: no clean shutdown under it, the test reaps
         print("the fine-tune stage did not finish after the node was lost", flush=True)

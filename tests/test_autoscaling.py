@@ -173,7 +173,7 @@ def attempts(events: list[dict]) -> list[dict]:
 @pytest.mark.fault
 def test_a_worker_lost_mid_finetune_is_replaced_and_its_trial_resumes(cluster, fixed):
     world = write_world(cluster.root / "pre", TASKS)
-    result = run_child(cluster, world, "preempt", timeout=300, delay=5.0, timeout_s=240,
+    result = run_child(cluster, world, "preempt", timeout=300, delay=120, timeout_s=240,
                        cluster_root=str(cluster.root), release_timeout=0)  # fmt: skip
     victim, killed, nodes = result["victim"], result["killed"], result["nodes"]
     assert nodes[victim]["gpus"] > 0 and nodes[victim]["gone"] is not None  # a worker, lost
