@@ -6,9 +6,13 @@ minutes), runs the fine-tune stage alone (tests/autoscale_child.py, scenario ``f
 random-init timm models, 32 px, 4 steps, ``trial_gpus = 1``) on the scaled-down cluster and
 prints, from the driver's own clock:
 
-- **scale-up**: seconds from the stage's first request to the autoscaler (first demand) to the
-  first GPU worker alive, and to the first trial started on a new worker (Tune's result.json:
-  first report's timestamp less its time_total_s; Tune's timestamps are whole seconds);
+- **scale-up**: seconds from the stage's first request to the autoscaler to the first GPU worker
+  alive, and to the first trial started on a new worker (Tune's result.json: first report's
+  timestamp less its time_total_s; Tune's timestamps are whole seconds); and the same from the
+  stage's start (``stage_start_to_*``): the stage first decodes its images with Ray Data, whose
+  pending CPU tasks on the 1-CPU head already make the autoscaler launch workers (the only node
+  type), so on this cluster the first demand is the stage's start and a worker may be up before
+  the request (``gpus_up_at_request``);
 - **scale-down**: seconds from the last trial's end to the stage's request cleared, and to the
   last worker gone (the autoscaler's idle timeout plus its update rounds).
 
@@ -66,7 +70,14 @@ def run_once(idle: float) -> dict[str, float]:
     finally:
         head.stop()
         shutil.rmtree(root, ignore_errors=True)
-    return numbers(r, min(t for t, n, _ in r["requests"] if n))
+    first_ask = min(t for t, n, _ in r["requests"] if n)
+    workers = [v for v in r["nodes"].values() if v["gpus"] > 0]
+    return numbers(r, first_ask) | {
+        "stage_start_to_request_s": first_ask - r["started"],
+        "stage_start_to_first_worker_s": min(v["up"] for v in workers) - r["started"],
+        "stage_start_to_first_trial_s": min(t["start"] for t in r["trials"]) - r["started"],
+        "gpus_up_at_request": next(g for _, n, g in r["requests"] if n),
+    }
 
 
 def numbers(r: dict, demand: float) -> dict[str, float]:

@@ -115,6 +115,12 @@ class AutoscalingHead:
             RAY_DATA_DISABLE_PROGRESS_BARS="1",
             AUTOSCALER_UPDATE_INTERVAL_S="1",
             RAY_FAKE_CLUSTER="1",
+            # a lost node noticed within seconds, as a cloud provider reports a preempted
+            # instance: the GCS marks a raylet that fails 3 health checks 1 s apart dead, and
+            # the autoscaler terminates (and may replace) a node silent for 10 s (default: 30)
+            RAY_health_check_period_ms="1000",
+            RAY_health_check_failure_threshold="3",
+            AUTOSCALER_HEARTBEAT_TIMEOUT_S="10",
         )
         return env
 

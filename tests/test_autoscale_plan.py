@@ -70,6 +70,23 @@ def test_bounds_cap_the_request_and_refuse_more_than_the_node_types_allow():
     assert not gpu_plan(Resources(max_gpus=9, accelerator="cpu"), SCALED_DOWN).use
 
 
+def test_gpu_workers_up_count_once_towards_their_node_type():
+    # both workers of the type up (a study just ran): still at most 2 GPUs, not 2 up + 2 more
+    worker = {"CPU": 1.0, "GPU": 1.0}
+    both_up = ClusterShape([HEAD, worker, worker], [GPU_TYPE])
+    assert gpu_plan(Resources(), both_up).bound == 2
+    with pytest.raises(UserError, match=r"max_gpus = 3 \(--max-gpus\).* at most 2 GPU"):
+        gpu_plan(Resources(max_gpus=3), both_up)
+    with pytest.raises(UserError, match=r"max_nodes = 3 \(--max-nodes\).* at most 2 GPU node"):
+        gpu_plan(Resources(max_nodes=3), both_up)
+    # a GPU node no launchable type has (a fixed 4-GPU node) counts on top of the types
+    fixed = ClusterShape([HEAD, {"CPU": 8.0, "GPU": 4.0}, worker], [GPU_TYPE])
+    assert gpu_plan(Resources(), fixed).bound == 6
+    assert gpu_plan(Resources(max_gpus=6), fixed).bound == 6
+    with pytest.raises(UserError, match=r"max_nodes = 4 \(--max-nodes\).* at most 3 GPU node"):
+        gpu_plan(Resources(max_nodes=4), fixed)
+
+
 def test_preset_fields_and_command_line_options_are_checked():
     res = parse_resources({"accelerator": "gpu", "max_gpus": 2, "wait_for_resources": 30})
     assert (res.accelerator, res.max_gpus, res.max_nodes, res.wait_for_resources) == (

@@ -52,10 +52,11 @@ def driver_env(head: AutoscalingHead) -> dict[str, str]:
     }
 
 
-def run_child(head: AutoscalingHead, world: Path, scenario: str, timeout: float) -> dict:
-    (world / "spec.json").write_text(
-        json.dumps({"root": str(world), "scenario": scenario, "release_timeout": 90})
-    )
+def run_child(
+    head: AutoscalingHead, world: Path, scenario: str, timeout: float, **extra: object
+) -> dict:
+    spec = {"root": str(world), "scenario": scenario, "release_timeout": 90} | extra
+    (world / "spec.json").write_text(json.dumps(spec))
     log = world / "child.log"
     with log.open("w") as sink:
         code = subprocess.run(
@@ -108,11 +109,33 @@ def test_a_study_that_asks_for_gpus_scales_the_cluster_up_and_runs_there(study):
     assert all(r["steps"] == 4 and r["resumed_from"] == 0 for r in runs)
 
 
-def test_its_tables_equal_those_of_a_fixed_single_node_run(study, ray_session, tmp_path):
-    world, result = study
-    local = write_world(tmp_path, TASKS)  # the same images (seeded), this session's Ray (CPU)
+@pytest.fixture(scope="module")
+def fixed(ray_session, tmp_path_factory):
+    """The same world (seeded images) fine-tuned on this session's fixed single-node Ray (CPU):
+    the world, its catalogue, tasks and preset, and its finetune table's rows."""
+    local = write_world(tmp_path_factory.mktemp("fixed"), TASKS)
     cat, specs = load_catalogue(local / "catalog.toml"), load_tasks(local / "tasks.toml")
     preset = load_preset(f"{local / 'presets.toml'}:t")
+    runs = run_finetune(cat, "All", specs, preset, local / "ft").runs.to_dicts()
+    return local, cat, specs, preset, runs
+
+
+def _key(r: dict) -> tuple:
+    return r["model"], r["task"], r["lr"], r["rep"]
+
+
+def assert_same_finetune(runs: list[dict], other: list[dict]) -> None:
+    """The same trials, with the same accuracies (CPU, float32: resuming ends bit-identical)."""
+    assert sorted(map(_key, runs)) == sorted(map(_key, other))
+    there = {_key(r): r for r in other}
+    for r in runs:
+        for col in ("val_acc", "test_acc", "head_val_acc"):
+            assert r[col] == pytest.approx(there[_key(r)][col], abs=1e-6), (_key(r), col)
+
+
+def test_its_tables_equal_those_of_a_fixed_single_node_run(study, fixed):
+    world, result = study
+    local, cat, specs, preset, runs = fixed
     embed(cat, "All", specs, local / "store", embed_config(preset))
     assert_same_tables(read_store(world / "store"), read_store(local / "store"))
     scores = probe(local / "store", ["linear", "knn"], preset).scores
@@ -120,13 +143,7 @@ def test_its_tables_equal_those_of_a_fixed_single_node_run(study, ray_session, t
     there = {(r["model"], r["proxy"]): r["score"] for r in result["scores"]}
     assert here.keys() == there.keys()
     np.testing.assert_allclose([here[k] for k in here], [there[k] for k in here], atol=1e-6)
-    runs = run_finetune(cat, "All", specs, preset, tmp_path / "ft").runs.to_dicts()
-    key = lambda r: (r["model"], r["task"], r["lr"], r["rep"])  # noqa: E731
-    assert sorted(map(key, runs)) == sorted(map(key, result["finetune"]))
-    there_ft = {key(r): r for r in result["finetune"]}
-    for r in runs:
-        for col in ("val_acc", "test_acc", "head_val_acc"):
-            assert r[col] == pytest.approx(there_ft[key(r)][col], abs=1e-6), (key(r), col)
+    assert_same_finetune(runs, result["finetune"])
 
 
 def test_the_workers_go_within_the_idle_timeout_after_the_study(study):
@@ -135,6 +152,55 @@ def test_the_workers_go_within_the_idle_timeout_after_the_study(study):
     gone = [v["gone"] for v in result["nodes"].values() if v["gpus"] > 0]
     # within the idle timeout plus the autoscaler's update rounds (1 s) and node shutdown
     assert max(gone) - result["finished"] <= IDLE_MINUTES * 60 + 60
+
+
+STEPS, EVERY = 4, 2  # preset t: fine-tune steps, checkpoint_every
+
+
+def attempts(events: list[dict]) -> list[dict]:
+    """A trial's attempts from its step log (tests/autoscale_child.py ``logged_trial``): each
+    one's node, first step, optimizer steps done and checkpoints taken."""
+    out: list[dict] = []
+    for e in events:
+        if e["event"] == "start":
+            out.append({"node": e["node"], "start": e["step"], "steps": [], "checkpoints": []})
+        else:
+            assert out and out[-1]["node"] == e["node"], events
+            out[-1]["steps" if e["event"] == "step" else "checkpoints"].append(e["step"])
+    return out
+
+
+@pytest.mark.fault
+def test_a_worker_lost_mid_finetune_is_replaced_and_its_trial_resumes(cluster, fixed):
+    world = write_world(cluster.root / "pre", TASKS)
+    result = run_child(cluster, world, "preempt", timeout=300, delay=120, timeout_s=240,
+                       cluster_root=str(cluster.root), release_timeout=0)  # fmt: skip
+    victim, killed, nodes = result["victim"], result["killed"], result["nodes"]
+    assert nodes[victim]["gpus"] > 0 and nodes[victim]["gone"] is not None  # a worker, lost
+    # the autoscaler launched a node never seen before the kill
+    new = {k for k, v in nodes.items() if v["gpus"] > 0 and v["up"] > killed}
+    assert new and victim not in new, nodes
+    runs = {"-".join(map(str, _key(r))): r for r in result["finetune"]}
+    assert len(runs) == len(MODELS) and set(result["steps"]) == set(runs)
+    for trial, events in result["steps"].items():
+        row, tries = runs[trial], attempts(events)
+        done = [s for t in tries for s in t["steps"]]
+        # every planned optimizer step ran; the last attempt resumed where the table says
+        assert set(done) == set(range(1, STEPS + 1)), (trial, tries)
+        assert row["steps"] == STEPS and row["resumed_from"] + row["steps_run"] == STEPS
+        assert tries[-1]["start"] == row["resumed_from"] and tries[-1]["node"] != victim
+        if trial != result["victim_trial"]:
+            assert len(tries) == 1 and row["resumed_from"] == 0 and len(done) == STEPS
+            continue
+        first, last = tries[0], tries[-1]
+        assert len(tries) == 2 and first["node"] == victim and last["node"] in new, tries
+        # resumed from the last checkpoint the lost attempt took, not from scratch; steps done
+        # twice are those after that checkpoint only (fewer than one checkpoint interval)
+        assert last["start"] == max(first["checkpoints"]) > 0
+        assert len(done) - STEPS == max(first["steps"]) - last["start"] < EVERY
+    assert set(result["finetune_nodes"]) <= {k for k, v in nodes.items() if v["gpus"] > 0}
+    # the stage's accuracies equal an undisturbed run's on a fixed cluster
+    assert_same_finetune(result["finetune"], fixed[-1])
 
 
 def _cli(head: AutoscalingHead, world: Path, *flags: str) -> subprocess.CompletedProcess:

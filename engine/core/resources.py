@@ -165,19 +165,39 @@ class ClusterShape:
     def gpu_types(self) -> list[NodeType]:
         return [t for t in self.node_types if t.gpus > 0 and t.max_count != 0]
 
+    def untyped_gpu_nodes(self) -> list[dict[str, float]]:
+        """The alive GPU nodes that are not workers of a launchable type. A type's
+        ``max_count`` includes its workers that are up, so each alive GPU node takes a free
+        place of a type with as many GPUs; the nodes left over (a fixed GPU node, a GPU head of
+        another size) are the cluster's own. A GPU head the size of a worker type is taken for
+        one of its workers (Ray's node list does not say which type launched a node)."""
+        free: dict[float, int] = {}
+        for t in self.gpu_types():
+            free[t.gpus] = free.get(t.gpus, 0) + t.max_count
+        out = []
+        for n in self.nodes:
+            gpus = n.get("GPU", 0.0)
+            if gpus > 0 and free.get(gpus, 0) > 0:
+                free[gpus] -= 1
+            elif gpus > 0:
+                out.append(n)
+        return out
+
     def gpu_capacity(self) -> float:
-        """The most GPUs the cluster can have at once (up now plus what can be launched)."""
+        """The most GPUs the cluster can have at once: its own GPU nodes plus every launchable
+        type's workers (those up included)."""
         types = self.gpu_types()
         if any(t.max_count < 0 for t in types):
             return math.inf
-        return self.gpus_now() + sum(t.gpus * t.max_count for t in types)
+        own = sum(n["GPU"] for n in self.untyped_gpu_nodes())
+        return own + sum(t.gpus * t.max_count for t in types)
 
     def gpu_node_capacity(self) -> float:
         """The most GPU nodes the cluster can have at once."""
         types = self.gpu_types()
         if any(t.max_count < 0 for t in types):
             return math.inf
-        return sum(1 for n in self.nodes if n.get("GPU", 0) > 0) + sum(t.max_count for t in types)
+        return len(self.untyped_gpu_nodes()) + sum(t.max_count for t in types)
 
     def gpus_per_node(self) -> float:
         """GPUs of the largest GPU node, up or launchable (0: none)."""
