@@ -33,7 +33,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -358,7 +358,7 @@ class _Halving:
 def progressive_rank(
     catalogue: Catalogue,
     pool: str,
-    tasks: list[TaskSpec],
+    tasks: Sequence[TaskSpec | TaskData],
     proxy: str,
     store: str | Path,
     preset: dict,
@@ -367,7 +367,8 @@ def progressive_rank(
 ) -> ProgressiveResult:
     """Rank ``pool``'s models for every task by successive halving over slices of the data,
     scored with ``proxy`` (options from ``preset``), embedding into ``store``'s slice chunks
-    only the rows no chunk or full partition holds yet."""
+    only the rows no chunk or full partition holds yet. ``tasks``: loaded tasks (an app loads
+    each once and hands it to every stage) or specs (loaded here)."""
     cfg = cfg or ProgressiveConfig()
     check_config(cfg)
     if proxy not in PROXIES:
