@@ -63,6 +63,7 @@ from whichmodel.tasks.loader import (
     TaskData,
     TaskSpec,
     UnreadableImages,
+    check_images,
     check_task,
     unreadable_message,
 )
@@ -484,13 +485,16 @@ def _write_report(result: SearchResult, folder: Path) -> None:
 
 
 def _search_task(data: Path, skip_unreadable: bool) -> tuple[TaskSpec, TaskData]:
-    """DATA's task and rows; with unreadable images left out, split sizes from the rest."""
+    """DATA's task and rows, loaded once; with unreadable images left out of an unsplit
+    folder, split sizes from the rest (counted by a check of its images before the load)."""
     spec = task_spec(data, skip_unreadable)
-    task = load_search_task(data, spec)
-    if task.unreadable and "train" in spec.options:  # split sizes from the readable images
-        spec = task_spec(data, skip_unreadable, len(task.unreadable))
-        task = load_search_task(data, spec)
-    return spec, task
+    if skip_unreadable and "train" in spec.options:  # split sizes from the readable images
+        scan = FolderScan(spec.name).classes(Path(spec.options["root"]))
+        files = [f for group in scan.values() for f in group]
+        unreadable = len(check_images(files))
+        if 0 < unreadable < len(files):
+            spec = task_spec(data, skip_unreadable, unreadable)
+    return spec, load_search_task(data, spec)
 
 
 def _scores(
