@@ -339,6 +339,7 @@ def test_rerun_reuses_everything(study):
 
 
 @pytest.mark.heavy
+@pytest.mark.heavy
 def test_each_task_is_loaded_once_and_tables_are_read_back_only_to_resume(study):
     """One benchmark run loads each task once (every stage gets its rows from the app) and
     reads no table it wrote back; a rerun reads only the finished probe and fine-tune
