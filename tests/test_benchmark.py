@@ -339,7 +339,6 @@ def test_rerun_reuses_everything(study):
 
 
 @pytest.mark.heavy
-@pytest.mark.heavy
 def test_each_task_is_loaded_once_and_tables_are_read_back_only_to_resume(study):
     """One benchmark run loads each task once (every stage gets its rows from the app) and
     reads no table it wrote back; a rerun reads only the finished probe and fine-tune
@@ -351,6 +350,7 @@ def test_each_task_is_loaded_once_and_tables_are_read_back_only_to_resume(study)
     assert rerun.tables() == {"whichmodel-scores.parquet": 1, "whichmodel-runs.parquet": 1}
 
 
+@pytest.mark.heavy
 def test_progressive_picks_follow_the_rungs_and_the_cost_table_counts_them(study):
     """Per pool, the picks of progressive_linear are the halving's ranking recomputed here from
     the rung table (rung reached, then its score there, then the task-agnostic order: the
