@@ -14,7 +14,6 @@ import numpy as np
 from machine_load import load1
 from PIL import Image
 
-from whichmodel.tasks import loader as tasks
 from whichmodel.tasks.loader import check_images
 
 
@@ -56,14 +55,11 @@ def main() -> None:
         pngs, jpegs = files[: args.png], files[args.png :]
         print(f"load1 before: {load1():.2f}")
         for name, group in (("png 64x64", pngs), ("jpeg 500x375", jpegs)):
-            tasks._problem.cache_clear()
             check = timed(check_images, group)
-            cached = timed(check_images, group)
             decode = timed(full_decode, group)
             print(
                 f"{name:>13}: {len(group)} files, check {check:.3f} s "
-                f"({1e3 * check / len(group):.2f} ms/file), cached recheck {cached:.3f} s, "
-                f"serial full decode {decode:.3f} s"
+                f"({1e3 * check / len(group):.2f} ms/file), serial full decode {decode:.3f} s"
             )
         print(f"load1 after: {load1():.2f}")
 

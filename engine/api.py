@@ -551,6 +551,7 @@ def halving(
     comparison with the same ranking's fixed-B picks at equal compute."""
     from whichmodel.core.presets import load_preset
     from whichmodel.stages import halving as stage
+    from whichmodel.tasks.loader import loaded as load_all
 
     catalogue = _catalogue(catalog)
     size = catalogue.pool(pool).height
@@ -568,11 +569,12 @@ def halving(
         top_k, total_steps, **{k: v for k, v in given.items() if v is not None}
     )
     stage.check_halving(cfg, pool, size, numbers["finetune"])
-    summary = stage.run_halving(catalogue, pool, specs, numbers, out, cfg, scores_df)
+    data = load_all(specs)  # each task once, for halving's arms and the fixed-B runs
+    summary = stage.run_halving(catalogue, pool, data, numbers, out, cfg, scores_df)
     comparison = fixed = None
     if loaded is not None:
         fixed = stage.run_fixed_equal_steps(
-            catalogue, pool, specs, numbers, Path(out) / "fixed", cfg, summary.rankings
+            catalogue, pool, data, numbers, Path(out) / "fixed", cfg, summary.rankings
         )
         comparison = stage.compare_at_equal_compute(summary, loaded, fixed, str(oracle))
     folder = stage.write_halving(out, summary.arms, comparison, summary.events, fixed)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from datapath import counting
 from imageworld import write_folder, write_parquet_task
 
 from whichmodel import cli
@@ -113,7 +114,8 @@ def run_cli(args: list[str]) -> tuple[int, str]:
 def study(tmp_path_factory, ray_session):
     root = tmp_path_factory.mktemp("benchmark")
     run_toml = write_world(root)
-    rc, first_log = run_cli(["benchmark", "--config", str(run_toml)])
+    with counting() as first_path:
+        rc, first_log = run_cli(["benchmark", "--config", str(run_toml)])
     assert rc == 0, first_log
     run = root / "runs" / "reduced"
     first = {
@@ -121,9 +123,17 @@ def study(tmp_path_factory, ray_session):
         "compute": json.loads((run / "compute.json").read_text()),
         "report": (run / "report.html").read_text(),
     }
-    rc, second_log = run_cli(["benchmark", "--config", str(run_toml)])
+    with counting() as second_path:
+        rc, second_log = run_cli(["benchmark", "--config", str(run_toml)])
     assert rc == 0, second_log
-    return {"root": root, "run": run, "first": first, "first_log": first_log, "log": second_log}
+    return {
+        "root": root,
+        "run": run,
+        "first": first,
+        "first_log": first_log,
+        "log": second_log,
+        "data_path": (first_path, second_path),
+    }
 
 
 class ReportParser(HTMLParser):
@@ -329,6 +339,18 @@ def test_rerun_reuses_everything(study):
     ft = pl.read_parquet(run / "tables" / "finetune.parquet")
     assert compute["study_device_s"]["finetune"] == pytest.approx(ft["seconds"].sum())
     assert first["compute"]["study_device_s"] == pytest.approx(compute["study_device_s"])
+
+
+@pytest.mark.heavy
+def test_each_task_is_loaded_once_and_tables_are_read_back_only_to_resume(study):
+    """One benchmark run loads each task once (every stage gets its rows from the app) and
+    reads no table it wrote back; a rerun reads only the finished probe and fine-tune
+    experiments' tables, which is how it resumes without Ray."""
+    first, rerun = study["data_path"]
+    assert dict(first.loads) == {"shapes": 1, "shapes_pq": 1}
+    assert first.tables() == {}
+    assert dict(rerun.loads) == {"shapes": 1, "shapes_pq": 1}
+    assert rerun.tables() == {"whichmodel-scores.parquet": 1, "whichmodel-runs.parquet": 1}
 
 
 @pytest.mark.heavy

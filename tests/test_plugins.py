@@ -242,3 +242,44 @@ def test_a_proxy_registered_in_the_driver_runs_in_the_probe_trials(world, first_
         val = read_partition(parts["val"])["embedding"].astype(np.float64)
         got = summary.scores.filter(model=model, task=task)["score"][0]
         assert got == pytest.approx(float(np.linalg.norm(val, axis=1).mean()), rel=1e-12)
+
+
+def test_a_proxy_registered_in_the_driver_scores_progressive_rungs(world, first_run, monkeypatch):
+    """Progressive rungs run as the probe stage's trials, so a notebook's proxy travels with
+    them too; at the last rung (all of train/val) its score is its function's on the stored
+    full-data validation embeddings."""
+    import shutil
+
+    from imageworld import CFG
+
+    from whichmodel.core.catalog import load_catalogue
+    from whichmodel.core.presets import load_preset
+    from whichmodel.stages.progressive import ProgressiveConfig, progressive_rank
+    from whichmodel.tasks.loader import load_tasks
+
+    monkeypatch.setattr(PROXIES, "_items", dict(PROXIES._items))  # restored after the test
+
+    @whichmodel.register_proxy("mean_norm_rungs", needs_val=True)
+    def mean_norm_rungs(inp: ProxyInput) -> ProxyResult:
+        return ProxyResult(float(np.linalg.norm(inp.val_x.astype(np.float64), axis=1).mean()))
+
+    root = world["root"]
+    store = root / "store-plugin-rungs"
+    shutil.copytree(root / "store", store)
+    ranked = progressive_rank(
+        load_catalogue(root / "catalog.toml"),
+        "Two",
+        load_tasks(root / "tasks.toml"),
+        "mean_norm_rungs",
+        store,
+        load_preset("quick"),
+        CFG,  # the store's embedding options: its full-data partitions serve the last rung
+        ProgressiveConfig(fractions=(0.5, 1.0), eta=2),
+    )
+    assert ranked.scored == ranked.rungs.height > 0
+    last = ranked.rungs.filter(pl.col("fraction") == 1.0)
+    assert last.height > 0
+    pairs = stored_pairs(store)
+    for model, task, score in last.select("model", "task", "score").iter_rows():
+        val = read_partition(pairs[model, task]["val"])["embedding"].astype(np.float64)
+        assert score == pytest.approx(float(np.linalg.norm(val, axis=1).mean()), rel=1e-12)

@@ -273,3 +273,44 @@ def test_dense_scores_name_a_row_whose_terms_are_missing(pooled_table):
     garbled = pooled_table.with_columns(runs=pl.when(hit).then(pl.lit("{")).otherwise("runs"))
     with pytest.raises(UserError, match=r"'ncti', model 'm2', task 't1': runs is not a JSON list"):
         dense_scores(garbled, models, ["t0", "t1"], "P")
+
+
+def test_analysis_picks_equal_what_a_search_or_select_ranks_from_the_scores_table():
+    """The one ranking: a fine-tune-free strategy's order in the analysis (``pool_outcomes``)
+    is what ``rank_models`` gives from the scores table (search, finetune --select, halving),
+    and both equal a plain-Python ranking (score descending, not-applicable last, ties by the
+    task-agnostic order)."""
+    from whichmodel.analysis.curves import pool_outcomes
+    from whichmodel.analysis.strategies import rank_models
+
+    rng = np.random.default_rng(3)
+    n_tasks, n_models = 4, 6
+    meta = make_meta(n_models, imagenet=[0.7, 0.8, None, 0.75, 0.6, None])
+    scores = np.round(rng.random((n_tasks, n_models)), 1)  # ties
+    scores[1, 2] = scores[2, 4] = np.nan  # not applicable
+    pool = make_pool(rng.random((n_tasks, n_models)), meta, {"linear": scores})
+    table = pl.DataFrame(
+        {
+            "model": [m for _ in pool.tasks for m in pool.models],
+            "task": [t for t in pool.tasks for _ in pool.models],
+            "proxy": "linear",
+            "score": [None if np.isnan(v) else float(v) for v in scores.ravel()],
+        }
+    )
+    agnostic = [1, 3, 0, 4, 2, 5]  # ImageNet top-1 descending, then without one (by order)
+
+    def by_hand(t):
+        ok = [m for m in agnostic if not np.isnan(scores[t, m])]
+        ranked = sorted(ok, key=lambda m: -scores[t, m])  # stable: ties keep agnostic order
+        return ranked + [m for m in agnostic if np.isnan(scores[t, m])]
+
+    expected = {
+        "task_agnostic": [agnostic] * n_tasks,
+        "linear": [by_hand(t) for t in range(n_tasks)],
+        "hybrid_linear": [[1] + [m for m in by_hand(t) if m != 1] for t in range(n_tasks)],
+    }
+    outcomes = pool_outcomes(pool)
+    for name, orders in expected.items():
+        assert outcomes[name].order.tolist() == orders, name
+        searched = rank_models(meta, pool.tasks, name, table, pool.name)
+        assert searched.order.tolist() == orders, name

@@ -153,3 +153,23 @@ def test_search_with_skip_unreadable_runs_and_reports_them(world, ray_session):
     assert "skipped 3 unreadable image file(s)" in (report / "summary.txt").read_text()
     assert "30 images" not in out  # 30 readable images split 18 / 6 / 6 by split_sizes(30)
     assert "18 train / 6 val / 6 test images" in out
+
+
+def test_search_task_is_loaded_once_and_warns_once(world):
+    """--skip-unreadable on an unsplit folder: the split sizes come from the readable images
+    and the task is loaded once, so its warning is said once."""
+    from test_user_outputs import engine_warnings
+
+    from whichmodel.apps.search import _search_task
+    from whichmodel.tasks import loader
+
+    loads = []
+    real = loader.SOURCES["folder"]
+    with pytest.MonkeyPatch.context() as mp, engine_warnings() as records:
+        mp.setitem(loader.SOURCES, "folder", lambda spec: loads.append(spec) or real(spec))
+        _, task = _search_task(world / "data", True)
+    assert len(loads) == 1
+    said = [r.getMessage() for r in records if "unreadable image file(s)" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("task data: skipped 3 unreadable"), said
+    assert task.split_counts() == {"train": 18, "val": 6, "test": 6}  # split_sizes(30)
+    assert sorted(task.unreadable) == sorted(str(world / "data" / b) for b in BAD)

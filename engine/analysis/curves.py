@@ -11,7 +11,7 @@ import numpy as np
 from scipy.special import gammaln
 
 from whichmodel.analysis.regret import rel_regret
-from whichmodel.analysis.strategies import PoolData, strategies_for
+from whichmodel.analysis.strategies import PoolData, parse_strategy, rank_models, strategies_for
 
 
 @dataclass(frozen=True)
@@ -86,11 +86,17 @@ def random_expectation(acc: np.ndarray, log_odds: bool = False) -> StrategyOutco
 
 
 def pool_outcomes(pool: PoolData, log_odds: bool = False) -> dict[str, StrategyOutcome]:
-    """Every applicable strategy's outcome on ``pool``, in report order."""
+    """Every applicable strategy's outcome on ``pool``, in report order. A strategy that needs
+    no fine-tune results is ranked by the one ranking function (``rank_models``, as search,
+    ``finetune --select`` and halving rank); the references rank by the accuracies."""
     out = {}
     for name, rank in strategies_for(pool).items():
         if rank is None:
             out[name] = random_expectation(pool.acc, log_odds=log_odds)
+            continue
+        if parse_strategy(name, list(pool.scores)).needs_finetune:
+            order = rank(pool)
         else:
-            out[name] = prefix_outcome(pool.acc, rank(pool), log_odds=log_odds)
+            order = rank_models(pool.meta, pool.tasks, name, pool.scores, pool.name).order
+        out[name] = prefix_outcome(pool.acc, order, log_odds=log_odds)
     return out

@@ -11,7 +11,7 @@ catalogue file order), so every ranking is deterministic.
 """
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -467,23 +467,29 @@ def rank_models(
     meta: pl.DataFrame,
     tasks: Sequence[str],
     strategy: str,
-    scores: pl.DataFrame | None = None,
+    scores: pl.DataFrame | Mapping[str, np.ndarray] | None = None,
     pool: str = "",
 ) -> Ranking:
-    """The one ranking of a pool without fine-tune results (``finetune --select``, halving,
-    search): ``meta`` the pool's catalogue rows, ``scores`` the scores table its proxy needs.
-    ``UserError`` for a strategy that needs fine-tune results, or whose proxy applies to no model
-    of the pool."""
-    spec = parse_strategy(strategy, sorted(set(scores["proxy"])) if scores is not None else [])
+    """The one ranking of a pool without fine-tune results (``analyze``, ``finetune --select``,
+    halving, search): ``meta`` the pool's catalogue rows, ``scores`` the scores table its proxy
+    needs, or per proxy the (tasks × models) scores ``dense_scores`` made of one (as
+    ``analyze``'s pools hold them). ``UserError`` for a strategy that needs fine-tune results,
+    or whose proxy applies to no model of the pool."""
+    dense = isinstance(scores, Mapping)
+    proxies = (
+        sorted(scores) if dense else sorted(set(scores["proxy"])) if scores is not None else []
+    )
+    spec = parse_strategy(strategy, proxies)
     if spec.needs_finetune:
         raise UserError(
             f"strategy {strategy!r} needs fine-tune results of every model; choose "
             "task_agnostic, a proxy or hybrid_<proxy>"
         )
     models, tasks = meta["model"].to_list(), list(tasks)
-    proxy_scores = {}
+    proxy_scores: dict[str, np.ndarray] = dict(scores) if dense else {}
     if spec.proxy is not None:
-        proxy_scores = dense_scores(scores, models, tasks, pool, [spec.proxy])
+        if not dense:
+            proxy_scores = dense_scores(scores, models, tasks, pool, [spec.proxy])
         if np.isnan(proxy_scores[spec.proxy]).all():
             raise UserError(f"strategy {strategy!r}: {spec.proxy!r} applies to no model of {pool}")
     unknown = ["unknown"] * len(tasks)

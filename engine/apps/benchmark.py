@@ -57,7 +57,6 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import pyarrow.parquet as pq
 
 from whichmodel.actors.models import parse_source
 from whichmodel.actors.proxies import PROXIES
@@ -108,9 +107,8 @@ from whichmodel.stages.progressive import (
     parse_fractions,
     progressive_rank,
 )
-from whichmodel.stages.store import read_metadata, stored_pairs
 from whichmodel.tasks.builtin import FASHION_MNIST_DIR
-from whichmodel.tasks.loader import TaskSpec, load_tasks
+from whichmodel.tasks.loader import TaskData, load_task, load_tasks, task_summary
 
 log = logging.getLogger("whichmodel")
 
@@ -491,22 +489,24 @@ def _study(config: BenchmarkConfig, run: Path) -> Study:
     preset = load_preset(config.preset)
     study, union, models = study_pool(catalogue, pools)
     task_names = [s.name for s in specs]
+    # each task is loaded once, here, and its rows handed to every stage that reads them
+    tasks = [load_task(spec) for spec in specs]
     driver.say(
         f"{len(models)} model(s) in {len(pools)} pool(s) ({', '.join(pools)}), "
         f"{len(specs)} task(s), preset {config.preset}, proxies {', '.join(config.proxies)}"
     )
     # the stages hand their tables on in memory; the files are written once, for reruns and
     # the user, and not read back
-    records = [_embed_stage(study, union, specs, store, preset, driver)]
+    records = [_embed_stage(study, union, tasks, store, preset, driver)]
     probe_record, scores = _probe_stage(
         store, run, config.proxies, preset, models, task_names, driver
     )
     records.append(probe_record)
     prog_record, progressive = _progressive_stage(
-        config, catalogue, pools, specs, store, preset, driver
+        config, catalogue, pools, tasks, store, preset, driver
     )
     records.append(prog_record)
-    ft_record, runs = _finetune_stage(study, union, specs, preset, run, driver)
+    ft_record, runs = _finetune_stage(study, union, tasks, preset, run, driver)
     records.append(ft_record)
     analysis, plots, summary, record = _analyze_stage(
         catalogue, pools, config, runs, scores, run, progressive.scores
@@ -517,7 +517,7 @@ def _study(config: BenchmarkConfig, run: Path) -> Study:
     cost = _progressive_cost(config, progressive, scores, catalogue, pools)
     stability = _stability(runs, run)
     tasks_df, models_df = _write_tables(
-        run, study, union, store, specs, analysis, pools, progressive, cost, runs, scores, stability
+        run, study, union, specs, tasks, analysis, pools, progressive, cost, runs, scores, stability
     )
 
     report = write_report(
@@ -577,11 +577,11 @@ def _analyze_stage(
     return analysis, plots, summary, record
 
 
-def _embed_stage(study, union, specs, store, preset, driver) -> StageRecord:
+def _embed_stage(study, union, tasks, store, preset, driver) -> StageRecord:
     start = time.perf_counter()
     cfg = embed_config(preset)
     driver.say(f"embed: {store}", terminal=False)
-    summary = embed(study, union, specs, store, cfg)
+    summary = embed(study, union, tasks, store, cfg)
     record = StageRecord(
         "embed",
         f"(model, task) pairs; {summary.images_decoded} images decoded",
@@ -629,7 +629,7 @@ class ProgressiveTables:
 
 
 def _progressive_stage(
-    config: BenchmarkConfig, catalogue, pools, specs, store, preset, driver
+    config: BenchmarkConfig, catalogue, pools, tasks: list[TaskData], store, preset, driver
 ) -> tuple[StageRecord, ProgressiveTables]:
     """``progressive_rank`` for every pool and progressive proxy; the slices come from the
     store's full-data partitions the embed stage wrote, and each rung's proxy results are kept
@@ -655,7 +655,7 @@ def _progressive_stage(
     for pool in pools:
         for proxy in config.progressive:
             res = progressive_rank(
-                catalogue, pool, specs, proxy, store, preset, embed_config(preset), cfg
+                catalogue, pool, tasks, proxy, store, preset, embed_config(preset), cfg
             )
             scores.append(res.scores.select(pl.lit(pool).alias("pool"), pl.all()))
             rungs.append(
@@ -691,7 +691,7 @@ def _progressive_cost(
     return progressive_cost(progressive.rungs, full, members, config.progressive_cfg.eta)
 
 
-def _finetune_stage(study, union, specs, preset, run, driver) -> tuple[StageRecord, pl.DataFrame]:
+def _finetune_stage(study, union, tasks, preset, run, driver) -> tuple[StageRecord, pl.DataFrame]:
     """The oracle fine-tunes: the stage's record and the runs (RUN/finetune/table/finetune.*)."""
     start = time.perf_counter()
     out = run / "finetune"
@@ -701,7 +701,7 @@ def _finetune_stage(study, union, specs, preset, run, driver) -> tuple[StageReco
         f"{ft['reps']} rep(s), {ft['steps']} steps → {out}",
         terminal=False,
     )
-    summary = run_finetune(study, union, specs, preset, out)
+    summary = run_finetune(study, union, tasks, preset, out)
     with atomic_directory(out / "table") as tmp:
         write_table(summary.runs, tmp, "finetune")
     seconds = float(summary.runs["seconds"].sum())
@@ -771,24 +771,9 @@ def _with_progressive(
     return mine if scores is None else pl.concat([scores, mine])
 
 
-def _tasks_table(store: Path, models: list[str], specs: list[TaskSpec]) -> pl.DataFrame:
-    """task, category, num_classes and split sizes, read from the store's partitions."""
-    meta = read_metadata(store)["tasks"]
-    pairs = stored_pairs(store)
-    rows = []
-    for spec in specs:
-        parts = next((pairs[(m, spec.name)] for m in models if (m, spec.name) in pairs), {})
-        sizes = {s: pq.ParquetFile(p.path).metadata.num_rows for s, p in parts.items()}
-        rows.append(
-            {
-                "task": spec.name,
-                "category": spec.category,
-                "num_classes": len(meta.get(spec.name, {}).get("classes", [])),
-                "n_train": sizes.get("train", 0),
-                "n_val": sizes.get("val", 0),
-                "n_test": sizes.get("test", 0),
-            }
-        )
+def _tasks_table(specs: list, tasks: list[TaskData]) -> pl.DataFrame:
+    """task, category, num_classes and split sizes, from the loaded tasks."""
+    rows = [task_summary(spec, data) for spec, data in zip(specs, tasks, strict=True)]
     return pl.DataFrame(rows, schema=schema.TASKS)
 
 
@@ -818,11 +803,10 @@ def _stability(runs: pl.DataFrame, run: Path) -> pl.DataFrame | None:
 
 
 def _write_tables(
-    run, study, union, store, specs, analysis, pools, progressive, cost, runs, scores, stability
+    run, study, union, specs, tasks, analysis, pools, progressive, cost, runs, scores, stability
 ):
     """Every table of the study into RUN/tables (atomically): the stage outputs and the analysis."""
-    models = study.pool(union)["model"].to_list()
-    tasks_df = _tasks_table(store, models, specs)
+    tasks_df = _tasks_table(specs, tasks)
     models_df = _models_table(study, union, pools, analysis)
     with atomic_directory(run / "tables") as tmp:
         write_table(tasks_df, tmp, "tasks")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -66,6 +65,7 @@ from whichmodel.tasks.loader import (
     TaskData,
     TaskSpec,
     UnreadableImages,
+    check_images,
     check_task,
     unreadable_message,
 )
@@ -217,22 +217,6 @@ def _naming(data: Path, message: str) -> str:
     return (
         message if str(data) in message or str(data.resolve()) in message else f"{data}: {message}"
     )
-
-
-@contextlib.contextmanager
-def _quiet_repeats() -> Iterator[None]:
-    """Drop the folder source's 'skipped N file(s)' warning while later stages reload the task
-    (it was shown once already)."""
-
-    def keep(record: logging.LogRecord) -> bool:
-        msg = str(record.msg)
-        return "skipped %d file(s)" not in msg and "skipped %d unreadable" not in msg
-
-    log.addFilter(keep)
-    try:
-        yield
-    finally:
-        log.removeFilter(keep)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,16 +429,15 @@ def search(
     params |= {"budget": budget, "preset": preset, "finetune": finetune}
     with (
         owned_run_directory(work),
-        _quiet_repeats(),
         ray_log_file(work / "ray.log"),
         tracked_study(check_tracker(track, "--track"), work, spec.name, params) as tracked,
     ):
         answers.forget(work)  # kept again below once the new answer is written
         if base is not None:
             keep = replace(progressive, keep_at_least=max(progressive.keep_at_least, budget))
-            found = _progressive_scores(cat, pool, spec, base, proxies[0], numbers, work, keep)
+            found = _progressive_scores(cat, pool, task, base, proxies[0], numbers, work, keep)
         else:
-            found = _scores(cat, pool, spec, proxies, numbers, work)
+            found = _scores(cat, pool, task, proxies, numbers, work)
         scores, scores_path, embedded, probed = found
         ranking = rank_models(meta, [spec.name], strategy, scores, pool)  # ranked once
         agnostic = [models[i] for i in task_agnostic_order(meta)]
@@ -479,7 +462,7 @@ def search(
             scores_path=scores_path,
         )
         if finetune:
-            result = _finetune(result, cat, spec, numbers)
+            result = _finetune(result, cat, task, numbers)
         _write_report(result, work / "report")
         log_artifacts(tracked, [(work / "report", "report"), (work / "scores.parquet", None)])
         if memo is not None:
@@ -557,25 +540,29 @@ def _write_report(result: SearchResult, folder: Path) -> None:
 
 
 def _search_task(data: Path, skip_unreadable: bool) -> tuple[TaskSpec, TaskData]:
-    """DATA's task and rows; with unreadable images left out, split sizes from the rest."""
+    """DATA's task and rows, loaded once; with unreadable images left out of an unsplit
+    folder, split sizes from the rest (counted by a check of its images before the load)."""
     spec = task_spec(data, skip_unreadable)
-    task = load_search_task(data, spec)
-    if task.unreadable and "train" in spec.options:  # split sizes from the readable images
-        spec = task_spec(data, skip_unreadable, len(task.unreadable))
-        task = load_search_task(data, spec)
-    return spec, task
+    if skip_unreadable and "train" in spec.options:  # split sizes from the readable images
+        scan = FolderScan(spec.name).classes(Path(spec.options["root"]))
+        files = [f for group in scan.values() for f in group]
+        unreadable = len(check_images(files))
+        if 0 < unreadable < len(files):
+            spec = task_spec(data, skip_unreadable, unreadable)
+    return spec, load_search_task(data, spec)
 
 
 def _scores(
-    cat: Catalogue, pool: str, spec: TaskSpec, proxies: list[str], numbers: dict, work: Path
+    cat: Catalogue, pool: str, task: TaskData, proxies: list[str], numbers: dict, work: Path
 ) -> tuple[pl.DataFrame | None, Path | None, tuple[int, int], tuple[int, int]]:
-    """Embed DATA with the pool and run the strategy's proxy (none for task_agnostic): the
-    scores table, its file, and (computed, reused) counts of embeddings and probe trials."""
+    """Embed DATA's loaded task with the pool and run the strategy's proxy (none for
+    task_agnostic): the scores table, its file, and (computed, reused) counts of embeddings
+    and probe trials."""
     if not proxies:
         return None, None, (0, 0), (0, 0)
     models = cat.pool(pool)["model"].to_list()
-    summary = embed(cat, pool, [spec], work / "store", embed_config(numbers))
-    probe_summary = probe(work / "store", proxies, numbers, models, [spec.name])
+    summary = embed(cat, pool, [task], work / "store", embed_config(numbers))
+    probe_summary = probe(work / "store", proxies, numbers, models, [task.name])
     scores = probe_summary.scores
     write_scores(scores, work / "scores.parquet")
     _check_applicable(scores, proxies[0], pool)
@@ -604,7 +591,7 @@ def _progressive_config(
 def _progressive_scores(
     cat: Catalogue,
     pool: str,
-    spec: TaskSpec,
+    task: TaskData,
     base: str,
     proxy: str,
     numbers: dict,
@@ -614,7 +601,7 @@ def _progressive_scores(
     """``progressive_rank`` of DATA instead of embed + probe on the full data: its scores table
     (proxy ``progressive_<base>``), the file, models that got new rows, and the proxy runs."""
     ranked = progressive_rank(
-        cat, pool, [spec], base, work / "store", numbers, embed_config(numbers), cfg
+        cat, pool, [task], base, work / "store", numbers, embed_config(numbers), cfg
     )
     write_scores(ranked.scores, work / "scores.parquet")
     _check_applicable(ranked.scores, proxy, pool)
@@ -630,16 +617,16 @@ def _check_applicable(scores: pl.DataFrame, proxy: str, pool: str) -> None:
         raise UserError(f"proxy {proxy!r} applies to no model of pool {pool}{why}")
 
 
-def _finetune(result: SearchResult, cat: Catalogue, spec: TaskSpec, numbers: dict) -> SearchResult:
+def _finetune(result: SearchResult, cat: Catalogue, task: TaskData, numbers: dict) -> SearchResult:
     """Fine-tune the picks (select mode) and read the exported winner's record."""
     out = result.work_dir / "finetune"
-    pairs = [(p.model, spec.name) for p in result.picks]
-    summary = run_finetune(cat, result.pool, [spec], numbers, out, pairs, export_winners=True)
+    pairs = [(p.model, task.name) for p in result.picks]
+    summary = run_finetune(cat, result.pool, [task], numbers, out, pairs, export_winners=True)
     with atomic_directory(out / "table") as tmp:
         write_table(summary.runs, tmp, "finetune")
-    folder = summary.winners.get(spec.name)
+    folder = summary.winners.get(task.name)
     if folder is None:
-        raise UserError(f"task {spec.name!r}: the fine-tune exported no model")
+        raise UserError(f"task {task.name!r}: the fine-tune exported no model")
     meta = finetuned_meta(folder)
     winner = Winner(
         model=str(meta["model"]),

@@ -19,7 +19,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -65,7 +65,7 @@ from whichmodel.stages.store import (
     write_chunk,
     write_partition,
 )
-from whichmodel.tasks.loader import TaskData, TaskSpec, load_task, task_fingerprint
+from whichmodel.tasks.loader import TaskData, TaskSpec, loaded
 
 log = logging.getLogger("whichmodel")
 
@@ -669,11 +669,13 @@ def _accounts(ledger: "ray.actor.ActorHandle", summary: EmbedSummary) -> None:
 def embed(
     catalogue: Catalogue,
     pool: str,
-    tasks: list[TaskSpec],
+    tasks: Sequence[TaskSpec | TaskData],
     store: str | Path,
     cfg: EmbedConfig | None = None,
 ) -> EmbedSummary:
     """Embed every (model of ``pool``, task, split) missing from ``store``; reuse the rest.
+    ``tasks``: loaded tasks (an app loads each once and hands it to every stage) or specs
+    (loaded here).
 
     Each task's partitions are written as soon as all its rows are embedded, so a run that dies
     keeps the tasks it finished. If Ray itself fails the stage (an actor, worker or node lost
@@ -707,7 +709,7 @@ def embed(
     return summary
 
 
-def _surely_missing(store: Path, models: list[str], tasks: list[TaskSpec]) -> bool:
+def _surely_missing(store: Path, models: list[str], tasks: Sequence[TaskSpec | TaskData]) -> bool:
     """Whether some (model, task, split) partition is missing from ``store`` for certain, before
     anything is planned: its folder does not exist (a new store, model or task)."""
     return any(
@@ -718,18 +720,22 @@ def _surely_missing(store: Path, models: list[str], tasks: list[TaskSpec]) -> bo
     )
 
 
-def _load_tasks(tasks: list[TaskSpec]) -> tuple[dict[str, TaskData], dict[str, str], dict]:
-    """Each task's rows, fingerprint and the facts the store's metadata keeps about it."""
+def _load_tasks(
+    tasks: Sequence[TaskSpec | TaskData],
+) -> tuple[dict[str, TaskData], dict[str, str], dict]:
+    """Each task's rows (loaded here where ``tasks`` holds a spec), fingerprint and the facts
+    the store's metadata keeps about it."""
     data, fingerprints, task_meta = {}, {}, {}
-    for spec in tasks:
-        check_name("task", spec.name, "embed")
-        data[spec.name] = load_task(spec)
-        fingerprints[spec.name] = fp = task_fingerprint(data[spec.name])
-        task_meta[spec.name] = {
-            "category": spec.category,
-            "classes": data[spec.name].classes,
+    for task in tasks:
+        check_name("task", task.name, "embed")
+    for task in loaded(tasks):
+        data[task.name] = task
+        fingerprints[task.name] = fp = task.fingerprint
+        task_meta[task.name] = {
+            "category": task.category,
+            "classes": task.classes,
             "fingerprint": fp,
-            "rows": data[spec.name].table.num_rows,
+            "rows": task.table.num_rows,
         }
     return data, fingerprints, task_meta
 

@@ -13,6 +13,7 @@ import logging
 import shutil
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from whichmodel.core.outputs import atomic_directory, atomic_file, check_replace
 from whichmodel.core.presets import preset_resources
 from whichmodel.core.resources import gpu_plan, max_concurrent_trials, trial_resources
 from whichmodel.stages.embed import EmbedConfig, decoded_dataset, gather, plan_model
-from whichmodel.tasks.loader import TaskSpec, load_task
+from whichmodel.tasks.loader import TaskData, TaskSpec, loaded
 
 log = logging.getLogger("whichmodel")
 
@@ -96,17 +97,21 @@ def _experiment_name(keys: list, settings: dict, lrs, reps) -> str:
 
 
 def trial_inputs(
-    catalogue: Catalogue, pool: str, wanted: list[str], specs: list[TaskSpec], preset: dict
+    catalogue: Catalogue,
+    pool: str,
+    wanted: list[str],
+    specs: Sequence[TaskSpec | TaskData],
+    preset: dict,
 ) -> tuple[dict[str, "ray.ObjectRef"], dict[str, dict]]:
     """What every fine-tune trial reads: each task's decoded pixels by object reference, keyed
     ``"<geometry>\x1f<task>"`` (decoded once per input geometry), and the table of ``wanted``
-    models (source, mean, std, geometry)."""
+    models (source, mean, std, geometry). ``specs``: loaded tasks, or specs loaded here."""
     ft = preset["finetune"]
     embed_cfg = EmbedConfig(image_size=ft["image_size"] or None)
     embed_cfg = embed_cfg.with_resources(preset_resources(preset))
     sources = dict(catalogue.pool(pool).select("model", "source").iter_rows())
     plans = {m: plan_model(m, sources[m], catalogue.path.parent, embed_cfg) for m in wanted}
-    data = {s.name: load_task(s) for s in specs}
+    data = {t.name: t for t in loaded(specs)}
     pixels = {}
     for geometry in sorted({(p.size, p.resize, p.interpolation) for p in plans.values()}):
         cols = gather(decoded_dataset(list(data.values()), geometry, embed_cfg))
@@ -130,7 +135,7 @@ def trial_trainable(
     catalogue: Catalogue,
     pool: str,
     models: list[str],
-    specs: list[TaskSpec],
+    specs: Sequence[TaskSpec | TaskData],
     preset: dict,
     settings: dict,
     **flags: Any,
@@ -153,7 +158,7 @@ def trial_trainable(
 def run_finetune(
     catalogue: Catalogue,
     pool: str,
-    specs: list[TaskSpec],
+    specs: Sequence[TaskSpec | TaskData],
     preset: dict,
     out: str | Path,
     pairs: list[tuple[str, str]] | None = None,
@@ -161,6 +166,7 @@ def run_finetune(
     fault: dict | None = None,
 ) -> FinetuneSummary:
     """Fine-tune ``pairs`` (default: every pool model on every task) by the preset's protocol.
+    ``specs``: the tasks, loaded (as an app hands them on) or specs (loaded when trials run).
 
     With ``export_winners``, each trial keeps its fine-tuned model and, per task, the run with
     the best validation accuracy is exported to ``OUT/winners/<task>/`` (safetensors + timm

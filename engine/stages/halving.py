@@ -62,6 +62,7 @@ import json
 import logging
 import math
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,7 +83,7 @@ from whichmodel.core.catalog import Catalogue
 from whichmodel.core.errors import UserError
 from whichmodel.core.outputs import atomic_directory, write_table
 from whichmodel.stages.finetune import finetune_settings, run_finetune, trial_trainable
-from whichmodel.tasks.loader import TaskSpec
+from whichmodel.tasks.loader import TaskData, TaskSpec
 
 log = logging.getLogger("whichmodel")
 
@@ -414,7 +415,7 @@ def _scheduler(cfg: HalvingConfig, top: list[str], arms: int, steps: int, grace:
 
 def _arm_rows(
     results,
-    spec: TaskSpec,
+    spec: TaskSpec | TaskData,
     top: list[str],
     cfg: HalvingConfig,
     grace: int,
@@ -489,7 +490,7 @@ def _halving_task(catalogue, pool, spec, top, preset, out: Path, cfg: HalvingCon
 def run_halving(
     catalogue: Catalogue,
     pool: str,
-    specs: list[TaskSpec],
+    specs: Sequence[TaskSpec | TaskData],
     preset: dict,
     out: str | Path,
     cfg: HalvingConfig,
@@ -536,7 +537,7 @@ def picks(arms: pl.DataFrame) -> pl.DataFrame:
 def run_fixed_equal_steps(
     catalogue: Catalogue,
     pool: str,
-    specs: list[TaskSpec],
+    specs: Sequence[TaskSpec | TaskData],
     preset: dict,
     out: str | Path,
     cfg: HalvingConfig,

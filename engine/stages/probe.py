@@ -12,6 +12,7 @@ import logging
 import shutil
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,7 +84,7 @@ def probe(
     tasks: list[str] | None = None,
 ) -> ProbeSummary:
     """Run ``proxies`` on every stored (model, task) pair; resume a previous interrupted run."""
-    start, token = time.perf_counter(), uuid.uuid4().hex
+    start = time.perf_counter()
     unknown = [p for p in proxies if p not in PROXIES]
     if unknown or not proxies:
         raise UserError(
@@ -101,12 +102,51 @@ def probe(
     if done is not None:  # every trial finished in an earlier call: no Ray, no Tune
         log.info("probe: every trial reused from %s", path)
         return ProbeSummary(done, 0, len(pairs), 0.0, time.perf_counter() - start)
+    trials = run_trials(
+        list(pairs),
+        lambda m, t: _load_pair(pairs[m, t], _num_classes(meta, t, pairs[m, t])),
+        proxies,
+        options,
+        preset,
+        path,
+    )
+    scores = pl.DataFrame(trials.rows, schema=schema.SCORES_DETAIL).sort("model", "task", "proxy")
+    atomic_file(path / FINISHED, scores.write_parquet)
+    wall = time.perf_counter() - start
+    return ProbeSummary(
+        scores, trials.ran, len(pairs) - trials.ran, trials.compute_seconds, wall, trials.nodes
+    )
+
+
+@dataclass(frozen=True)
+class Trials:
+    """What ``run_trials`` gathered: every trial's rows (schema ``SCORES_DETAIL``), the trials
+    this call ran (not restored from an earlier call), their compute seconds and trials per
+    Ray node."""
+
+    rows: list[dict]
+    ran: int
+    compute_seconds: float
+    nodes: dict[str, int]
+
+
+def run_trials(
+    pairs: list[tuple[str, str]],
+    load: Callable[[str, str], dict],
+    proxies: list[str],
+    options: dict,
+    preset: dict,
+    path: Path,
+    stage: str = "probe",
+) -> Trials:
+    """The probe stage's trials: ``proxies`` on every (model, task) of ``pairs``, one Tune trial
+    (``probe_trial``) per pair, whose arrays (``proxy_input``'s) ``load(model, task)`` gives;
+    the experiment at ``path`` is resumed if an earlier call left it. The probe stage runs the
+    store's pairs this way, progressive rungs their slices (``stage`` names them)."""
+    token = uuid.uuid4().hex
     ensure_ray()
     gpu_plan(preset_resources(preset), cluster_shape())  # a bound the cluster cannot hold: now
-    refs = {
-        f"{m}\x1f{t}": ray.put(_load_pair(parts, _num_classes(meta, t, parts)))
-        for (m, t), parts in pairs.items()
-    }
+    refs = {f"{m}\x1f{t}": ray.put(load(m, t)) for m, t in pairs}
     # proxies registered by a decorator in this process go with the trials (installed plugins are
     # found by each worker through their entry points)
     plugins = PROXIES.registered_here(proxies)
@@ -117,27 +157,24 @@ def probe(
     )
     concurrent = max_concurrent_trials(res, shape, "probe")
     tuner = _tuner(trainable, path, pairs, proxies, options, concurrent)
-    with trial_demand("probe", trial, len(pairs), res):
+    with trial_demand(stage, trial, len(pairs), res):
         results = fit(
             tuner,
-            TrialProgress("probe", len(pairs), "pairs"),
-            tune_callbacks("probe"),
-            ("probe", "probe trials", "rows"),
+            TrialProgress(stage, len(pairs), "pairs"),
+            tune_callbacks(stage),
+            (stage, f"{stage} trials", "rows"),
         )
     rows, compute, ran, nodes = [], 0.0, 0, {}
     for result in results:
         if result.error:
-            raise UserError(f"probe trial failed: {_last_line(result.error)}")
+            raise UserError(f"{stage} trial failed: {_last_line(result.error)}")
         rows += json.loads(result.metrics["rows"])
         if result.metrics.get("token") == token:
             ran += 1
             compute += float(result.metrics["compute_seconds"])
             node = str(result.metrics.get("node"))
             nodes[node] = nodes.get(node, 0) + 1
-    scores = pl.DataFrame(rows, schema=schema.SCORES_DETAIL).sort("model", "task", "proxy")
-    atomic_file(path / FINISHED, scores.write_parquet)
-    wall = time.perf_counter() - start
-    return ProbeSummary(scores, ran, len(results) - ran, compute, wall, nodes)
+    return Trials(rows, ran, compute, nodes)
 
 
 FINISHED = "whichmodel-scores.parquet"  # in the experiment directory: every trial's rows
@@ -174,7 +211,7 @@ def _pairs(
 def _tuner(
     trainable,
     path: Path,
-    pairs: dict,
+    pairs: Iterable[tuple[str, str]],
     proxies: list[str],
     options: dict,
     concurrent: int | None = None,

@@ -33,7 +33,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -41,22 +41,16 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
-import ray
 
 from whichmodel.actors.embedder import emb_column, probs_column, seconds_column
-from whichmodel.actors.probe_trial import proxy_input
-from whichmodel.actors.proxies import PROXIES, ProxyResult, pool_scores, run_proxy
+from whichmodel.actors.proxies import PROXIES, ProxyResult, pool_scores
 from whichmodel.analysis.strategies import HYBRID_PREFIX, task_agnostic_order
 from whichmodel.cluster import interrupts
-from whichmodel.cluster.connect import ensure_ray
-from whichmodel.cluster.demand import cluster_shape
 from whichmodel.core import schema
 from whichmodel.core.catalog import Catalogue
 from whichmodel.core.errors import UserError
 from whichmodel.core.outputs import atomic_text
-from whichmodel.core.presets import preset_resources
 from whichmodel.core.progress import StageProgress
-from whichmodel.core.resources import trial_resources
 from whichmodel.stages.embed import (
     EmbedConfig,
     ModelPlan,
@@ -66,7 +60,7 @@ from whichmodel.stages.embed import (
     embed_rows,
     plan_model,
 )
-from whichmodel.stages.probe import proxy_options
+from whichmodel.stages.probe import proxy_options, run_trials
 from whichmodel.stages.store import read_chunks, read_partition, record_run, write_chunk
 from whichmodel.tasks.loader import TaskData, TaskSpec
 
@@ -320,11 +314,6 @@ def _proxy_options(proxy: str, preset: dict, fraction: float, scale: bool) -> di
     return opts
 
 
-@ray.remote
-def _score(proxy: str, arrays: dict, options: dict) -> ProxyResult:
-    return run_proxy(proxy, proxy_input(arrays), **options)
-
-
 # ---------------------------------------------------------------------------------------------
 # the stage
 
@@ -358,7 +347,7 @@ class _Halving:
 def progressive_rank(
     catalogue: Catalogue,
     pool: str,
-    tasks: list[TaskSpec],
+    tasks: Sequence[TaskSpec | TaskData],
     proxy: str,
     store: str | Path,
     preset: dict,
@@ -367,7 +356,8 @@ def progressive_rank(
 ) -> ProgressiveResult:
     """Rank ``pool``'s models for every task by successive halving over slices of the data,
     scored with ``proxy`` (options from ``preset``), embedding into ``store``'s slice chunks
-    only the rows no chunk or full partition holds yet."""
+    only the rows no chunk or full partition holds yet. ``tasks``: loaded tasks (an app loads
+    each once and hands it to every stage) or specs (loaded here)."""
     cfg = cfg or ProgressiveConfig()
     check_config(cfg)
     if proxy not in PROXIES:
@@ -382,12 +372,6 @@ def progressive_rank(
         for name, source in meta.select("model", "source").iter_rows()
     }
     data, fps, task_meta = _load_tasks(tasks)
-
-    def score_fn():  # Ray starts only when some rung's proxy result is not in the store
-        ensure_ray()
-        res = trial_resources(preset_resources(preset), cluster_shape(), "probe")
-        return _score.options(num_cpus=res["cpu"], num_gpus=res["gpu"])
-
     display = None
     orders = {t: slice_orders(d, cfg.seed) for t, d in data.items()}
     stored = {(m, t): _Rows(store, plans[m], t, fps[t]) for m in models for t in data}
@@ -401,7 +385,7 @@ def progressive_rank(
         state.embed_s += sum(seconds.values())
         options = _proxy_options(proxy, preset, fraction, cfg.scale_steps)
         results = _score_rung(
-            score_fn, proxy, options, cfg.seed, state, stored, models, data, wanted, fraction
+            store, preset, proxy, options, cfg.seed, state, stored, models, data, wanted, fraction
         )
         _promote(state, r, fraction, results, wanted, seconds, models, agnostic, cfg, proxy)
         if display is None and (seconds or state.scored):  # shown once there is work
@@ -434,7 +418,8 @@ def progressive_rank(
 
 
 def _score_rung(
-    score_fn,
+    store: Path,
+    preset: dict,
     proxy: str,
     options: dict,
     seed: int,
@@ -447,8 +432,10 @@ def _score_rung(
 ) -> dict[tuple[str, int], ProxyResult]:
     """The proxy's result for every surviving (task, model) on this rung's slice: read from the
     slice store where an earlier call scored the same slice with the same options, else
-    computed (in parallel Ray tasks) and saved, so an interrupted or repeated run resumes."""
-    results, refs, keys = {}, {}, {}
+    computed by the probe stage's trials (``whichmodel.stages.probe.run_trials``: one Tune trial
+    per pair, its experiment under ``STORE/probes/``) and saved, so an interrupted or repeated
+    run resumes. Ray starts only when some result is not in the store."""
+    results, keys, todo = {}, {}, {}
     for t in data:
         n_rows = {s: len(v) for s, v in wanted[t].items()}
         for m in state.alive[t]:
@@ -459,11 +446,25 @@ def _score_rung(
                 results[t, m] = cached
                 state.reused += 1
                 continue
-            arrays = rows.arrays(wanted[t], len(data[t].classes))
-            if not refs:
-                remote = score_fn()
-            refs[t, m] = remote.remote(proxy, arrays, options)
-    for (t, m), out in _gather(refs, models, proxy, fraction):
+            todo[models[m], t] = m
+    if not todo:
+        return results
+
+    def load(model: str, task: str) -> dict:
+        return stored[model, task].arrays(wanted[task], len(data[task].classes))
+
+    named = sorted(
+        f"{stored[p].folder.relative_to(store)}/{keys[p[1], m]}" for p, m in todo.items()
+    )
+    digest = hashlib.sha256(json.dumps([named, options]).encode()).hexdigest()[:16]
+    path = store / "probes" / f"progressive-{digest}"
+    try:
+        trials = run_trials(list(todo), load, [proxy], {proxy: options}, preset, path, PREFIX[:-1])
+    except UserError as exc:
+        raise UserError(f"proxy {proxy} on {fraction:.1%} of train/val: {exc}") from None
+    for row in sorted(trials.rows, key=lambda r: (r["task"], todo[r["model"], r["task"]])):
+        t, m = row["task"], todo[row["model"], row["task"]]
+        out = ProxyResult(row["score"], row["reason"], json.loads(row["runs"]), row["seconds"])
         stored[models[m], t].save_score(keys[t, m], out)  # saved at once: a later failure
         state.probe_s += out.seconds  # leaves the finished results for the next call
         state.scored += 1
@@ -576,22 +577,6 @@ def _survivors(
         while keep < len(alive) and scores[order[keep]] == scores[order[keep - 1]]:
             keep += 1  # a tie at the cut carries no evidence: the tied go on together
     return sorted(int(m) for m in order[:keep])
-
-
-def _gather(
-    refs: dict[tuple[str, int], ray.ObjectRef], models: list[str], proxy: str, fraction: float
-) -> Iterator[tuple[tuple[str, int], ProxyResult]]:
-    """Each result as it is fetched; the first failure ends it as a ``UserError`` naming the
-    model, task and slice."""
-    for (t, m), ref in refs.items():
-        try:
-            yield (t, m), ray.get(ref)
-        except Exception as exc:  # a proxy's ValueError arrives wrapped by Ray
-            cause = getattr(exc, "cause", None) or exc
-            raise UserError(
-                f"model {models[m]}, task {t}, proxy {proxy} on {fraction:.1%} of train/val: "
-                f"{str(cause).strip().splitlines()[-1]}"
-            ) from None
 
 
 def _embed_rung(

@@ -48,10 +48,10 @@ import json
 import logging
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +125,12 @@ class TaskData:
     table: pa.Table
     skipped: int = 0
     unreadable: tuple[str, ...] = ()  # image files left out by ``skip_unreadable``
+    category: str = "unknown"  # the spec's (set by ``load_task``)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """``task_fingerprint`` of these rows, computed once per loaded task."""
+        return task_fingerprint(self)
 
     @property
     def column_for_image(self) -> str:
@@ -227,7 +233,13 @@ def load_task(spec: TaskSpec) -> TaskData:
         )
     data = SOURCES[spec.source](spec)
     check_task(data)
-    return data
+    return replace(data, category=spec.category)
+
+
+def loaded(tasks: Sequence[TaskSpec | TaskData]) -> list[TaskData]:
+    """Each task's rows: a ``TaskData`` as it is (loaded once by the app that hands it to the
+    stages), a ``TaskSpec`` loaded here (a stage run alone, from the API or the CLI)."""
+    return [t if isinstance(t, TaskData) else load_task(t) for t in tasks]
 
 
 def check_task(data: TaskData) -> None:
@@ -583,13 +595,6 @@ def unreadable_message(
     return f"{where}: {len(bad)} unreadable {kind} in {root}: {listed}{more}; {hint}"
 
 
-@lru_cache(maxsize=1 << 17)
-def _problem(path: str, version: tuple[int, ...]) -> str | None:
-    """Why the file cannot be decoded; ``version`` (size, inode, mtime, ctime) makes a changed
-    file be checked again."""
-    return _decode_problem(path) if version[0] else "empty, zero-byte"
-
-
 def bytes_problem(data: bytes | None) -> str | None:
     """None when encoded image bytes decode (as ``image_problem`` checks a file), else why not."""
     if not data:
@@ -613,13 +618,12 @@ def _decode_problem(source: str | io.BytesIO) -> str | None:
 
 def image_problem(path: Path) -> str | None:
     """None when the image file decodes (a cheap full read: JPEGs at 1/8 scale), else why not
-    (empty, unreadable, not an image, truncated or corrupt). Results are cached per file
-    version, so reloading a task re-checks only changed files."""
+    (empty, unreadable, not an image, truncated or corrupt)."""
     try:
         st = os.stat(path)
     except OSError as exc:
         return f"cannot read: {exc.strerror}"
-    return _problem(str(path), (st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns))
+    return _decode_problem(str(path)) if st.st_size else "empty, zero-byte"
 
 
 def check_images(paths: list[Path]) -> list[tuple[Path, str]]:
@@ -692,34 +696,17 @@ def _parquet_source(spec: TaskSpec) -> TaskData:
     return TaskData(spec.name, classes, out, unreadable=unreadable)
 
 
-_CHECKED_TABLES: dict[tuple, list[tuple[int, str]]] = {}  # (table, version) -> bad rows
-
-
-def _table_version(path: Path) -> tuple:
-    files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
-    return tuple((str(f), *_stat_version(f)) for f in files)
-
-
-def _stat_version(path: Path) -> tuple[int, ...]:
-    st = os.stat(path)
-    return st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns
-
-
 def _parquet_readable(
     spec: TaskSpec, path: Path, raw: pa.ChunkedArray, images: pa.ChunkedArray
 ) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Decode every row's image bytes up front (threads; cached per table version): all bad
-    rows named in one ``UnreadableImages`` (by row and, for the Hugging Face struct, its
-    ``path``), or with ``skip_unreadable`` left out: (rows to keep, names of those left out)."""
-    key = (str(path.resolve()), _table_version(path), str(raw.type), len(images))
-    bad = _CHECKED_TABLES.get(key)
-    if bad is None:
-        values = images.to_pylist()
-        workers = min(8, os.cpu_count() or 1, max(len(values), 1))
-        with ThreadPoolExecutor(workers) as pool:
-            reasons = list(pool.map(bytes_problem, values, chunksize=64))
-        bad = [(i, r) for i, r in enumerate(reasons) if r is not None]
-        _CHECKED_TABLES[key] = bad
+    """Decode every row's image bytes up front (threads): all bad rows named in one
+    ``UnreadableImages`` (by row and, for the Hugging Face struct, its ``path``), or with
+    ``skip_unreadable`` left out: (rows to keep, names of those left out)."""
+    values = images.to_pylist()
+    workers = min(8, os.cpu_count() or 1, max(len(values), 1))
+    with ThreadPoolExecutor(workers) as pool:
+        reasons = list(pool.map(bytes_problem, values, chunksize=64))
+    bad = [(i, r) for i, r in enumerate(reasons) if r is not None]
     keep = np.ones(len(images), bool)
     if not bad:
         return keep, ()
