@@ -1,5 +1,6 @@
 """Run directories a command writes into (``search --out``, ``benchmark``/``demo --out``,
-``finetune --out``): checked before any work, owned, and written by one command at a time.
+``finetune --out``, ``analyze --out``): checked before any work, owned, and written by one
+command at a time.
 
 - ``check_writable``: a path a command will write can be written — it is not below a file, not
   a file itself, and its nearest existing folder is writable (a read-only filesystem is named).
@@ -9,7 +10,9 @@
   another command is writing is refused at once, naming it.
 - ``owned_run_directory``: create the folder, mark it, and hold ``.whichmodel-lock``
   (``fcntl.flock``) while the block runs. The kernel drops the lock when its process dies, so a
-  killed run never blocks the next one; the file only says who held it last.
+  killed run never blocks the next one; the file only says who held it last. A folder the
+  block replaces whole (``analyze --out``, ``replaced=True``) gets its lock file removed at the
+  end; a command that opened a lock file its holder has removed takes the one there now.
 """
 
 from __future__ import annotations
