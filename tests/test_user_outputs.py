@@ -155,8 +155,9 @@ def test_a_refusal_inside_a_new_run_directory_leaves_nothing(tmp_path):
 
 HOLD = """
 import sys, time
+from whichmodel.core.outputs import replacing
 from whichmodel.core.rundirs import owned_run_directory
-with owned_run_directory(sys.argv[1]):
+with replacing("whichmodel search"), owned_run_directory(sys.argv[1]):
     print("held", flush=True)
     time.sleep(120)
 """
@@ -185,6 +186,9 @@ def test_a_second_command_into_a_held_run_directory_is_refused_naming_the_holder
         assert len(err.splitlines()) == 1, err
         assert f"--out {run}: another whichmodel command is writing this run directory" in err
         assert f"pid {holder.pid} on {socket.gethostname()}" in err
+        assert err.endswith(
+            "(whichmodel search); wait for it to finish, or choose another directory"
+        ), err
         in_process = pytest.raises(UserError, match=f"pid {holder.pid}")  # this process too
         with in_process, owned_run_directory(run):
             pass

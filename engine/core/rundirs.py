@@ -208,10 +208,21 @@ def _probe_lock(path: Path, what: str) -> None:
 
 def _holder_record() -> str:
     stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    command = current_command() or " ".join(["whichmodel", *sys.argv[1:2]])
+    command = _command()
     return json.dumps(
         {"pid": os.getpid(), "host": socket.gethostname(), "since": stamp, "command": command}
     )
+
+
+def _command() -> str:
+    """The holder's command: the CLI's (``whichmodel search``), else the Python program's."""
+    command = current_command()
+    if command:
+        return command
+    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    if program == "whichmodel":
+        return " ".join(["whichmodel", *sys.argv[1:2]])
+    return f"python {program}".rstrip()
 
 
 def holder(path: str | Path) -> str:
