@@ -233,6 +233,20 @@ def test_analyze_out_is_locked_while_it_writes(tmp_path, monkeypatch):
     assert not (out / LOCK).exists()
 
 
+def test_a_failed_analyze_leaves_its_out_as_it_was(tmp_path, capsys):
+    """The lock (and the marker written with it) goes with a failed ``analyze``: a new folder
+    is not left behind, and a user's folder given with --force keeps exactly its files."""
+    argv = ["analyze", *VTAB[:-2], "--pools", "NoSuchPool", "--bootstrap", "0"]
+    assert cli.main([*argv, "--out", str(tmp_path / "new" / "an")]) == 2
+    assert "NoSuchPool" in capsys.readouterr().err
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("notes")
+    assert cli.main([*argv, "--out", str(mine), "--force"]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
 def holder_text(run: Path) -> str:
     from whichmodel.core.rundirs import holder
 

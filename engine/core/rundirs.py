@@ -144,8 +144,8 @@ def owned_run_directory(
             left = {p.name for p in path.iterdir()}
             if created is not None and left <= {MARKER, LOCK}:
                 shutil.rmtree(created, ignore_errors=True)  # a refusal inside leaves nothing
-            elif marked and left <= {MARKER, LOCK}:
-                (path / MARKER).unlink()  # the user's empty folder, as it was
+            elif marked and (replaced or left <= {MARKER, LOCK}):
+                (path / MARKER).unlink()  # the folder as it was (a --force'd one too)
         raise
 
 
