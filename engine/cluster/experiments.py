@@ -4,10 +4,12 @@ Tune writes ``experiment_state-<session>.json`` (every trial, ``trial_data``) in
 its searcher's and callbacks' state of the same session, and ``Tuner.restore`` reads the newest.
 Two states an interruption leaves cannot be restored: a state without trials (the stop signal
 came after Tune installed its handler but before its loop created the first trial; Tune then
-saves the empty state, and restoring it fails in ``TuneController._restore_trials``), and a
-truncated one (a kill during the write). ``resumable`` removes such states (with their session's
-other files), so that Tune restores the newest good one, or clears the folder when none is left,
-so that the caller starts the experiment again: nothing was finished in it.
+saves the empty state; restoring it fails in ``TuneController._restore_trials``, and Tune then
+starts the experiment again without its search space, which ``tuner.pkl`` does not keep: one
+trial with an empty config), and a truncated one (a kill during the write). ``resumable``
+removes such states (with their session's other files), so that Tune restores the newest good
+one, or clears the folder when none is left, so that the caller starts the experiment again:
+nothing was finished in it.
 """
 
 from __future__ import annotations
