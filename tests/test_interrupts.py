@@ -71,7 +71,8 @@ EXIT_LIMIT_S = 20  # the command aims at 10 s; CI machines are slow
 
 @pytest.fixture(scope="module")
 def root():
-    """A short folder (Ray's socket paths must stay under 108 bytes) with the world."""
+    """A short folder (Ray's socket paths must stay under 108 bytes) with the world; kept, with
+    each command's stderr and the run directories, when ``WM_KEEP_INT`` is set."""
     path = Path(tempfile.mkdtemp(prefix="wm-int-"))
     write_world(path, TASK)
     (path / "presets.toml").write_text(PRESET)
@@ -100,8 +101,14 @@ def _run(root: Path, cmd: list[str], name: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def undisturbed(root):
-    """The uninterrupted runs: hybrid_linear with --finetune, and progressive_linear."""
+    """The uninterrupted hybrid_linear search with --finetune."""
     _run(root, _cmd(root, "base", "--finetune"), "undisturbed search")
+    return root
+
+
+@pytest.fixture(scope="module")
+def undisturbed_progressive(root):
+    """The uninterrupted progressive_linear search."""
     _run(root, _cmd(root, "pbase", "--strategy", "progressive_linear"), "progressive search")
     return root
 
@@ -203,11 +210,6 @@ def _tables(out: Path) -> tuple[pl.DataFrame, pl.DataFrame | None]:
 
 
 @pytest.mark.heavy
-@pytest.mark.xfail(
-    reason="issue 21: passed once, then twice the command run after the probe's SIGTERM ended "
-    "before its fine-tune wrote a checkpoint (cause not found yet); kept running, not skipped",
-    strict=False,
-)
 def test_interrupted_in_every_stage_then_resumed(undisturbed):
     root = undisturbed
     store = root / "run" / "store"
@@ -252,8 +254,8 @@ def test_interrupted_in_every_stage_then_resumed(undisturbed):
 
 
 @pytest.mark.heavy
-def test_interrupted_progressive_ranking_resumes(undisturbed):
-    root = undisturbed
+def test_interrupted_progressive_ranking_resumes(undisturbed_progressive):
+    root = undisturbed_progressive
     cmd = _cmd(root, "prun", "--strategy", "progressive_linear")
     child = Child(root, cmd, "progressive")
     scores = root / "prun" / "store" / "slices"
