@@ -185,7 +185,8 @@ def analyze(
     in log-odds; ``compare``: strategy pairs of the relative-delta plot; ``bootstrap``: paired
     bootstrap resamples over tasks for the 95 % intervals (``curves_ci``, ``regret_diff_ci``; 0:
     none); ``out``: a folder to write the tables, plots and summary into (replaced whole,
-    atomically), else nothing is written."""
+    atomically; locked meanwhile: another command into it is refused), else nothing is
+    written."""
     from whichmodel.analysis import analyze as analysis
     from whichmodel.analysis import tables
     from whichmodel.analysis.plots import DELTA_PAIRS, write_plots
