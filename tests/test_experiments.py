@@ -12,11 +12,15 @@ import json
 import os
 import shutil
 import signal
+import sys
 
 import pytest
+import ray.cloudpickle
 from ray import tune
 
 from whichmodel.cluster.experiments import resumable
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import it
 
 
 def _trainable(config):
@@ -48,6 +52,14 @@ def _tuner(path, callbacks=()):
     )
 
 
+def _restore(path):
+    """``Tuner.restore``, without the stopping callback the run config kept (as the engine's
+    ``trials.fit`` sets this run's callbacks)."""
+    tuner = tune.Tuner.restore(str(path), trainable=_trainable)
+    tuner._local_tuner._run_config.callbacks = []
+    return tuner
+
+
 def _squares(results) -> list:
     return sorted(r.metrics["square"] for r in results if r.metrics and "square" in r.metrics)
 
@@ -68,10 +80,8 @@ def test_an_experiment_stopped_before_its_first_trial_starts_again(ray_session, 
     assert json.loads(state.read_text())["trial_data"] == []  # what the SIGTERM left
     assert tune.Tuner.can_restore(str(path))  # restored as it is (on a copy here), Tune fails
     shutil.copytree(path, tmp_path / "copy")  # to read it and starts again without the grid
-    restored = tune.Tuner.restore(str(tmp_path / "copy"), trainable=_trainable)
-    restored._local_tuner._run_config.callbacks = []  # not the stopping one (as trials.fit does)
-    (broken,) = restored.fit()  # one trial, no config: a probe trial without its "pair"
-    assert broken.error is not None and "a" not in broken.config
+    (broken,) = _restore(tmp_path / "copy").fit()  # one trial, no config: a probe trial's "pair"
+    assert broken.error is not None and "a" not in (broken.config or {})
     assert not resumable(path)
     assert not path.exists()  # nothing to resume: cleared, so the next run starts it again
     assert _squares(_tuner(path).fit()) == [1, 4, 9]
@@ -82,8 +92,7 @@ def test_an_experiment_stopped_after_a_trial_resumes_it(ray_session, tmp_path, u
     first = _squares(_tuner(path, [_StopAfterFirst()]).fit())
     assert first and first != [1, 4, 9]
     assert resumable(path)
-    results = tune.Tuner.restore(str(path), trainable=_trainable).fit()
-    assert _squares(results) == [1, 4, 9]
+    assert _squares(_restore(path).fit()) == [1, 4, 9]
 
 
 def test_a_half_written_newest_state_falls_back_to_the_previous_one(ray_session, tmp_path, usr1):
@@ -96,7 +105,7 @@ def test_a_half_written_newest_state_falls_back_to_the_previous_one(ray_session,
     newer.write_text(state.read_text()[: state.stat().st_size // 2])
     assert resumable(path)
     assert not newer.exists() and state.exists()
-    assert _squares(tune.Tuner.restore(str(path), trainable=_trainable).fit()) == [1, 4, 9]
+    assert _squares(_restore(path).fit()) == [1, 4, 9]
 
 
 def test_a_folder_without_any_state_is_not_resumable(tmp_path):
