@@ -15,6 +15,7 @@ Proxies and strategies from outside the package: ``register_proxy`` and ``regist
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from whichmodel.core.budgets import parse_budgets
 from whichmodel.core.catalog import Catalogue, load_catalogue
 from whichmodel.core.errors import UserError
 from whichmodel.core.outputs import atomic_directory, check_replaceable, write_table
-from whichmodel.core.rundirs import check_run_directory
+from whichmodel.core.rundirs import check_run_directory, owned_run_directory
 
 if TYPE_CHECKING:
     from whichmodel.analysis.analyze import Analysis
@@ -184,7 +185,8 @@ def analyze(
     in log-odds; ``compare``: strategy pairs of the relative-delta plot; ``bootstrap``: paired
     bootstrap resamples over tasks for the 95 % intervals (``curves_ci``, ``regret_diff_ci``; 0:
     none); ``out``: a folder to write the tables, plots and summary into (replaced whole,
-    atomically), else nothing is written."""
+    atomically; locked meanwhile: another command into it is refused), else nothing is
+    written."""
     from whichmodel.analysis import analyze as analysis
     from whichmodel.analysis import tables
     from whichmodel.analysis.plots import DELTA_PAIRS, write_plots
@@ -192,57 +194,63 @@ def analyze(
     from whichmodel.analysis.summary import summary_text
     from whichmodel.analysis.write import write_analysis_tables
 
+    held = contextlib.ExitStack()
     if out is not None:
         check_replaceable(out)
-    catalogue = _catalogue(catalog)
-    finetune_df = _finetune_table(finetune)
-    scores_df = _scores_table(scores)
-    categories = tables.load_task_categories(tasks) if tasks is not None else None
-    pool_names = _names(pools) or None
-    for name in pool_names or []:
-        catalogue.pool(name)  # unknown pool names fail before any work
-    budget_list = _budgets(budgets, "budgets")
-    pairs = list(compare) if compare else list(DELTA_PAIRS)
-    if compare:
-        check_compare(pairs, scores_df)
-    reps = _repetitions(finetune)
-    result = analysis.analyze(
-        catalogue, finetune_df, scores_df, pool_names, budget_list, categories, log_odds,
-        bootstrap=bootstrap, repetitions=reps,
-    )  # fmt: skip
-    stability = oracle_stability(reps) if reps is not None and reps["rep"].n_unique() > 1 else None
-    summary = summary_text(result)
-    paths: list[Path] = []
-    if out is not None:
-        target = Path(out)
-        with atomic_directory(target) as tmp:
-            written = write_analysis_tables(result, tmp)
-            if stability is not None:
-                write_table(stability, tmp, "oracle_stability")
-                written.append(tmp / "oracle_stability.parquet")
-            plots = tmp / "plots"
-            plots.mkdir()
-            figures = write_plots(
-                result.pools, result.regret, result.curves, plots, pairs, result.curves_ci
-            )
-            (tmp / "summary.txt").write_text(summary)
-        paths = [target / p.name for p in written]
-        paths += [target / "plots" / f.name for f in figures] + [target / "summary.txt"]
-    return AnalysisResult(
-        result.selections,
-        result.regret,
-        result.curves,
-        result.zero_regret_budget,
-        result.quality,
-        summary,
-        tuple(p.name for p in result.pools),
-        None if out is None else Path(out),
-        tuple(paths),
-        result,
-        result.curves_ci if result.n_boot else None,
-        result.regret_diff_ci if result.n_boot else None,
-        stability,
-    )
+        # one writer at a time: a second command into --out is refused, naming this one
+        held.enter_context(owned_run_directory(out, "--out", replaced=True))
+    with held:
+        catalogue = _catalogue(catalog)
+        finetune_df = _finetune_table(finetune)
+        scores_df = _scores_table(scores)
+        categories = tables.load_task_categories(tasks) if tasks is not None else None
+        pool_names = _names(pools) or None
+        for name in pool_names or []:
+            catalogue.pool(name)  # unknown pool names fail before any work
+        budget_list = _budgets(budgets, "budgets")
+        pairs = list(compare) if compare else list(DELTA_PAIRS)
+        if compare:
+            check_compare(pairs, scores_df)
+        reps = _repetitions(finetune)
+        result = analysis.analyze(
+            catalogue, finetune_df, scores_df, pool_names, budget_list, categories, log_odds,
+            bootstrap=bootstrap, repetitions=reps,
+        )  # fmt: skip
+        stability = (
+            oracle_stability(reps) if reps is not None and reps["rep"].n_unique() > 1 else None
+        )
+        summary = summary_text(result)
+        paths: list[Path] = []
+        if out is not None:
+            target = Path(out)
+            with atomic_directory(target) as tmp:
+                written = write_analysis_tables(result, tmp)
+                if stability is not None:
+                    write_table(stability, tmp, "oracle_stability")
+                    written.append(tmp / "oracle_stability.parquet")
+                plots = tmp / "plots"
+                plots.mkdir()
+                figures = write_plots(
+                    result.pools, result.regret, result.curves, plots, pairs, result.curves_ci
+                )
+                (tmp / "summary.txt").write_text(summary)
+            paths = [target / p.name for p in written]
+            paths += [target / "plots" / f.name for f in figures] + [target / "summary.txt"]
+        return AnalysisResult(
+            result.selections,
+            result.regret,
+            result.curves,
+            result.zero_regret_budget,
+            result.quality,
+            summary,
+            tuple(p.name for p in result.pools),
+            None if out is None else Path(out),
+            tuple(paths),
+            result,
+            result.curves_ci if result.n_boot else None,
+            result.regret_diff_ci if result.n_boot else None,
+            stability,
+        )
 
 
 # ------------------------------------------------------------------------------- search

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from clusterworld import CHILD, child_env, read_store, reap, wait_for, write_world
+from clusterworld import CHILD, child_env, read_store, reap, write_world
 
 from whichmodel.stages.store import read_metadata
 
@@ -71,13 +71,17 @@ EXIT_LIMIT_S = 20  # the command aims at 10 s; CI machines are slow
 
 @pytest.fixture(scope="module")
 def root():
-    """A short folder (Ray's socket paths must stay under 108 bytes) with the world."""
+    """A short folder (Ray's socket paths must stay under 108 bytes) with the world; kept, with
+    each command's stderr and the run directories, when ``WM_KEEP_INT`` is set."""
     path = Path(tempfile.mkdtemp(prefix="wm-int-"))
     write_world(path, TASK)
     (path / "presets.toml").write_text(PRESET)
     yield path
     reap(path)
-    shutil.rmtree(path, ignore_errors=True)
+    if not os.environ.get("WM_KEEP_INT"):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        print("kept", path)
 
 
 def _cmd(root: Path, out: str, *extra: str, slow: float = 0.0) -> list[str]:
@@ -97,8 +101,14 @@ def _run(root: Path, cmd: list[str], name: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def undisturbed(root):
-    """The uninterrupted runs: hybrid_linear with --finetune, and progressive_linear."""
+    """The uninterrupted hybrid_linear search with --finetune."""
     _run(root, _cmd(root, "base", "--finetune"), "undisturbed search")
+    return root
+
+
+@pytest.fixture(scope="module")
+def undisturbed_progressive(root):
+    """The uninterrupted progressive_linear search."""
     _run(root, _cmd(root, "pbase", "--strategy", "progressive_linear"), "progressive search")
     return root
 
@@ -119,6 +129,20 @@ class Child:
 
     def stderr(self) -> str:
         return self.err_path.read_text()
+
+    def wait_for(self, condition, what: str, timeout: float = 300) -> None:
+        """Poll ``condition()`` until it is truthy; fail with the command's exit code and
+        stderr if it ends first, or after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            code = self.proc.poll()
+            if code is not None:
+                if condition():  # it appeared just before the command ended
+                    return
+                pytest.fail(f"the command ended (exit {code}) before {what}:\n"
+                            f"{self.stderr()[-5000:]}")  # fmt: skip
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.05)
 
     def interrupt(self, sig: int, group: bool) -> tuple[int, float, list]:
         """Send ``sig`` (to the process group, as a terminal does, if ``group``); the exit code,
@@ -186,11 +210,6 @@ def _tables(out: Path) -> tuple[pl.DataFrame, pl.DataFrame | None]:
 
 
 @pytest.mark.heavy
-@pytest.mark.xfail(
-    reason="issue 21: passed once, then twice the command run after the probe's SIGTERM ended "
-    "before its fine-tune wrote a checkpoint (cause not found yet); kept running, not skipped",
-    strict=False,
-)
 def test_interrupted_in_every_stage_then_resumed(undisturbed):
     root = undisturbed
     store = root / "run" / "store"
@@ -199,28 +218,28 @@ def test_interrupted_in_every_stage_then_resumed(undisturbed):
 
     # SIGKILL once the first chunk of embeddings is on disk
     child = Child(root, slow, "killed")
-    wait_for(lambda: _chunks(store), 300, "a first embedding chunk", child.proc)
+    child.wait_for(lambda: _chunks(store), "a first embedding chunk")
     child.kill()
     kept = set(_chunks(store))
     assert kept and not list(store.glob("embeddings/*/*/*/*.parquet"))
 
     # Ctrl-C during the embedding (a few more chunks)
     child = Child(root, slow, "embed")
-    wait_for(lambda: len(_chunks(store)) > len(kept), 300, "more chunks", child.proc)
+    child.wait_for(lambda: len(_chunks(store)) > len(kept), "more chunks")
     assert kept <= set(_chunks(store))  # the killed run's chunks were reused
     _assert_stopped(child, child.interrupt(signal.SIGINT, group=True), 130, "embedding")
 
     # SIGTERM during the probe stage (Ray Tune)
     child = Child(root, cmd, "probe")
-    wait_for(lambda: list(store.glob("probes/probe-*")), 300, "the probe experiment", child.proc)
+    child.wait_for(lambda: list(store.glob("probes/probe-*")), "the probe experiment")
     _assert_stopped(child, child.interrupt(signal.SIGTERM, group=False), 143, "probe")
     (run,) = read_metadata(store)["runs"]  # the embedding finished in this run: fewer rows
     assert 0 < run["rows"] < ROWS and run["images_decoded"] < ROWS
 
     # Ctrl-C during the fine-tune, once a trial has checkpointed
     child = Child(root, cmd, "finetune")
-    wait_for(lambda: list((root / "run").glob("finetune/tune/*/*/checkpoint_*")), 300,
-             "a fine-tune checkpoint", child.proc)  # fmt: skip
+    checkpoints = root / "run" / "finetune" / "tune"
+    child.wait_for(lambda: list(checkpoints.glob("*/*/checkpoint_*")), "a fine-tune checkpoint")
     _assert_stopped(child, child.interrupt(signal.SIGINT, group=True), 130, "fine-tune")
 
     _run(root, cmd, "resumed search")
@@ -235,13 +254,12 @@ def test_interrupted_in_every_stage_then_resumed(undisturbed):
 
 
 @pytest.mark.heavy
-def test_interrupted_progressive_ranking_resumes(undisturbed):
-    root = undisturbed
+def test_interrupted_progressive_ranking_resumes(undisturbed_progressive):
+    root = undisturbed_progressive
     cmd = _cmd(root, "prun", "--strategy", "progressive_linear")
     child = Child(root, cmd, "progressive")
     scores = root / "prun" / "store" / "slices"
-    wait_for(lambda: list(scores.glob("*/*/*/scores/*.json")), 300, "a first rung's score",
-             child.proc)  # fmt: skip
+    child.wait_for(lambda: list(scores.glob("*/*/*/scores/*.json")), "a first rung's score")
     _assert_stopped(child, child.interrupt(signal.SIGINT, group=True), 130, "progressive")
     _run(root, cmd, "resumed progressive search")
     a, _ = _tables(root / "pbase")

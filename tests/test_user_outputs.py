@@ -22,7 +22,7 @@ from whichmodel import cli
 from whichmodel.core import outputs
 from whichmodel.core.errors import UserError
 from whichmodel.core.outputs import MARKER
-from whichmodel.core.rundirs import check_run_directory, owned_run_directory
+from whichmodel.core.rundirs import LOCK, check_run_directory, owned_run_directory
 from whichmodel.stages.probe import write_scores
 from whichmodel.stages.progressive import ProgressiveConfig
 from whichmodel.stages.store import Partition, write_metadata, write_partition
@@ -155,8 +155,9 @@ def test_a_refusal_inside_a_new_run_directory_leaves_nothing(tmp_path):
 
 HOLD = """
 import sys, time
+from whichmodel.core.outputs import replacing
 from whichmodel.core.rundirs import owned_run_directory
-with owned_run_directory(sys.argv[1]):
+with replacing("whichmodel search"), owned_run_directory(sys.argv[1]):
     print("held", flush=True)
     time.sleep(120)
 """
@@ -185,6 +186,9 @@ def test_a_second_command_into_a_held_run_directory_is_refused_naming_the_holder
         assert len(err.splitlines()) == 1, err
         assert f"--out {run}: another whichmodel command is writing this run directory" in err
         assert f"pid {holder.pid} on {socket.gethostname()}" in err
+        assert err.endswith(
+            "(whichmodel search); wait for it to finish, or choose another directory"
+        ), err
         in_process = pytest.raises(UserError, match=f"pid {holder.pid}")  # this process too
         with in_process, owned_run_directory(run):
             pass
@@ -196,6 +200,51 @@ def test_a_second_command_into_a_held_run_directory_is_refused_naming_the_holder
     assert third.returncode == 2 and "imgs: no such image folder" in third.stderr, third.stderr
     with owned_run_directory(run):
         assert f"pid {os.getpid()}" in holder_text(run)
+
+
+def test_analyze_out_is_locked_while_it_writes(tmp_path, monkeypatch):
+    """A real ``whichmodel analyze --out`` holds its folder while it writes: a second
+    ``whichmodel analyze`` process into it (started from inside the first one's table writer) is
+    refused before any work with one line naming the holder (pid, host, command) and what to do;
+    the first finishes, its folder holds no lock file, and the next analyze writes it again."""
+    import whichmodel.analysis.write as write
+
+    out = tmp_path / "an"
+    argv = ["analyze", *VTAB, "--budgets", "1", "--bootstrap", "0", "--out", str(out)]
+    seconds: list[subprocess.CompletedProcess] = []
+    original = write.write_analysis_tables
+
+    def writing(result, folder):
+        seconds.append(_whichmodel(*argv))  # while this process writes --out
+        return original(result, folder)
+
+    monkeypatch.setattr(write, "write_analysis_tables", writing)
+    assert cli.main(argv) == 0
+    (second,) = seconds
+    err = second.stderr.strip()
+    assert second.returncode == 2 and len(err.splitlines()) == 1, second.stderr
+    assert err.startswith(f"whichmodel: error: --out {out}: another whichmodel command is writing")
+    assert f"pid {os.getpid()} on {socket.gethostname()} since " in err, err
+    assert err.endswith("(whichmodel analyze); wait for it to finish, or choose another directory")
+    assert (out / "selections.parquet").is_file() and not (out / LOCK).exists()
+    monkeypatch.setattr(write, "write_analysis_tables", original)
+    third = _whichmodel(*argv)  # the lock went with the first command
+    assert third.returncode == 0, third.stderr
+    assert not (out / LOCK).exists()
+
+
+def test_a_failed_analyze_leaves_its_out_as_it_was(tmp_path, capsys):
+    """The lock (and the marker written with it) goes with a failed ``analyze``: a new folder
+    is not left behind, and a user's folder given with --force keeps exactly its files."""
+    argv = ["analyze", *VTAB[:-2], "--pools", "NoSuchPool", "--bootstrap", "0"]
+    assert cli.main([*argv, "--out", str(tmp_path / "new" / "an")]) == 2
+    assert "NoSuchPool" in capsys.readouterr().err
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("notes")
+    assert cli.main([*argv, "--out", str(mine), "--force"]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
 
 def holder_text(run: Path) -> str:

@@ -72,6 +72,11 @@ def check_replaceable(target: str | Path, force: bool = False) -> None:
     )
 
 
+def current_command() -> str | None:
+    """The command set by ``replacing`` (``whichmodel search``, ...), if one is running."""
+    return _COMMAND.get()
+
+
 def write_marker(directory: Path) -> None:
     """Write the marker (the command and a UTC timestamp, JSON) into ``directory``."""
     command = _COMMAND.get() or " ".join(["whichmodel", *sys.argv[1:2]])

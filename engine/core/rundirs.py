@@ -1,5 +1,6 @@
 """Run directories a command writes into (``search --out``, ``benchmark``/``demo --out``,
-``finetune --out``): checked before any work, owned, and written by one command at a time.
+``finetune --out``, ``analyze --out``): checked before any work, owned, and written by one
+command at a time.
 
 - ``check_writable``: a path a command will write can be written — it is not below a file, not
   a file itself, and its nearest existing folder is writable (a read-only filesystem is named).
@@ -9,7 +10,9 @@
   another command is writing is refused at once, naming it.
 - ``owned_run_directory``: create the folder, mark it, and hold ``.whichmodel-lock``
   (``fcntl.flock``) while the block runs. The kernel drops the lock when its process dies, so a
-  killed run never blocks the next one; the file only says who held it last.
+  killed run never blocks the next one; the file only says who held it last. A folder the
+  block replaces whole (``analyze --out``, ``replaced=True``) gets its lock file removed at the
+  end; a command that opened a lock file its holder has removed takes the one there now.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from pathlib import Path
 from pyarrow import fs as pafs
 
 from whichmodel.core.errors import UserError
-from whichmodel.core.outputs import MARKER, forced, write_marker
+from whichmodel.core.outputs import MARKER, current_command, forced, write_marker
 
 LOCK = ".whichmodel-lock"
 
@@ -113,52 +116,85 @@ def check_remote_run(uri: str, what: str = "--out", force: bool = False) -> None
 
 
 @contextlib.contextmanager
-def owned_run_directory(path: str | Path, what: str = "--out") -> Iterator[Path]:
+def owned_run_directory(
+    path: str | Path, what: str = "--out", replaced: bool = False
+) -> Iterator[Path]:
     """Create ``path``, give it the marker (if it has none) and hold its lock for the block;
-    ``check_run_directory`` must have passed. A second command on the same folder, in this
-    process or another, gets a ``UserError`` naming the holder. A folder this call created is
-    removed again when the block fails before writing anything into it."""
+    ``check_run_directory`` (or ``check_replaceable``) must have passed. A second command on the
+    same folder, in this process or another, gets a ``UserError`` naming the holder. A folder
+    this call created is removed again when the block fails before writing anything into it
+    (a marker this call wrote, too). ``replaced``: the block replaces ``path`` whole
+    (``atomic_directory``, as ``analyze --out`` does), so the lock file is removed when the block
+    ends and nothing of the lock is left in the folder, whether the block succeeds or fails."""
     path = Path(path).expanduser().absolute()
     top = path  # the topmost folder this call creates (None: it existed)
     while not top.parent.exists():
         top = top.parent
     created = None if path.exists() else top
     path.mkdir(parents=True, exist_ok=True)
+    marked = False
     try:
-        with _locked(path, what):
+        with _locked(path, what, remove=replaced):
             if not (path / MARKER).is_file():
                 write_marker(path)
+                marked = True
             yield path
     except BaseException:
-        if created is not None and {p.name for p in path.iterdir()} <= {MARKER, LOCK}:
-            shutil.rmtree(created, ignore_errors=True)  # a refusal inside leaves nothing
+        with contextlib.suppress(OSError):
+            left = {p.name for p in path.iterdir()}
+            if created is not None and left <= {MARKER, LOCK}:
+                shutil.rmtree(created, ignore_errors=True)  # a refusal inside leaves nothing
+            elif marked and (replaced or left <= {MARKER, LOCK}):
+                (path / MARKER).unlink()  # the folder as it was (a --force'd one too)
         raise
 
 
 @contextlib.contextmanager
-def _locked(path: Path, what: str) -> Iterator[None]:
-    """Hold ``path/.whichmodel-lock`` (non-blocking ``flock``) and record the holder in it."""
-    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
+def _locked(path: Path, what: str, remove: bool = False) -> Iterator[None]:
+    """Hold ``path/.whichmodel-lock`` (non-blocking ``flock``) and record the holder in it;
+    with ``remove``, delete the file (if it is still the one held) before letting it go."""
+    lock = path / LOCK
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
+            os.close(fd)
             if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise
             raise UserError(f"{what} {path}: {holder(path)}") from None
+        if _same_file(fd, lock):
+            break
+        os.close(fd)  # its holder removed it after we opened it: take the one there now
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, _holder_record().encode(), 0)
         try:
             yield
         finally:
+            if remove and _same_file(fd, lock):  # not a newer command's file (after a swap)
+                with contextlib.suppress(OSError):
+                    lock.unlink()
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
 
 
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is the file at ``path`` now."""
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
 def _probe_lock(path: Path, what: str) -> None:
     """``UserError`` naming the holder when ``path``'s lock is held now (nothing written)."""
-    fd = os.open(path / LOCK, os.O_RDONLY)
+    try:
+        fd = os.open(path / LOCK, os.O_RDONLY)
+    except FileNotFoundError:  # its holder removed it meanwhile
+        return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         fcntl.flock(fd, fcntl.LOCK_UN)
@@ -172,10 +208,21 @@ def _probe_lock(path: Path, what: str) -> None:
 
 def _holder_record() -> str:
     stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    command = " ".join(["whichmodel", *sys.argv[1:2]])
+    command = _command()
     return json.dumps(
         {"pid": os.getpid(), "host": socket.gethostname(), "since": stamp, "command": command}
     )
+
+
+def _command() -> str:
+    """The holder's command: the CLI's (``whichmodel search``), else the Python program's."""
+    command = current_command()
+    if command:
+        return command
+    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    if program == "whichmodel":
+        return " ".join(["whichmodel", *sys.argv[1:2]])
+    return f"python {program}".rstrip()
 
 
 def holder(path: str | Path) -> str:

@@ -28,6 +28,7 @@ from whichmodel.analysis.strategies import rank_models
 from whichmodel.cluster import interrupts
 from whichmodel.cluster.connect import ensure_ray
 from whichmodel.cluster.demand import cluster_shape, trial_demand
+from whichmodel.cluster.experiments import resumable
 from whichmodel.cluster.quiet import tune_verbose
 from whichmodel.cluster.tracking import tune_callbacks
 from whichmodel.cluster.trials import TrialProgress, fit
@@ -259,10 +260,7 @@ def _tuner(
 ) -> tune.Tuner:
     """The experiment at ``path``: restored where an earlier run left it (finished trials are
     not rerun), else a grid over pairs × lrs × repetitions."""
-    if tune.Tuner.can_restore(str(path)) and not any(path.glob("experiment_state-*.json")):
-        # interrupted before Tune saved any state: nothing to resume, start it again
-        shutil.rmtree(path)
-    if tune.Tuner.can_restore(str(path)):
+    if resumable(path):  # else cleared: an interruption left nothing Tune can resume
         log.info("finetune: resuming experiment %s", path)
         return tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
     space = {

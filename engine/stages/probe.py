@@ -9,7 +9,6 @@ interruption, it restores the experiment and runs only the trials that did not f
 import hashlib
 import json
 import logging
-import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -25,6 +24,7 @@ from whichmodel.actors.probe_trial import probe_trial
 from whichmodel.actors.proxies import PROXIES
 from whichmodel.cluster.connect import ensure_ray
 from whichmodel.cluster.demand import cluster_shape, trial_demand
+from whichmodel.cluster.experiments import resumable
 from whichmodel.cluster.quiet import tune_verbose
 from whichmodel.cluster.tracking import tune_callbacks
 from whichmodel.cluster.trials import TrialProgress, fit
@@ -217,10 +217,7 @@ def _tuner(
     concurrent: int | None = None,
 ) -> tune.Tuner:
     """The probe experiment at ``path``: restored if an earlier run left it, else new."""
-    if tune.Tuner.can_restore(str(path)) and not any(path.glob("experiment_state-*.json")):
-        # interrupted before Tune saved any state: nothing to resume, start it again
-        shutil.rmtree(path)
-    if tune.Tuner.can_restore(str(path)):
+    if resumable(path):  # else cleared: an interruption left nothing Tune can resume
         log.info("probe: resuming experiment %s", path)
         return tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
     return tune.Tuner(

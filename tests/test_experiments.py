@@ -1,0 +1,116 @@
+"""Resuming a Ray Tune experiment that an interruption left (issue 21: the flaky interrupt test).
+
+A SIGTERM that reaches ``tuner.fit()`` after Tune installed its stop handler but before its loop
+created the first trial makes Tune save an experiment state with no trial in it. Tune cannot
+restore that state (``TuneController._restore_trials`` reads ``trials[0]``); it logs the failure
+and starts the experiment again, but without its search space (``tuner.pkl`` does not keep it):
+one trial with an empty config, so the probe trial failed without its ``pair`` and the command
+run after the interruption ended with exit 2 before its fine-tune. Real Tune experiments on the
+session's real Ray here, stopped as the engine stops them (Tune's own SIGUSR1)."""
+
+import json
+import os
+import shutil
+import signal
+import sys
+
+import pytest
+import ray.cloudpickle
+from ray import tune
+
+from whichmodel.cluster.experiments import resumable
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import it
+
+
+def _trainable(config):
+    tune.report({"square": config["a"] ** 2})
+
+
+class _StopAtSetup(tune.Callback):
+    """Sends Tune its stop signal before the loop creates any trial (the SIGTERM's window)."""
+
+    def setup(self, **info):
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+
+class _StopAfterFirst(tune.Callback):
+    """Sends Tune its stop signal once the first trial finished."""
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def _tuner(path, callbacks=()):
+    return tune.Tuner(
+        _trainable,
+        param_space={"a": tune.grid_search([1, 2, 3])},
+        tune_config=tune.TuneConfig(max_concurrent_trials=1),
+        run_config=tune.RunConfig(
+            name=path.name, storage_path=str(path.parent), callbacks=list(callbacks), verbose=0
+        ),
+    )
+
+
+def _restore(path):
+    """``Tuner.restore``, without the stopping callback the run config kept (as the engine's
+    ``trials.fit`` sets this run's callbacks)."""
+    tuner = tune.Tuner.restore(str(path), trainable=_trainable)
+    tuner._local_tuner._run_config.callbacks = []
+    return tuner
+
+
+def _squares(results) -> list:
+    return sorted(r.metrics["square"] for r in results if r.metrics and "square" in r.metrics)
+
+
+@pytest.fixture
+def usr1(monkeypatch):
+    """Tune replaces SIGUSR1's handler (and SIGINT's, unless told not to): put them back."""
+    monkeypatch.setenv("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    before = signal.getsignal(signal.SIGUSR1)
+    yield
+    signal.signal(signal.SIGUSR1, before)
+
+
+def test_an_experiment_stopped_before_its_first_trial_starts_again(ray_session, tmp_path, usr1):
+    path = tmp_path / "exp"
+    assert len(_tuner(path, [_StopAtSetup()]).fit()) == 0
+    (state,) = path.glob("experiment_state-*.json")
+    assert json.loads(state.read_text())["trial_data"] == []  # what the SIGTERM left
+    assert tune.Tuner.can_restore(str(path))  # restored as it is (on a copy here), Tune fails
+    shutil.copytree(path, tmp_path / "copy")  # to read it and starts again without the grid
+    (broken,) = _restore(tmp_path / "copy").fit()  # one trial, no config: a probe trial's "pair"
+    assert broken.error is not None and "a" not in (broken.config or {})
+    assert not resumable(path)
+    assert not path.exists()  # nothing to resume: cleared, so the next run starts it again
+    assert _squares(_tuner(path).fit()) == [1, 4, 9]
+
+
+def test_an_experiment_stopped_after_a_trial_resumes_it(ray_session, tmp_path, usr1):
+    path = tmp_path / "exp"
+    first = _squares(_tuner(path, [_StopAfterFirst()]).fit())
+    assert first and first != [1, 4, 9]
+    assert resumable(path)
+    assert _squares(_restore(path).fit()) == [1, 4, 9]
+
+
+def test_a_half_written_newest_state_falls_back_to_the_previous_one(ray_session, tmp_path, usr1):
+    """Tune writes its state in place (no temporary name): a kill during that write leaves a
+    truncated file; the newest readable state with trials is resumed instead."""
+    path = tmp_path / "exp"
+    assert _squares(_tuner(path, [_StopAfterFirst()]).fit()) != [1, 4, 9]
+    (state,) = path.glob("experiment_state-*.json")
+    newer = state.with_name("experiment_state-9999-12-31_23-59-59.json")
+    newer.write_text(state.read_text()[: state.stat().st_size // 2])
+    assert resumable(path)
+    assert not newer.exists() and state.exists()
+    assert _squares(_restore(path).fit()) == [1, 4, 9]
+
+
+def test_a_folder_without_any_state_is_not_resumable(tmp_path):
+    path = tmp_path / "exp"
+    assert not resumable(path)
+    path.mkdir()
+    (path / "tuner.pkl").write_bytes(b"")  # Tune's first file; killed before its state
+    assert not resumable(path) and not path.exists()
