@@ -2,6 +2,7 @@
 
 import argparse
 import logging
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -639,6 +640,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stopped = interrupts.requested()  # an error caused by the interruption itself
     except interrupts.Interrupted as exc:
         stopped = exc.signum
+    except KeyboardInterrupt:  # our handler's Interrupted, turned into this by Ray's ray.get
+        stopped = interrupts.requested() or signal.SIGINT
     except Exception as exc:
         if interrupts.requested() is not None:
             stopped = interrupts.requested()

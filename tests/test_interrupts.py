@@ -309,3 +309,28 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path):
     out, err = proc.communicate(timeout=5)
     assert proc.returncode == 130
     assert len(err.splitlines()) == 1 and LINE.match(err.strip())
+
+
+RAY_GET = """
+import os, signal, sys
+from whichmodel import cli
+
+def stopped_inside_ray_get(args):
+    try:
+        os.kill(os.getpid(), signal.SIGINT)  # the engine's handler raises Interrupted here
+    except BaseException:
+        raise KeyboardInterrupt from None  # as ray.get's status check turns it
+
+cli.cmd_analyze = stopped_inside_ray_get
+sys.exit(cli.main(["analyze", "--catalog", "c.toml", "--finetune", "f.parquet", "--out", "o"]))
+"""
+
+
+def test_a_ctrl_c_that_ray_get_turns_into_keyboardinterrupt_still_stops_with_one_line(tmp_path):
+    """Ray's ``ray.get`` re-raises a signal handler's exception as KeyboardInterrupt (seen when
+    a progressive rung's embedding was interrupted): the same line and exit 130, no traceback."""
+    proc = subprocess.run([sys.executable, "-c", RAY_GET], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and LINE.match(proc.stderr.strip()), proc.stderr
