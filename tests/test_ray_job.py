@@ -254,6 +254,12 @@ def heads():
 # the user's files
 
 
+# Ray's runtime-env agent sometimes finds a just-uploaded package missing from the GCS on a
+# loaded machine (ray-project/ray#36703, #46625; seen once in a fresh-clone CI run, 2026-12-07):
+# the job fails before anything of whichmodel runs, so the test submits once more.
+RAY_PACKAGE_RACE = "Failed to download runtime_env file package"
+
+
 @pytest.fixture(scope="module")
 def package(tmp_path_factory) -> Path:
     """The ``whichmodel`` folder of the wheel built from this checkout (docs/cluster.md): what a
@@ -403,6 +409,13 @@ def test_embed_runs_as_ray_jobs_on_a_token_cluster(heads, work, package):
         submit, env=client_env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S
     )
     out = done.stdout + done.stderr
+    if done.returncode and RAY_PACKAGE_RACE in out:  # Ray's, not ours: once more, a new id
+        sid = f"wm-cli-{secrets.token_hex(4)}"
+        submit[submit.index("--submission-id") + 1] = sid
+        done = subprocess.run(
+            submit, env=client_env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S
+        )
+        out = done.stdout + done.stderr
     assert done.returncode == 0, out
     assert "embedded 1 (model, task) pair(s), reused 0" in out
     _check_embeddings(store, "rand_resnet")
@@ -423,11 +436,14 @@ def test_embed_runs_as_ray_jobs_on_a_token_cluster(heads, work, package):
         "print('DATA', (files('whichmodel.pools') / 'vtab.toml').is_file())"
     )
     entrypoint = f'python -c "{show}" && RAY_ADDRESS=auto python -m whichmodel.cli {args}'
-    job = client.submit_job(entrypoint=entrypoint, runtime_env={"py_modules": [str(package)]})
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while not (status := client.get_job_status(job)).is_terminal():
-        assert time.monotonic() < deadline, client.get_job_logs(job)
-        time.sleep(1)
+    for _attempt in range(2):
+        job = client.submit_job(entrypoint=entrypoint, runtime_env={"py_modules": [str(package)]})
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        while not (status := client.get_job_status(job)).is_terminal():
+            assert time.monotonic() < deadline, client.get_job_logs(job)
+            time.sleep(1)
+        if RAY_PACKAGE_RACE not in (client.get_job_info(job).message or ""):
+            break  # else Ray's, not ours: once more
     logs = client.get_job_logs(job)
     assert status == JobStatus.SUCCEEDED, logs
     assert "embedded 1 (model, task) pair(s), reused 1" in logs
