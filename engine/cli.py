@@ -273,8 +273,6 @@ def _answer_kept(args: argparse.Namespace) -> bool:
     if not data.exists() or (args.out and is_uri(str(args.out))):
         return False
     work = answers.search_work_dir(data, args.out)
-    if not (work / answers.RECORD).is_file():
-        return False
     request = answers.search_request(
         data,
         args.catalog,
@@ -285,8 +283,7 @@ def _answer_kept(args: argparse.Namespace) -> bool:
         args.finetune,
         args.skip_unreadable,
     )
-    with owned_run_directory(work):
-        kept = answers.recall(work, request)
+    kept = answers.recall_owned(work, request)
     if kept is None:
         return False
     answer, when = kept

@@ -14,7 +14,6 @@ from whichmodel.core.rundirs import (
     check_remote_run,
     check_run_directory,
     check_writable,
-    owned_run_directory,
 )
 from whichmodel.demo.pool import default_cache, demo_run_config, ensure_demo_pool, print_progress
 
@@ -46,11 +45,8 @@ def kept_study(config_path: Path, out: Path) -> bool:
     """Print the study of ``config_path`` kept in the run directory ``out`` if nothing it
     depends on changed since it ran; False (nothing printed) where it must run."""
     run = out.resolve()
-    if not (run / answers.RECORD).is_file():
-        return False
     request = answers.study_request(config_path, config_path.read_text(), run)
-    with owned_run_directory(run):
-        kept = answers.recall(run, request)
+    kept = answers.recall_owned(run, request)
     if kept is None:
         return False
     brief, when = kept

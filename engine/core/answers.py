@@ -68,7 +68,10 @@ def _rows(root: Path) -> list[tuple[str, int, int]] | None:
 def tree_state(root: str | Path) -> str | None:
     """sha256 of the sorted (relative path, size, mtime_ns) of every file under ``root``
     (a file: its own); None if it is missing."""
-    rows = _rows(Path(root))
+    return _digest(_rows(Path(root)))
+
+
+def _digest(rows: list[tuple[str, int, int]] | None) -> str | None:
     return None if rows is None else hashlib.sha256(json.dumps(rows).encode()).hexdigest()
 
 
@@ -110,8 +113,7 @@ class Snapshot:
             key = str(Path(path).resolve())
             rows = _rows(Path(key))
             self.racy |= any(mtime > recent for _, _, mtime in rows or [])
-            state = None if rows is None else hashlib.sha256(json.dumps(rows).encode())
-            self.inputs.setdefault(key, None if state is None else state.hexdigest())
+            self.inputs.setdefault(key, _digest(rows))
 
 
 def _outputs(folder: Path, outputs: Iterable[str | Path]) -> dict[str, Any]:
@@ -141,6 +143,17 @@ def record(
         "answer": answer,
     }
     atomic_text(folder / RECORD, json.dumps(doc, indent=1))
+
+
+def recall_owned(folder: Path, request: dict[str, Any]) -> tuple[str, str] | None:
+    """``recall`` with ``folder`` locked (``owned_run_directory``) while it is read; None
+    without a record (no lock taken)."""
+    if not (folder / RECORD).is_file():
+        return None
+    from whichmodel.core.rundirs import owned_run_directory
+
+    with owned_run_directory(folder):
+        return recall(folder, request)
 
 
 def recall(folder: str | Path, request: dict[str, Any]) -> tuple[str, str] | None:
