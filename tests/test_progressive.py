@@ -196,6 +196,14 @@ def test_a_rerun_embeds_nothing_and_ranks_the_same(progressive_run):
     assert again.rungs.drop("embed_seconds").equals(first.rungs.drop("embed_seconds"))
 
 
+def test_a_finished_rung_keeps_its_results_once(progressive_run):
+    """Each rung's scores are kept as JSON next to its slices; its Tune experiment, a second
+    copy, is removed once they are saved."""
+    _, _, store, first, _ = progressive_run
+    assert len(list(store.glob("slices/*/*/*/scores/*.json"))) == first.scored
+    assert not list(store.glob("probes/progressive-*"))
+
+
 def test_a_run_missing_one_result_computes_only_that_one(progressive_run, tmp_path):
     """As after an interruption: one saved proxy result is gone (a copy of the store), so a
     call scores that (task, model, rung) alone and ranks as before."""

@@ -15,8 +15,11 @@ agents — are its descendants) within two seconds,
 ``interrupted after N of M <units>; run the same command again to resume`` (the stage's
 ``progress``, else its name). Exit code 130 (SIGINT) or 143 (SIGTERM). A watchdog does the same
 at once if that takes longer than ``GRACE_S``; a second signal exits immediately
-(``os._exit``, default handlers restored). Finished work is already on disk: the embedding
-store's chunks and partitions, the Tune experiments' state.
+(``os._exit``, default handlers restored). A signal that lands inside a finaliser (a weakref
+callback, a ``__del__``, which Python runs wherever an object dies) raises ``Interrupted``
+where Python swallows it and prints a traceback: ``sys.unraisablehook`` drops it silently and
+delivers it again to the main thread once the finaliser has returned. Finished work is
+already on disk: the embedding store's chunks and partitions, the Tune experiments' state.
 """
 
 from __future__ import annotations
@@ -59,6 +62,9 @@ class _State:
     total: int | None = None
     tree: list = field(default_factory=list)  # psutil.Process of this command's processes
     printed: bool = False
+    swallowed: bool = False  # Python swallowed the Interrupted raised in a finaliser
+    ours: int = 0  # SIGINTs this module sent itself to deliver the swallowed one again
+    finishing: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -85,6 +91,7 @@ def requested() -> int | None:
 def check() -> None:
     """Raise ``Interrupted`` if a signal asked the command to stop."""
     if _state.signum is not None:
+        _state.swallowed = False  # the stop is on its way: no need to deliver it again
         raise Interrupted(_state.signum)
 
 
@@ -116,10 +123,12 @@ def handled() -> Iterator[None]:
         yield
         return
     before = {s: signal.getsignal(s) for s in SIGNALS}
+    unraisablehook = sys.unraisablehook
     # Tune's own Ctrl-C handler would swallow the signal; ours asks Tune to stop (tune_fit)
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     _state.active = True
     install()
+    sys.unraisablehook = _swallowed_by(unraisablehook)
     try:
         yield
     finally:
@@ -127,9 +136,16 @@ def handled() -> Iterator[None]:
         if _state.signum is None:
             for s, h in before.items():
                 signal.signal(s, h)
+            sys.unraisablehook = unraisablehook
 
 
 def _handler(signum: int, frame: Any) -> None:
+    if _state.ours and _state.signum is not None:  # ours: the swallowed first signal, again
+        _state.ours -= 1
+        if _state.swallowed and not _state.finishing:
+            _state.swallowed = False
+            _stop(_state.signum)
+        return
     if _state.signum is not None:  # a second signal: stop now
         _restore_defaults()
         _print_once()
@@ -138,10 +154,40 @@ def _handler(signum: int, frame: Any) -> None:
     _state.signum = signum
     _state.tree = _descendants()
     threading.Thread(target=_watchdog, name="whichmodel-interrupt", daemon=True).start()
+    _stop(signum)
+
+
+def _stop(signum: int) -> None:
+    """Stop the running stage: ask Tune's experiment loop to stop, or raise ``Interrupted``."""
     if _state.in_tune and _tune_listening():
         os.kill(os.getpid(), signal.SIGUSR1)  # Tune's own "stop the experiment" signal
         return
     raise Interrupted(signum)
+
+
+def _swallowed_by(previous: Any) -> Any:
+    """A ``sys.unraisablehook`` that, for the ``Interrupted`` our handler raised inside a
+    finaliser (Python ignores exceptions there and prints them), prints nothing and delivers
+    the signal to the main thread again, after the finaliser; anything else goes to
+    ``previous``."""
+
+    def hook(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, Interrupted) and _state.signum is not None:
+            _state.swallowed = True
+            threading.Thread(target=_redeliver, name="whichmodel-redeliver", daemon=True).start()
+            return
+        previous(unraisable)
+
+    return hook
+
+
+def _redeliver() -> None:
+    """SIGINT to the main thread (waking a blocking call there), which ``_handler`` takes as
+    the first signal again; the watchdog remains if our handler is no longer installed."""
+    threading.Event().wait(0.05)  # the finaliser (and the hook) have returned by then
+    if _state.swallowed and not _state.finishing and signal.getsignal(signal.SIGINT) is _handler:
+        _state.ours += 1
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
 
 def _before_tune(signum: int, frame: Any) -> None:
@@ -185,6 +231,7 @@ def finish(signum: int) -> NoReturn:
     (measured); ending the processes, then this one with ``os._exit`` (no finaliser runs after
     Ray is gone, so none can start a new local Ray), leaves nothing behind. A cluster the
     command joined sees its driver gone and frees the driver's actors and objects."""
+    _state.finishing = True  # a swallowed signal is not delivered again from here on
     gc.collect()  # Ray Data's iterators close now, with Ray still there
     _print_once()
     _no_new_ray()

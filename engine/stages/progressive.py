@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging
 import math
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -434,7 +435,8 @@ def _score_rung(
     slice store where an earlier call scored the same slice with the same options, else
     computed by the probe stage's trials (``whichmodel.stages.probe.run_trials``: one Tune trial
     per pair, its experiment under ``STORE/probes/``) and saved, so an interrupted or repeated
-    run resumes. Ray starts only when some result is not in the store."""
+    run resumes; the experiment is removed once every result is saved (a second copy of them).
+    Ray starts only when some result is not in the store."""
     results, keys, todo = {}, {}, {}
     for t in data:
         n_rows = {s: len(v) for s, v in wanted[t].items()}
@@ -469,6 +471,7 @@ def _score_rung(
         state.probe_s += out.seconds  # leaves the finished results for the next call
         state.scored += 1
         results[t, m] = out
+    shutil.rmtree(path, ignore_errors=True)  # every result is in its JSON now
     return results
 
 
