@@ -49,3 +49,24 @@ def test_a_stage_with_nothing_to_do_shows_nothing():
     with progress.StageProgress("finetune", 0, "trials", stream=out, live=False) as display:
         display.update(3)
     assert out.getvalue() == ""
+
+
+def test_a_nested_display_is_silent_off_a_terminal_and_leaves_no_bar_on_one(monkeypatch):
+    """A part of a stage with a display of its own (a progressive rung's trials): no lines in a
+    log; on a terminal a bar that is cleared when it closes."""
+    clock = Clock()
+    monkeypatch.setattr(progress.time, "monotonic", clock)
+    log = io.StringIO()
+    with progress.StageProgress("rung", 10, "pairs", stream=log, live=False, nested=True) as d:
+        for _ in range(10):
+            clock.now += 40  # a line per update, were it not nested
+            d.update(1)
+    assert log.getvalue() == ""
+    screen = io.StringIO()
+    with progress.StageProgress("rung", 3, "pairs", stream=screen, live=True, nested=True) as d:
+        d.update(3)
+    assert "rung" in screen.getvalue() and screen.getvalue().endswith("\r")  # cleared, no newline
+    kept = io.StringIO()
+    with progress.StageProgress("stage", 3, "pairs", stream=kept, live=True) as d:
+        d.update(3)
+    assert kept.getvalue().endswith("\n")  # an ordinary bar stays on screen

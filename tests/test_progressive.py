@@ -5,6 +5,7 @@ ranking equals a NumPy re-computation from the per-rung scores, ``progressive_li
 ``whichmodel search``, and bad inputs end with exit 2 before any work."""
 
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -335,6 +336,9 @@ def test_search_progressive_linear_on_a_folder(setup):  # noqa: F811
     picks = pl.read_parquet(setup / "work" / "report" / "picks.parquet")
     assert picks["model"].to_list() == best[:2]
     assert "by progressive linear-probe (rung 2/2 (100.0% of train/val)" in out
+    # off a terminal a rung's trials add no lines of their own: the rungs' display says it all
+    assert not [x for x in err.splitlines() if x.startswith("progressive: ")], err
+    assert re.search(r"^progressive linear \(.*\): 2/2 rungs", err, re.M), err
 
 
 @pytest.mark.parametrize(

@@ -16,19 +16,22 @@ from whichmodel.core.progress import StageProgress
 class TrialProgress(Callback):
     """A Tune callback that counts finished trials into the engine's progress display; the
     trials an earlier run finished (a restored experiment) are not counted. Pickled with the
-    experiment's run config, it keeps only its stage and unit."""
+    experiment's run config, it keeps only its stage, unit and nesting (``StageProgress``'s
+    ``nested``: a part of a stage that has a display of its own)."""
 
-    def __init__(self, stage: str, total: int, unit: str = "trials") -> None:
-        self.stage, self.total, self.unit = stage, total, unit
+    def __init__(self, stage: str, total: int, unit: str = "trials", nested: bool = False) -> None:
+        self.stage, self.total, self.unit, self.nested = stage, total, unit, nested
         self.display: StageProgress | None = None
 
     def __getstate__(self) -> dict:
-        return {"stage": self.stage, "total": 0, "unit": self.unit, "display": None}
+        state = {"stage": self.stage, "total": 0, "unit": self.unit, "display": None}
+        return state | {"nested": self.nested}
 
     def _open(self, trials: Sequence[Any]) -> StageProgress:
         if self.display is None:
             finished = sum(1 for t in trials if t.status == "TERMINATED")
-            self.display = StageProgress(self.stage, max(self.total - finished, 0), self.unit)
+            left = max(self.total - finished, 0)
+            self.display = StageProgress(self.stage, left, self.unit, nested=self.nested)
         return self.display
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

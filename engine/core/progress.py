@@ -4,7 +4,9 @@ finetune, halving, the demo's expert pre-training).
 On a terminal (stderr is a TTY) a live tqdm bar: stage, done/total, rate, elapsed, ETA. Elsewhere
 (CI, a Ray Job's log, a pipe) one line when the stage starts, at most one line per
 ``LOG_EVERY_S`` while it runs, and one when it ends, in the same format. A stage with nothing to
-do shows nothing (its driver line says what was reused).
+do shows nothing (its driver line says what was reused). A ``nested`` display (a part of a stage
+that has its own, such as a progressive rung's trials) is a bar that goes away when done on a
+terminal, and nothing elsewhere: the enclosing stage's lines say where the run is.
 """
 
 from __future__ import annotations
@@ -30,10 +32,13 @@ class StageProgress:
         unit: str,
         stream: TextIO | None = None,
         live: bool | None = None,
+        nested: bool = False,
     ) -> None:
         self.stage, self.total, self.unit = stage, max(int(total), 0), unit
         self.stream = stream or sys.stderr
         self.live = _isatty(self.stream) if live is None else live
+        if nested and not self.live:
+            self.total = 0  # off a terminal the enclosing stage's lines are enough
         self.done = 0
         self.start = time.monotonic()
         self.last_line = self.start
@@ -47,7 +52,7 @@ class StageProgress:
                 unit=unit.rstrip("s") or unit,
                 file=self.stream,
                 dynamic_ncols=True,
-                leave=True,
+                leave=not nested,
             )
         else:
             self._line(f"{stage}: {self.total} {unit} to do")

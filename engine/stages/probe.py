@@ -138,11 +138,13 @@ def run_trials(
     preset: dict,
     path: Path,
     stage: str = "probe",
+    nested: bool = False,
 ) -> Trials:
     """The probe stage's trials: ``proxies`` on every (model, task) of ``pairs``, one Tune trial
     (``probe_trial``) per pair, whose arrays (``proxy_input``'s) ``load(model, task)`` gives;
     the experiment at ``path`` is resumed if an earlier call left it. The probe stage runs the
-    store's pairs this way, progressive rungs their slices (``stage`` names them)."""
+    store's pairs this way, progressive rungs their slices (``stage`` names them; ``nested``:
+    their progress is a part of the rungs' display)."""
     token = uuid.uuid4().hex
     ensure_ray()
     gpu_plan(preset_resources(preset), cluster_shape())  # a bound the cluster cannot hold: now
@@ -160,7 +162,7 @@ def run_trials(
     with trial_demand(stage, trial, len(pairs), res):
         results = fit(
             tuner,
-            TrialProgress(stage, len(pairs), "pairs"),
+            TrialProgress(stage, len(pairs), "pairs", nested),
             tune_callbacks(stage),
             (stage, f"{stage} trials", "rows"),
         )

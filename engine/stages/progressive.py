@@ -461,7 +461,9 @@ def _score_rung(
     digest = hashlib.sha256(json.dumps([named, options]).encode()).hexdigest()[:16]
     path = store / "probes" / f"progressive-{digest}"
     try:
-        trials = run_trials(list(todo), load, [proxy], {proxy: options}, preset, path, PREFIX[:-1])
+        trials = run_trials(
+            list(todo), load, [proxy], {proxy: options}, preset, path, PREFIX[:-1], nested=True
+        )
     except UserError as exc:
         raise UserError(f"proxy {proxy} on {fraction:.1%} of train/val: {exc}") from None
     for row in sorted(trials.rows, key=lambda r: (r["task"], todo[r["model"], r["task"]])):
