@@ -70,3 +70,27 @@ def test_a_nested_display_is_silent_off_a_terminal_and_leaves_no_bar_on_one(monk
     with progress.StageProgress("stage", 3, "pairs", stream=kept, live=True) as d:
         d.update(3)
     assert kept.getvalue().endswith("\n")  # an ordinary bar stays on screen
+
+
+def test_units_reused_before_the_display_count_as_done_but_not_in_the_rate(monkeypatch):
+    """The demo's progressive knn (Experts) reused its first 3 rungs and showed its display
+    only at the 4th: it printed "4 rungs to do" and "4/4 rungs [00:00<00:00, 90405.70rungs/s]"."""
+    clock = Clock()
+    monkeypatch.setattr(progress.time, "monotonic", clock)
+    out = io.StringIO()
+    rung_start = clock.now
+    clock.now += 10  # the 4th rung's work, done before the display opens
+    display = progress.StageProgress(
+        "progressive knn (Experts)", 4, "rungs", stream=out, live=False, initial=3, start=rung_start
+    )
+    display.update(1)
+    display.close()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "progressive knn (Experts): 1 of 4 rungs to do"
+    assert lines[1] == "progressive knn (Experts): 4/4 rungs [00:10<00:00, 10.00s/rungs]"
+    screen = io.StringIO()
+    start = clock.now - 20  # the 4th rung began 20 s ago
+    bar = progress.StageProgress("p", 4, "rungs", stream=screen, live=True, initial=3, start=start)
+    bar.update(1)
+    bar.close()
+    assert "4/4 [00:20<00:00, 20.00s/rung]" in screen.getvalue()

@@ -6,7 +6,9 @@ On a terminal (stderr is a TTY) a live tqdm bar: stage, done/total, rate, elapse
 ``LOG_EVERY_S`` while it runs, and one when it ends, in the same format. A stage with nothing to
 do shows nothing (its driver line says what was reused). A ``nested`` display (a part of a stage
 that has its own, such as a progressive rung's trials) is a bar that goes away when done on a
-terminal, and nothing elsewhere: the enclosing stage's lines say where the run is.
+terminal, and nothing elsewhere: the enclosing stage's lines say where the run is. Units found
+done before the display opened (``initial``: reused work) count in done/total but not in the
+rate or the ETA.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ FORMAT = "{desc}: {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}, {rate_fmt}]
 
 
 class StageProgress:
-    """Progress of one stage over ``total`` units (``pairs``, ``trials``, ``rungs``, ...)."""
+    """Progress of one stage over ``total`` units (``pairs``, ``trials``, ``rungs``, ...), of
+    which ``initial`` were done before it opened (reused: not in the rate); ``start`` is when
+    the work began (``time.monotonic()``; default now)."""
 
     def __init__(
         self,
@@ -33,27 +37,34 @@ class StageProgress:
         stream: TextIO | None = None,
         live: bool | None = None,
         nested: bool = False,
+        initial: int = 0,
+        start: float | None = None,
     ) -> None:
         self.stage, self.total, self.unit = stage, max(int(total), 0), unit
+        self.initial = min(max(int(initial), 0), self.total)
         self.stream = stream or sys.stderr
         self.live = _isatty(self.stream) if live is None else live
         if nested and not self.live:
             self.total = 0  # off a terminal the enclosing stage's lines are enough
-        self.done = 0
-        self.start = time.monotonic()
-        self.last_line = self.start
+        self.done = self.initial
+        self.start = time.monotonic() if start is None else start
+        self.last_line = time.monotonic()
         self.bar: tqdm | None = None
         if self.total == 0:
             return
         if self.live:
             self.bar = tqdm(
                 total=self.total,
+                initial=self.initial,
                 desc=stage,
                 unit=unit.rstrip("s") or unit,
                 file=self.stream,
                 dynamic_ncols=True,
                 leave=not nested,
             )
+            self.bar.start_t -= max(time.monotonic() - self.start, 0.0)  # tqdm's clock: time.time
+        elif self.initial:
+            self._line(f"{stage}: {self.total - self.initial} of {self.total} {unit} to do")
         else:
             self._line(f"{stage}: {self.total} {unit} to do")
 
@@ -79,6 +90,7 @@ class StageProgress:
             prefix=self.stage,
             unit=self.unit,
             bar_format=FORMAT,
+            initial=self.initial,
         )
 
     def close(self) -> None:

@@ -378,6 +378,7 @@ def progressive_rank(
     stored = {(m, t): _Rows(store, plans[m], t, fps[t]) for m in models for t in data}
     state = _Halving.start(list(data), models)
     for r, fraction in enumerate(cfg.fractions):
+        rung_start = time.monotonic()
         interrupts.progress("progressive ranking", r, len(cfg.fractions), "rungs")
         wanted = {t: slice_indices(orders[t], fraction) for t in data}
         seconds = _embed_rung(
@@ -390,8 +391,9 @@ def progressive_rank(
         )
         _promote(state, r, fraction, results, wanted, seconds, models, agnostic, cfg, proxy)
         if display is None and (seconds or state.scored):  # shown once there is work
-            display = StageProgress(f"progressive {proxy} ({pool})", len(cfg.fractions), "rungs")
-            display.update(r)
+            # the rungs before this one were reused: counted as done, not in the rate
+            stage = f"progressive {proxy} ({pool})"
+            display = StageProgress(stage, len(cfg.fractions), "rungs", initial=r, start=rung_start)
         if display is not None:
             display.update(1)
     if display is not None:
