@@ -24,8 +24,13 @@ class TrialProgress(Callback):
         self.display: StageProgress | None = None
 
     def __getstate__(self) -> dict:
-        state = {"stage": self.stage, "total": 0, "unit": self.unit, "display": None}
-        return state | {"nested": self.nested}
+        return {
+            "stage": self.stage,
+            "total": 0,
+            "unit": self.unit,
+            "nested": self.nested,
+            "display": None,
+        }
 
     def _open(self, trials: Sequence[Any]) -> StageProgress:
         if self.display is None:

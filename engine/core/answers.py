@@ -150,7 +150,7 @@ def recall_owned(folder: Path, request: dict[str, Any]) -> tuple[str, str] | Non
     without a record (no lock taken)."""
     if not (folder / RECORD).is_file():
         return None
-    from whichmodel.core.rundirs import owned_run_directory
+    from whichmodel.core.rundirs import owned_run_directory  # pyarrow: only with a record
 
     with owned_run_directory(folder):
         return recall(folder, request)

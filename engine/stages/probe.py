@@ -162,7 +162,7 @@ def run_trials(
     with trial_demand(stage, trial, len(pairs), res):
         results = fit(
             tuner,
-            TrialProgress(stage, len(pairs), "pairs", nested),
+            TrialProgress(stage, len(pairs), "pairs", nested=nested),
             tune_callbacks(stage),
             (stage, f"{stage} trials", "rows"),
         )
