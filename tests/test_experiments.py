@@ -13,6 +13,9 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
 import ray.cloudpickle
@@ -52,10 +55,10 @@ def _tuner(path, callbacks=()):
     )
 
 
-def _restore(path):
+def _restore(path, trainable=_trainable):
     """``Tuner.restore``, without the stopping callback the run config kept (as the engine's
     ``trials.fit`` sets this run's callbacks)."""
-    tuner = tune.Tuner.restore(str(path), trainable=_trainable)
+    tuner = tune.Tuner.restore(str(path), trainable=trainable)
     tuner._local_tuner._run_config.callbacks = []
     return tuner
 
@@ -114,3 +117,56 @@ def test_a_folder_without_any_state_is_not_resumable(tmp_path):
     path.mkdir()
     (path / "tuner.pkl").write_bytes(b"")  # Tune's first file; killed before its state
     assert not resumable(path) and not path.exists()
+
+
+def _counting(config):
+    """Three steps, a checkpoint after each holding the step; pauses after the first step of a
+    fresh start (so that the experiment is stopped there)."""
+    start, checkpoint = 0, tune.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            start = json.loads((Path(d) / "step.json").read_text())
+    for step in range(start + 1, 4):
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / "step.json").write_text(json.dumps(step))
+            metrics = {"step": step, "resumed_from": start}
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+        if not checkpoint and step == 1:
+            time.sleep(120)
+
+
+class _StopAtCheckpoint(tune.Callback):
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def test_a_checkpoint_deleted_after_the_state_was_saved_resumes_from_the_newest(
+    ray_session, tmp_path, usr1
+):
+    """CI (test_finetune_kill): the driver was SIGKILLed after Tune had registered a trial's
+    second checkpoint and deleted its first (``num_to_keep=1``) but before it saved its state,
+    which still named the first; every restore of the trial then failed "Could not recover from
+    checkpoint as it does not exist on storage anymore". Reproduced here on a real experiment:
+    stopped at its first checkpoint, then the disk made as that kill leaves it."""
+    path = tmp_path / "exp"
+    tune.Tuner(
+        _counting,
+        run_config=tune.RunConfig(
+            name=path.name,
+            storage_path=str(tmp_path),
+            callbacks=[_StopAtCheckpoint()],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=0,
+        ),
+    ).fit()
+    (first,) = path.glob("*/checkpoint_000000")  # what the saved state names
+    (first / "step.json").write_text("2")  # the trial went on to step 2 ...
+    first.rename(first.with_name("checkpoint_000001"))  # ... and Tune deleted the first one
+    broken = tmp_path / "copy"
+    shutil.copytree(path, broken)
+    (failed,) = _restore(broken, _counting).fit()  # Tune alone: the trial fails
+    assert failed.error is not None and "does not exist on storage" in str(failed.error)
+    assert resumable(path)
+    (result,) = _restore(path, _counting).fit()
+    assert result.error is None
+    assert result.metrics["step"] == 3 and result.metrics["resumed_from"] == 2

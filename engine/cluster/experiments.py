@@ -10,6 +10,13 @@ trial with an empty config), and a truncated one (a kill during the write). ``re
 removes such states (with their session's other files), so that Tune restores the newest good
 one, or clears the folder when none is left, so that the caller starts the experiment again:
 nothing was finished in it.
+
+A third comes from checkpoints: Tune deletes a trial's older checkpoint (``num_to_keep``) as
+soon as it registers a newer one, but saves its state only every few seconds, so a driver killed
+in between leaves a state naming a checkpoint that is gone, and the restored trial fails ("Could
+not recover from checkpoint as it does not exist on storage anymore"). The trial's newest
+checkpoint is then moved to the path the state names, and the trial resumes from it (the
+trainable reads its step from the checkpoint, not from Tune's count).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ def resumable(path: str | Path) -> bool:
     if tune.Tuner.can_restore(str(path)):
         for state in sorted(path.glob(f"{STATE}*.json"), reverse=True):
             if _trials(state):
+                _mend_checkpoints(path, state)
                 return True
             session = state.name[len(STATE) : -len(".json")]
             log.info("experiment %s: state %s has no trial to resume; removed", path, state.name)
@@ -53,3 +61,23 @@ def _trials(state: Path) -> int:
         return len(json.loads(state.read_text())["trial_data"])
     except (OSError, ValueError, KeyError, TypeError):
         return 0
+
+
+def _mend_checkpoints(path: Path, state: Path) -> None:
+    """Move each trial's newest checkpoint to the path ``state`` names as its latest where that
+    one was deleted after the state was saved (see the module's docstring)."""
+    from ray.tune.trainable.metadata import _TrainingRunMetadata  # how Tune reads it back
+
+    for _, metadata in json.loads(state.read_text())["trial_data"]:
+        try:
+            manager = _TrainingRunMetadata.from_json_state(metadata).checkpoint_manager
+            named = Path(manager.latest_checkpoint_result.checkpoint.path)
+        except Exception:  # no checkpoint yet, or a state this Ray writes otherwise
+            continue
+        folder = path / named.parent.name  # where the experiment is now
+        if (folder / named.name).exists():
+            continue
+        found = sorted(folder.glob("checkpoint_*"))
+        if found:
+            found[-1].rename(folder / named.name)
+            log.info("experiment %s: %s resumes from %s", path, folder.name, found[-1].name)
